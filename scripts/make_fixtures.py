@@ -1,0 +1,322 @@
+"""Parity fixtures for the ctcal crate, written by diffusers itself.
+
+Builds tiny random models with diffusers' real classes and key names, runs them in float64 on
+CPU, and writes weights (diffusers folder layout), inputs and reference outputs as safetensors
+under tests/fixtures/<case>/. Also writes the key manifests of the full-size published configs
+(built on the meta device, no weights) and the tiny embedded model under weights/.
+
+Run through scripts/make_fixtures.sh (pinned venv). Deterministic: fixed seeds.
+"""
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from diffusers import UNet2DConditionModel
+
+ROOT = Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures"
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Moves every parameter off its default so swapped or mis-mapped tensors show up.
+
+    Norm weights default to one and biases to zero: a loader that swaps weight and bias, or
+    forgets a bias, would still pass against defaults.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * noise)
+            elif name.endswith("bias"):
+                p.copy_(0.1 * noise)
+            else:
+                p.add_(0.02 * noise)
+
+
+class MapCapture:
+    """An attention processor that materialises softmax(QK^T) and records it.
+
+    It mirrors diffusers' `AttnProcessor` for the plain `Attention` of BasicTransformerBlock
+    (no group norm, spatial norm or residual connection in SD's cross-attention layers).
+    """
+
+    def __init__(self, name: str, store: dict):
+        self.name = name
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 temb=None, *args, **kwargs):
+        assert attention_mask is None and attn.group_norm is None and attn.spatial_norm is None
+        b, n, _ = hidden_states.shape
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(context))
+        v = attn.head_to_batch_dim(attn.to_v(context))
+        probs = attn.get_attention_scores(q, k, None)
+        self.store[self.name] = probs.reshape(b, attn.heads, n, -1).detach().float().clone()
+        out = torch.bmm(probs.to(v.dtype), v)
+        out = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(out)))
+        assert not attn.residual_connection and attn.rescale_output_factor == 1.0
+        return out
+
+
+def capture_cross_maps(unet: UNet2DConditionModel) -> dict:
+    """Installs MapCapture on every attn2; returns the dict it fills."""
+    store = {}
+    procs = {}
+    for key, proc in unet.attn_processors.items():
+        name = key[: -len(".processor")]
+        procs[key] = MapCapture(name, store) if name.endswith("attn2") else proc
+    unet.set_attn_processor(procs)
+    return store
+
+
+def f32(d: dict) -> dict:
+    return {k: v.detach().to(torch.float32).contiguous() for k, v in d.items()}
+
+
+def fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# UNet cases
+# ----------------------------------------------------------------------------------------------
+
+UNET_CASES = {
+    # SD 2.x shape: linear projections, upcast attention, per-block lists, a plain DownBlock2D and
+    # UpBlock2D, two transformer layers in the first level, non-square input, two timesteps.
+    "unet_sd2": dict(
+        config=dict(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            block_out_channels=[16, 16, 32],
+            layers_per_block=[1, 2, 1],
+            transformer_layers_per_block=[2, 1, 1],
+            attention_head_dim=[2, 2, 4],
+            cross_attention_dim=12,
+            norm_num_groups=4,
+            use_linear_projection=True,
+            upcast_attention=True,
+            flip_sin_to_cos=True,
+            freq_shift=0,
+        ),
+        sample=(2, 4, 16, 12),
+        tokens=7,
+        timesteps=[37.0, 815.0],
+        seed=1,
+        variants=True,
+    ),
+    # SD 1.x shape: 1x1 conv projections, one head count for all blocks, no upcast, sin first
+    # with freq_shift 1, odd latent width (exercises diffusers' upsample_size), batch 1.
+    "unet_sd1": dict(
+        config=dict(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
+            block_out_channels=[16, 32],
+            layers_per_block=2,
+            attention_head_dim=4,
+            cross_attention_dim=10,
+            norm_num_groups=8,
+            norm_eps=1e-6,
+            use_linear_projection=False,
+            upcast_attention=False,
+            flip_sin_to_cos=False,
+            freq_shift=1,
+            mid_block_scale_factor=1.5,
+        ),
+        sample=(1, 4, 10, 9),
+        tokens=5,
+        timesteps=[500.5],
+        seed=2,
+        variants=False,
+    ),
+}
+
+
+def unet_reference(unet, sample, timesteps, ctx):
+    """float64 forward with attn2 maps captured."""
+    ref = UNet2DConditionModel.from_config(unet.config).to(torch.float64)
+    ref.load_state_dict({k: v.to(torch.float64) for k, v in unet.state_dict().items()})
+    ref.eval()
+    store = capture_cross_maps(ref)
+    with torch.no_grad():
+        out = ref(sample.double(), timesteps.double(), encoder_hidden_states=ctx.double()).sample
+    return out, store
+
+
+def make_unet_case(name: str, spec: dict) -> None:
+    torch.manual_seed(spec["seed"])
+    unet = UNet2DConditionModel(**spec["config"])
+    randomize(unet, spec["seed"] + 100)
+    unet.eval()
+    case = fresh_dir(FIX / name)
+    unet.save_pretrained(case / "unet", safe_serialization=True)
+
+    g = torch.Generator().manual_seed(spec["seed"] + 200)
+    b = spec["sample"][0]
+    sample = torch.randn(spec["sample"], generator=g)
+    ctx = torch.randn((b, spec["tokens"], spec["config"]["cross_attention_dim"]), generator=g)
+    timesteps = torch.tensor(spec["timesteps"], dtype=torch.float32)
+    save_file(f32({"sample": sample, "timestep": timesteps, "encoder_hidden_states": ctx}),
+              case / "inputs.safetensors")
+
+    out, maps = unet_reference(unet, sample, timesteps, ctx)
+    save_file(f32({"out": out, **maps}), case / "outputs.safetensors")
+    print(f"{name}: {sum(p.numel() for p in unet.parameters())} params, {len(maps)} maps")
+
+    if spec["variants"]:
+        # fp16 variant, as `save_pretrained(variant="fp16")` writes it, and the f32 output of
+        # the fp16-rounded weights (what a loader that casts to f32 must reproduce).
+        half = UNet2DConditionModel.from_config(unet.config)
+        half.load_state_dict(unet.state_dict())
+        half = half.to(torch.float16)
+        half.save_pretrained(case / "unet_fp16", variant="fp16", safe_serialization=True)
+        rounded = UNet2DConditionModel.from_config(unet.config)
+        rounded.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
+        out16, _ = unet_reference(rounded, sample, timesteps, ctx)
+        save_file(f32({"out": out16}), case / "outputs_fp16.safetensors")
+        # Sharded checkpoint with an index.
+        unet.save_pretrained(case / "unet_sharded", max_shard_size="400KB", safe_serialization=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-size key manifests (meta device: no memory, no weights)
+# ----------------------------------------------------------------------------------------------
+
+SD21_UNET = dict(
+    sample_size=96,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+                      "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
+                    "CrossAttnUpBlock2D"],
+    block_out_channels=[320, 640, 1280, 1280],
+    layers_per_block=2,
+    attention_head_dim=[5, 10, 20, 20],
+    cross_attention_dim=1024,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    use_linear_projection=True,
+    upcast_attention=True,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    center_input_sample=False,
+    dual_cross_attention=False,
+)
+
+SD15_UNET = dict(SD21_UNET, sample_size=64, attention_head_dim=8, cross_attention_dim=768,
+                 use_linear_projection=False, upcast_attention=False)
+
+
+def write_manifest(name: str, model: torch.nn.Module, config: dict) -> None:
+    out = FIX / "manifests"
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"{k} {list(v.shape)}" for k, v in sorted(model.state_dict().items())]
+    (out / f"{name}.txt").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.config.json").write_text(json.dumps(config, indent=2) + "\n")
+    print(f"manifest {name}: {len(lines)} keys")
+
+
+def make_manifests() -> None:
+    with torch.device("meta"):
+        write_manifest("sd21_unet", UNet2DConditionModel(**SD21_UNET), SD21_UNET)
+        write_manifest("sd15_unet", UNet2DConditionModel(**SD15_UNET), SD15_UNET)
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-size random checkpoint (not committed): for the ignored full-size loading test
+# ----------------------------------------------------------------------------------------------
+
+def make_full_size(dest: Path) -> None:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(**SD21_UNET)
+    unet.save_pretrained(dest / "unet", safe_serialization=True)
+    print(f"full-size SD 2.1 UNet written to {dest / 'unet'}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The tiny embedded model of weights/ (random weights, SD 2.1 layout at small width)
+# ----------------------------------------------------------------------------------------------
+
+TINY_SD21 = dict(
+    sample_size=32,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    block_out_channels=[32, 64, 64],
+    layers_per_block=1,
+    attention_head_dim=[2, 4, 4],
+    cross_attention_dim=32,
+    norm_num_groups=8,
+    use_linear_projection=True,
+    upcast_attention=True,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+)
+
+
+def make_embedded() -> None:
+    torch.manual_seed(7)
+    unet = UNet2DConditionModel(**TINY_SD21)
+    randomize(unet, 8)
+    dest = ROOT / "weights" / "tiny-sd21"
+    if (dest / "unet").exists():
+        shutil.rmtree(dest / "unet")
+    unet.save_pretrained(dest / "unet", safe_serialization=True)
+    # A caption-like input: one pseudo-embedding per word (seeded by the word), padded to 8.
+    words = ["<start>", "a", "red", "cube", "left", "of", "blue", "ball"]
+    ctx = torch.stack([
+        torch.randn(32, generator=torch.Generator().manual_seed(sum(map(ord, w)) * 31 + 1))
+        for w in words
+    ])[None]
+    g = torch.Generator().manual_seed(9)
+    inputs = {
+        "sample": torch.randn((1, 4, 32, 32), generator=g),
+        "timestep": torch.tensor([500.0]),
+        "encoder_hidden_states": ctx,
+    }
+    save_file(f32(inputs), dest / "example_inputs.safetensors",
+              metadata={"tokens": json.dumps(words)})
+    print(f"embedded tiny SD 2.1 UNet: {sum(p.numel() for p in unet.parameters())} params")
+
+
+def main(argv):
+    if "--full-size" in argv:
+        i = argv.index("--full-size")
+        make_full_size(Path(argv[i + 1]))
+        return
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    for name, spec in UNET_CASES.items():
+        make_unet_case(name, spec)
+    make_manifests()
+    make_embedded()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

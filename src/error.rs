@@ -1,0 +1,57 @@
+//! The crate's error type: every variant names the file, key, shape or field at fault.
+
+use std::path::{Path, PathBuf};
+
+/// Errors from loading configs and weights, and from bad inputs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A JSON file did not parse.
+    #[error("{path}: invalid JSON: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// A config is inconsistent or asks for something unsupported.
+    #[error("bad config: {0}")]
+    Config(String),
+    /// A safetensors file is truncated or malformed.
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// A model folder does not hold the expected files.
+    #[error("{0}")]
+    MissingFile(String),
+    /// Weights do not match the model: missing, unexpected or mis-shaped keys.
+    #[error("{0}")]
+    Weights(String),
+    /// An input tensor has the wrong shape or is missing.
+    #[error("bad input: {0}")]
+    Input(String),
+}
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// `Result` with the crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,26 @@
+//! # ctcal
+//!
+//! CTCal (Cross-Timestep Self-Calibration) fine-tuning of text-to-image diffusion models on
+//! [burn](https://burn.dev): the model's own cross-attention maps at a small, low-noise timestep
+//! supervise its maps at a large, noisy timestep, for the caption's noun tokens.
+//!
+//! - [`unet`]: the SD 1.x/2.x denoiser, diffusers' `UNet2DConditionModel`.
+//! - [`attention`]: attention sites, the [`AttentionHook`](attention::AttentionHook) trait every
+//!   model threads through its forward, and the [`AttentionStore`](attention::AttentionStore)
+//!   hook.
+//! - [`weights`]: loading diffusers safetensors checkpoints by key name.
+//!
+//! Every model is generic over `B: Backend`; the cargo features `ndarray` (default), `wgpu` and
+//! `cuda` add backends without changing behaviour.
+
+pub mod attention;
+pub mod error;
+pub mod nn;
+pub mod unet;
+pub mod weights;
+
+pub use error::{Error, Result};
+
+/// The CPU backend unit tests run on.
+#[cfg(all(test, feature = "ndarray"))]
+pub(crate) type TestBackend = burn::backend::NdArray<f32>;

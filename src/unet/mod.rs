@@ -1,0 +1,293 @@
+//! The SD 1.x/2.x denoiser: diffusers' `UNet2DConditionModel` (`unet_2d_condition.py`).
+//!
+//! Field names are the state-dict segments, so a diffusers checkpoint loads with the few rules
+//! of [`crate::weights`]. Attention layers take the hook passed to
+//! [`UNet2DConditionModel::forward_with_hook`].
+
+mod blocks;
+mod config;
+mod resnet;
+mod transformer;
+
+pub use blocks::{DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
+pub use config::{DownBlockType, UNet2DConditionConfig, UpBlockType};
+pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+pub use transformer::{BasicTransformerBlock, Projection, Transformer2DModel};
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, GroupNormConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{Tensor, backend::Backend};
+
+use crate::attention::{AttentionHook, AttentionSite, BlockPos, NoHook};
+use crate::error::{Error, Result};
+use crate::nn::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
+use resnet::conv3x3;
+use transformer::{TransformerArgs, TransformerPlace};
+
+/// diffusers' `UNet2DConditionModel` for SD 1.x/2.x configs.
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel<B: Backend> {
+    /// Input convolution, latent channels to `block_out_channels[0]`.
+    pub conv_in: Conv2d<B>,
+    /// MLP over the sinusoidal timestep features.
+    pub time_embedding: TimestepEmbedding<B>,
+    /// Down path, top level first.
+    pub down_blocks: Vec<DownBlock2D<B>>,
+    /// Bottleneck.
+    pub mid_block: UNetMidBlock2DCrossAttn<B>,
+    /// Up path, bottom level first.
+    pub up_blocks: Vec<UpBlock2D<B>>,
+    /// Output group norm.
+    pub conv_norm_out: GroupNorm<B>,
+    /// Output convolution to latent channels.
+    pub conv_out: Conv2d<B>,
+    /// Timestep feature settings: `(width, flip_sin_to_cos, freq_shift)`.
+    pub time_proj: (usize, bool, f64),
+    /// Shape facts checked on input: `(in_channels, cross_attention_dim, levels)`.
+    pub io: (usize, usize, usize),
+    /// Every attention layer, in forward order.
+    pub sites: Vec<AttentionSite>,
+}
+
+impl UNet2DConditionConfig {
+    /// Builds the model with burn's default initialisation (load weights with
+    /// [`crate::weights`]).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> UNet2DConditionModel<B> {
+        let boc = &self.block_out_channels;
+        let levels = boc.len();
+        let temb = boc[0] * 4;
+        let mut next_site = 0;
+        let resnet = |cin, cout, scale| {
+            ResnetBlock2D::new(
+                cin,
+                cout,
+                temb,
+                self.norm_num_groups,
+                self.norm_eps,
+                scale,
+                device,
+            )
+        };
+        let targs = |channels, level: usize| TransformerArgs {
+            channels,
+            heads: self.num_attention_heads[level],
+            layers: self.transformer_layers_per_block[level],
+            cross_attention_dim: self.cross_attention_dim,
+            groups: self.norm_num_groups,
+            linear_projection: self.use_linear_projection,
+            upcast_attention: self.upcast_attention,
+        };
+
+        // 1. Down path.
+        let mut down_blocks = Vec::with_capacity(levels);
+        let mut out_ch = boc[0];
+        for (i, kind) in self.down_block_types.iter().enumerate() {
+            let in_ch = out_ch;
+            out_ch = boc[i];
+            let layers = self.layers_per_block[i];
+            let resnets = (0..layers)
+                .map(|j| resnet(if j == 0 { in_ch } else { out_ch }, out_ch, 1.0))
+                .collect();
+            let attentions = match kind {
+                DownBlockType::CrossAttnDownBlock2D => (0..layers)
+                    .map(|j| {
+                        let place = TransformerPlace {
+                            block: BlockPos::Down(i),
+                            attention: j,
+                            downscale: 1 << i,
+                        };
+                        Transformer2DModel::new(targs(out_ch, i), place, &mut next_site, device)
+                    })
+                    .collect(),
+                DownBlockType::DownBlock2D => Vec::new(),
+            };
+            let downsamplers = if i + 1 < levels {
+                vec![Downsample2D::new(out_ch, self.downsample_padding, device)]
+            } else {
+                Vec::new()
+            };
+            down_blocks.push(DownBlock2D {
+                resnets,
+                attentions,
+                downsamplers,
+            });
+        }
+
+        // 2. Mid block.
+        let mid_ch = boc[levels - 1];
+        let mid_place = TransformerPlace {
+            block: BlockPos::Mid,
+            attention: 0,
+            downscale: 1 << (levels - 1),
+        };
+        let mid_attn =
+            Transformer2DModel::new(targs(mid_ch, levels - 1), mid_place, &mut next_site, device);
+        let mid_block = UNetMidBlock2DCrossAttn {
+            resnets: vec![
+                resnet(mid_ch, mid_ch, self.mid_block_scale_factor),
+                resnet(mid_ch, mid_ch, self.mid_block_scale_factor),
+            ],
+            attentions: vec![mid_attn],
+        };
+
+        // 3. Up path: level `levels - 1 - i`, one more resnet than the down block.
+        let mut up_blocks = Vec::with_capacity(levels);
+        let mut out_ch = boc[levels - 1];
+        for (i, kind) in self.up_block_types.iter().enumerate() {
+            let level = levels - 1 - i;
+            let prev_out = out_ch;
+            out_ch = boc[level];
+            let in_ch = boc[level.saturating_sub(1)];
+            let layers = self.layers_per_block[level] + 1;
+            let resnets = (0..layers)
+                .map(|j| {
+                    let skip = if j == layers - 1 { in_ch } else { out_ch };
+                    let cin = if j == 0 { prev_out } else { out_ch };
+                    resnet(cin + skip, out_ch, 1.0)
+                })
+                .collect();
+            let attentions = match kind {
+                UpBlockType::CrossAttnUpBlock2D => (0..layers)
+                    .map(|j| {
+                        let place = TransformerPlace {
+                            block: BlockPos::Up(i),
+                            attention: j,
+                            downscale: 1 << level,
+                        };
+                        Transformer2DModel::new(targs(out_ch, level), place, &mut next_site, device)
+                    })
+                    .collect(),
+                UpBlockType::UpBlock2D => Vec::new(),
+            };
+            let upsamplers = if i + 1 < levels {
+                vec![Upsample2D::new(out_ch, device)]
+            } else {
+                Vec::new()
+            };
+            up_blocks.push(UpBlock2D {
+                resnets,
+                attentions,
+                upsamplers,
+            });
+        }
+
+        let mut model = UNet2DConditionModel {
+            conv_in: conv3x3(self.in_channels, boc[0], 1, 1, device),
+            time_embedding: TimestepEmbeddingConfig::new(boc[0], temb).init(device),
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNormConfig::new(self.norm_num_groups, boc[0])
+                .with_epsilon(self.norm_eps)
+                .init(device),
+            conv_out: conv3x3(boc[0], self.out_channels, 1, 1, device),
+            time_proj: (boc[0], self.flip_sin_to_cos, self.freq_shift),
+            io: (self.in_channels, self.cross_attention_dim, levels),
+            sites: Vec::new(),
+        };
+        model.sites = model.collect_sites();
+        model
+    }
+}
+
+impl<B: Backend> UNet2DConditionModel<B> {
+    /// Predicts noise (or v) without hooks: every attention layer takes the fused path.
+    ///
+    /// # Shapes
+    /// - `sample`: `[batch, in_channels, h, w]`
+    /// - `timesteps`: `[batch]` (or `[1]`, broadcast), fractional values allowed
+    /// - `encoder_hidden_states`: `[batch, tokens, cross_attention_dim]`
+    /// - returns `[batch, out_channels, h, w]`
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        encoder_hidden_states: Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
+        self.forward_with_hook(sample, timesteps, encoder_hidden_states, &mut NoHook)
+    }
+
+    /// As [`Self::forward`], offering every attention layer to `hook`.
+    pub fn forward_with_hook<H: AttentionHook<B>>(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        encoder_hidden_states: Tensor<B, 3>,
+        hook: &mut H,
+    ) -> Tensor<B, 4> {
+        let batch = sample.dims()[0];
+        let timesteps = if timesteps.dims()[0] == 1 && batch > 1 {
+            timesteps.expand([batch])
+        } else {
+            timesteps
+        };
+        let ctx = encoder_hidden_states;
+        // 1. Time embedding.
+        let (dim, flip, shift) = self.time_proj;
+        let temb = self
+            .time_embedding
+            .forward(timestep_embedding(timesteps, dim, flip, shift));
+        // 2. Down path, keeping every state for the skip connections.
+        let mut x = self.conv_in.forward(sample);
+        let mut skips = vec![x.clone()];
+        for block in &self.down_blocks {
+            x = block.forward(x, temb.clone(), ctx.clone(), &mut skips, hook);
+        }
+        // 3. Bottleneck.
+        x = self.mid_block.forward(x, temb.clone(), ctx.clone(), hook);
+        // 4. Up path.
+        for block in &self.up_blocks {
+            x = block.forward(x, temb.clone(), ctx.clone(), &mut skips, hook);
+        }
+        // 5. Output.
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+
+    /// Every attention layer, in forward order.
+    pub fn sites(&self) -> &[AttentionSite] {
+        &self.sites
+    }
+
+    /// Checks input shapes against the model, naming the offending tensor and shape.
+    pub fn check_inputs(
+        &self,
+        sample: [usize; 4],
+        timesteps: [usize; 1],
+        encoder_hidden_states: [usize; 3],
+    ) -> Result<()> {
+        let (in_ch, ctx_dim, _) = self.io;
+        let [b, c, h, w] = sample;
+        if c != in_ch || h == 0 || w == 0 {
+            return Err(Error::Input(format!(
+                "sample has shape {sample:?}, expected [batch, {in_ch}, height, width]"
+            )));
+        }
+        if timesteps[0] != b && timesteps[0] != 1 {
+            return Err(Error::Input(format!(
+                "timestep has shape {timesteps:?}, expected [{b}] or [1]"
+            )));
+        }
+        let [cb, _, cd] = encoder_hidden_states;
+        if cb != b || cd != ctx_dim {
+            return Err(Error::Input(format!(
+                "encoder_hidden_states has shape {encoder_hidden_states:?}, expected [{b}, tokens, {ctx_dim}]"
+            )));
+        }
+        Ok(())
+    }
+
+    fn collect_sites(&self) -> Vec<AttentionSite> {
+        let transformers = self
+            .down_blocks
+            .iter()
+            .flat_map(|b| b.attentions.iter())
+            .chain(self.mid_block.attentions.iter())
+            .chain(self.up_blocks.iter().flat_map(|b| b.attentions.iter()));
+        transformers
+            .flat_map(|t| t.transformer_blocks.iter())
+            .flat_map(|tb| [tb.attn1.site, tb.attn2.site])
+            .collect()
+    }
+}

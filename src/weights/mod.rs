@@ -1,0 +1,209 @@
+//! Loading diffusers safetensors checkpoints into our modules, by key name.
+//!
+//! One loader serves every model: build the module with its config's `init`, then
+//! [`load_module`] reads a diffusers model folder (single file, `.fp16` variant, or shards with a
+//! `*.safetensors.index.json`), casts f16/bf16/f64 to the backend's float type, maps keys with
+//! the rules of [`keys`], checks that the file and the module agree key for key and shape for
+//! shape, and hands the tensors to burn-store's applier with its PyTorch-to-burn adapter
+//! (which transposes `Linear` weights).
+//!
+//! Why not `SafetensorsStore` directly: it reads one file (no shard index), keeps f16 tensors
+//! as f16 (which aborts on ndarray), and reports norm weights found through its alternative
+//! name lookup as unused; so we parse the files with the `safetensors` crate and feed burn-store
+//! `TensorSnapshot`s ourselves. Missing, unexpected and mis-shaped keys are errors, never
+//! ignored.
+
+pub mod keys;
+mod reader;
+mod tensor_file;
+
+pub use keys::to_diffusers_key;
+pub use reader::CheckpointFiles;
+use reader::read_tensors;
+pub use tensor_file::{TensorFile, to_entry, write_atomic, write_tensor_file};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::module::{Module, ParamId};
+use burn::tensor::{DType, Element, backend::Backend};
+use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
+
+use crate::error::{Error, Result};
+use reader::LazyTensor;
+
+/// What a successful load did, for logging.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Files read.
+    pub files: Vec<String>,
+    /// Number of tensors loaded.
+    pub tensors: usize,
+    /// The dtypes found in the files, by name, before casting.
+    pub source_dtypes: Vec<String>,
+}
+
+/// Loads the weights of a diffusers model folder (e.g. `unet/`) into `module`.
+///
+/// `variant` picks `diffusion_pytorch_model.<variant>.safetensors` (e.g. `Some("fp16")`);
+/// with `None` the plain file is used, else the `fp16` variant if it is the only one present.
+pub fn load_module<B: Backend, M: Module<B>>(
+    module: M,
+    folder: &Path,
+    variant: Option<&str>,
+) -> Result<(M, LoadReport)> {
+    let files = CheckpointFiles::resolve(folder, "diffusion_pytorch_model", variant)?;
+    load_files(module, &files)
+}
+
+/// Loads `module` from explicit checkpoint files (see [`CheckpointFiles`]).
+pub fn load_files<B: Backend, M: Module<B>>(
+    mut module: M,
+    files: &CheckpointFiles,
+) -> Result<(M, LoadReport)> {
+    let mut tensors = read_tensors(files)?;
+    let target: DType = <B::FloatElem as Element>::dtype();
+
+    // 1. Match our paths against the file's keys.
+    let expected = module.collect(None, None, true);
+    let mut missing = Vec::new();
+    let mut mismatched = Vec::new();
+    let mut snapshots = Vec::with_capacity(expected.len());
+    let mut source_dtypes = BTreeMap::new();
+    for snap in &expected {
+        let path = snap.full_path();
+        let key = to_diffusers_key(&path);
+        let Some(tensor) = tensors.remove(&key) else {
+            missing.push(key);
+            continue;
+        };
+        let mut want: Vec<usize> = snap.shape.to_vec();
+        if is_linear_weight(snap) {
+            want.reverse(); // PyTorch stores Linear weights as [out, in].
+        }
+        if tensor.shape != want {
+            mismatched.push(format!(
+                "{key} has shape {:?} in {}, the model expects {want:?}",
+                tensor.shape, tensor.file
+            ));
+            continue;
+        }
+        *source_dtypes
+            .entry(format!("{:?}", tensor.dtype))
+            .or_insert(0) += 1;
+        snapshots.push(tensor.into_snapshot(&path, target));
+    }
+    let unexpected: Vec<String> = {
+        let mut v: Vec<String> = tensors.into_keys().collect();
+        v.sort();
+        v
+    };
+    if !(missing.is_empty() && mismatched.is_empty() && unexpected.is_empty()) {
+        return Err(Error::Weights(mismatch_message(
+            files,
+            &missing,
+            &mismatched,
+            &unexpected,
+        )));
+    }
+
+    // 2. Apply through burn-store (it transposes Linear weights).
+    let count = snapshots.len();
+    let result = module.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), true);
+    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
+        let first = result
+            .errors
+            .first()
+            .map(|e| e.to_string())
+            .or_else(|| result.missing.first().map(|(p, _)| format!("missing {p}")))
+            .or_else(|| result.unused.first().map(|p| format!("unused {p}")))
+            .unwrap_or_default();
+        return Err(Error::Weights(format!(
+            "{}: applying weights failed: {first}",
+            files.describe()
+        )));
+    }
+    let report = LoadReport {
+        files: files
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        tensors: count,
+        source_dtypes: source_dtypes.into_keys().collect(),
+    };
+    Ok((module, report))
+}
+
+/// The diffusers keys and shapes a module expects, sorted by key (PyTorch layout).
+pub fn expected_keys<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut keys: Vec<(String, Vec<usize>)> = module
+        .collect(None, None, true)
+        .iter()
+        .map(|snap| {
+            let mut shape = snap.shape.to_vec();
+            if is_linear_weight(snap) {
+                shape.reverse();
+            }
+            (to_diffusers_key(&snap.full_path()), shape)
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+fn is_linear_weight(snap: &TensorSnapshot) -> bool {
+    snap.module_type().as_deref() == Some("Struct:Linear") && snap.full_path().ends_with(".weight")
+}
+
+fn mismatch_message(
+    files: &CheckpointFiles,
+    missing: &[String],
+    mismatched: &[String],
+    unexpected: &[String],
+) -> String {
+    fn list(items: &[String]) -> String {
+        let shown: Vec<&str> = items.iter().take(3).map(String::as_str).collect();
+        let more = items.len().saturating_sub(3);
+        if more > 0 {
+            format!("{} (and {more} more)", shown.join(", "))
+        } else {
+            shown.join(", ")
+        }
+    }
+    let mut parts = Vec::new();
+    if !mismatched.is_empty() {
+        parts.push(format!("wrong shape: {}", list(mismatched)));
+    }
+    if !missing.is_empty() {
+        parts.push(format!(
+            "{} missing key(s): {}",
+            missing.len(),
+            list(missing)
+        ));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!(
+            "{} unexpected key(s): {}",
+            unexpected.len(),
+            list(unexpected)
+        ));
+    }
+    format!("{}: {}", files.describe(), parts.join("; "))
+}
+
+impl LazyTensor {
+    fn into_snapshot(self, path: &str, target: DType) -> TensorSnapshot {
+        let shape = self.shape.clone();
+        let path_stack: Vec<String> = path.split('.').map(str::to_string).collect();
+        let data_fn = std::rc::Rc::new(move || self.to_data(target));
+        TensorSnapshot::from_closure(
+            data_fn,
+            target,
+            shape.into(),
+            path_stack,
+            Vec::new(),
+            ParamId::new(),
+        )
+    }
+}

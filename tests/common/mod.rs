@@ -1,0 +1,37 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{Tensor, backend::Backend};
+
+/// `tests/fixtures/<rel>`.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(rel)
+}
+
+/// `max |a - b| / max |b|`: the relative error the parity tests bound.
+pub fn rel_err(actual: &[f32], expected: &[f32]) -> f32 {
+    assert_eq!(actual.len(), expected.len(), "length mismatch");
+    let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
+    let diff = actual
+        .iter()
+        .zip(expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    diff / scale
+}
+
+/// A tensor's values as f32.
+pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
+}
+
+/// The CPU test backend.
+pub type Cpu = burn::backend::NdArray<f32>;
+
+/// The wgpu test backend (Mesa's software Vulkan driver on CI).
+#[cfg(feature = "wgpu")]
+pub type Gpu = burn::backend::Wgpu<f32>;

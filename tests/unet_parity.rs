@@ -1,0 +1,116 @@
+//! The UNet against diffusers: outputs and every cross-attention map of the tiny fixtures
+//! written by `scripts/make_fixtures.py`, within relative error 1e-4 (f32).
+
+mod common;
+
+use burn::tensor::backend::Backend;
+use common::{fixture, rel_err, values};
+use ctcal::attention::{AttentionKind, AttentionStore, SiteFilter};
+use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use ctcal::weights::{TensorFile, load_module};
+
+const TOL: f32 = 1e-4;
+
+fn load_unet<B: Backend>(case: &str, folder: &str, device: &B::Device) -> UNet2DConditionModel<B> {
+    let dir = fixture(case).join(folder);
+    let config = UNet2DConditionConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
+    let (unet, report) = load_module(config.init::<B>(device), &dir, None).unwrap();
+    assert!(report.tensors > 100, "{report:?}");
+    unet
+}
+
+/// Runs `case` and checks the output and every attn2 map against diffusers.
+fn check_case<B: Backend>(case: &str, device: &B::Device) {
+    let unet = load_unet::<B>(case, "unet", device);
+    let inputs = TensorFile::read(&fixture(case).join("inputs.safetensors")).unwrap();
+    let expected = TensorFile::read(&fixture(case).join("outputs.safetensors")).unwrap();
+    let mut store = AttentionStore::new(SiteFilter::cross());
+    let out = unet.forward_with_hook(
+        inputs.tensor(&"sample", device).unwrap(),
+        inputs.tensor(&"timestep", device).unwrap(),
+        inputs.tensor(&"encoder_hidden_states", device).unwrap(),
+        &mut store,
+    );
+    let err = rel_err(&values(out), &expected.tensors["out"].1);
+    assert!(err < TOL, "{case}: output relative error {err}");
+
+    let maps = store.take();
+    let cross_sites = unet
+        .sites()
+        .iter()
+        .filter(|s| s.kind == AttentionKind::Cross)
+        .count();
+    assert_eq!(maps.len(), cross_sites);
+    assert_eq!(
+        maps.len(),
+        expected.tensors.len() - 1,
+        "one map per diffusers attn2"
+    );
+    for map in maps {
+        let path = map.site.path();
+        let (shape, want) = expected
+            .tensors
+            .get(&path)
+            .unwrap_or_else(|| panic!("{case}: diffusers has no map {path}"));
+        assert_eq!(&map.probs.dims().to_vec(), shape, "{case}: {path} shape");
+        assert_eq!(map.grid[0] * map.grid[1], shape[2], "{case}: {path} grid");
+        let err = rel_err(&values(map.probs), want);
+        assert!(err < TOL, "{case}: map {path} relative error {err}");
+    }
+}
+
+#[test]
+fn sd2_layout_matches_diffusers_ndarray() {
+    check_case::<common::Cpu>("unet_sd2", &Default::default());
+}
+
+#[test]
+fn sd1_layout_matches_diffusers_ndarray() {
+    check_case::<common::Cpu>("unet_sd1", &Default::default());
+}
+
+/// The `.fp16` variant loads (cast to f32) and reproduces diffusers' output of the same
+/// fp16-rounded weights.
+#[test]
+fn fp16_variant_loads_and_matches() {
+    let device = Default::default();
+    let unet = load_unet::<common::Cpu>("unet_sd2", "unet_fp16", &device);
+    let inputs = TensorFile::read(&fixture("unet_sd2").join("inputs.safetensors")).unwrap();
+    let expected = TensorFile::read(&fixture("unet_sd2").join("outputs_fp16.safetensors")).unwrap();
+    let out = unet.forward(
+        inputs.tensor(&"sample", &device).unwrap(),
+        inputs.tensor(&"timestep", &device).unwrap(),
+        inputs.tensor(&"encoder_hidden_states", &device).unwrap(),
+    );
+    let err = rel_err(&values(out), &expected.tensors["out"].1);
+    assert!(err < TOL, "fp16 variant: relative error {err}");
+}
+
+/// A sharded checkpoint with its index loads to the same weights as the single file.
+#[test]
+fn sharded_checkpoint_matches_single_file() {
+    let device = Default::default();
+    let single = load_unet::<common::Cpu>("unet_sd2", "unet", &device);
+    let sharded = load_unet::<common::Cpu>("unet_sd2", "unet_sharded", &device);
+    let inputs = TensorFile::read(&fixture("unet_sd2").join("inputs.safetensors")).unwrap();
+    let run = |u: &UNet2DConditionModel<common::Cpu>| {
+        values(u.forward(
+            inputs.tensor(&"sample", &device).unwrap(),
+            inputs.tensor(&"timestep", &device).unwrap(),
+            inputs.tensor(&"encoder_hidden_states", &device).unwrap(),
+        ))
+    };
+    assert_eq!(run(&single), run(&sharded));
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn sd2_layout_matches_diffusers_wgpu() {
+    check_case::<common::Gpu>("unet_sd2", &Default::default());
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn sd1_layout_matches_diffusers_wgpu() {
+    check_case::<common::Gpu>("unet_sd1", &Default::default());
+}
