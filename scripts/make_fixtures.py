@@ -253,9 +253,23 @@ def make_manifests() -> None:
 # ----------------------------------------------------------------------------------------------
 
 def make_full_size(dest: Path) -> None:
+    """A random full-size SD 2.1 UNet in diffusers layout, with one reference forward (f32,
+    32x32 latents, 77 tokens) for the ignored full-size test. About 3.5 GB; not committed."""
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD21_UNET)
+    unet.eval()
     unet.save_pretrained(dest / "unet", safe_serialization=True)
+    g = torch.Generator().manual_seed(1)
+    inputs = {
+        "sample": torch.randn((1, 4, 32, 32), generator=g),
+        "timestep": torch.tensor([321.0]),
+        "encoder_hidden_states": torch.randn((1, 77, 1024), generator=g),
+    }
+    save_file(f32(inputs), dest / "inputs.safetensors")
+    with torch.no_grad():
+        out = unet(inputs["sample"], inputs["timestep"],
+                   encoder_hidden_states=inputs["encoder_hidden_states"]).sample
+    save_file(f32({"out": out}), dest / "outputs.safetensors")
     print(f"full-size SD 2.1 UNet written to {dest / 'unet'}")
 
 

@@ -16,11 +16,17 @@
 pub mod attention;
 pub mod error;
 pub mod nn;
+pub mod schedule;
 pub mod unet;
+pub mod viz;
 pub mod weights;
 
 pub use error::{Error, Result};
 
-/// The CPU backend unit tests run on.
+/// The CPU backend unit tests run on: f64, so finite-difference checks are meaningful.
+///
+/// burn 0.21 keeps one default float dtype per device *type* for the whole process (the first
+/// backend that touches the device fixes it), so `NdArray<f32>` and `NdArray<f64>` must not be
+/// mixed in one test binary: every unit test uses this alias, the integration tests use f32.
 #[cfg(all(test, feature = "ndarray"))]
-pub(crate) type TestBackend = burn::backend::NdArray<f32>;
+pub(crate) type TestBackend = burn::backend::NdArray<f64>;

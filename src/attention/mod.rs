@@ -102,14 +102,15 @@ pub fn attend<B: Backend, H: AttentionHook<B>>(
     probs.cast(dtype).matmul(v)
 }
 
-/// `softmax(q k^T * scale)` over the last axis, in f32 when `upcast` is set.
+/// `softmax(q k^T * scale)` over the last axis; with `upcast`, half-precision inputs are cast
+/// to f32 first (f32 and f64 inputs are left as they are).
 pub(crate) fn explicit_probs<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     scale: f64,
     upcast: bool,
 ) -> Tensor<B, 4> {
-    let (q, k) = if upcast {
+    let (q, k) = if upcast && matches!(q.dtype(), DType::F16 | DType::BF16) {
         (q.cast(DType::F32), k.cast(DType::F32))
     } else {
         (q, k)
@@ -117,3 +118,6 @@ pub(crate) fn explicit_probs<B: Backend>(
     let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
     softmax(scores, 3)
 }
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests;

@@ -90,7 +90,7 @@ mod tests {
         let t = Tensor::<TestBackend, 1>::from_floats([0.0, 3.0, 999.0], &device);
         for (flip, shift) in [(true, 0.0), (false, 1.0)] {
             let emb = timestep_embedding(t.clone(), 6, flip, shift);
-            let got = emb.into_data().to_vec::<f32>().unwrap();
+            let got = emb.into_data().convert::<f32>().to_vec::<f32>().unwrap();
             for (row, tv) in [0.0f64, 3.0, 999.0].iter().enumerate() {
                 for i in 0..3 {
                     let f = (-(10_000f64.ln()) * i as f64 / (3.0 - shift)).exp();

@@ -11,6 +11,7 @@ mod transformer;
 
 pub use blocks::{DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
 pub use config::{DownBlockType, UNet2DConditionConfig, UpBlockType};
+pub(crate) use resnet::nearest_resize; // also used by the CTCal map auto-encoder
 pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 pub use transformer::{BasicTransformerBlock, Projection, Transformer2DModel};
 

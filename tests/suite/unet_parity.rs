@@ -1,10 +1,8 @@
 //! The UNet against diffusers: outputs and every cross-attention map of the tiny fixtures
 //! written by `scripts/make_fixtures.py`, within relative error 1e-4 (f32).
 
-mod common;
-
+use crate::common::{fixture, rel_err, values};
 use burn::tensor::backend::Backend;
-use common::{fixture, rel_err, values};
 use ctcal::attention::{AttentionKind, AttentionStore, SiteFilter};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use ctcal::weights::{TensorFile, load_module};
@@ -61,12 +59,12 @@ fn check_case<B: Backend>(case: &str, device: &B::Device) {
 
 #[test]
 fn sd2_layout_matches_diffusers_ndarray() {
-    check_case::<common::Cpu>("unet_sd2", &Default::default());
+    check_case::<crate::common::Cpu>("unet_sd2", &Default::default());
 }
 
 #[test]
 fn sd1_layout_matches_diffusers_ndarray() {
-    check_case::<common::Cpu>("unet_sd1", &Default::default());
+    check_case::<crate::common::Cpu>("unet_sd1", &Default::default());
 }
 
 /// The `.fp16` variant loads (cast to f32) and reproduces diffusers' output of the same
@@ -74,7 +72,7 @@ fn sd1_layout_matches_diffusers_ndarray() {
 #[test]
 fn fp16_variant_loads_and_matches() {
     let device = Default::default();
-    let unet = load_unet::<common::Cpu>("unet_sd2", "unet_fp16", &device);
+    let unet = load_unet::<crate::common::Cpu>("unet_sd2", "unet_fp16", &device);
     let inputs = TensorFile::read(&fixture("unet_sd2").join("inputs.safetensors")).unwrap();
     let expected = TensorFile::read(&fixture("unet_sd2").join("outputs_fp16.safetensors")).unwrap();
     let out = unet.forward(
@@ -90,10 +88,10 @@ fn fp16_variant_loads_and_matches() {
 #[test]
 fn sharded_checkpoint_matches_single_file() {
     let device = Default::default();
-    let single = load_unet::<common::Cpu>("unet_sd2", "unet", &device);
-    let sharded = load_unet::<common::Cpu>("unet_sd2", "unet_sharded", &device);
+    let single = load_unet::<crate::common::Cpu>("unet_sd2", "unet", &device);
+    let sharded = load_unet::<crate::common::Cpu>("unet_sd2", "unet_sharded", &device);
     let inputs = TensorFile::read(&fixture("unet_sd2").join("inputs.safetensors")).unwrap();
-    let run = |u: &UNet2DConditionModel<common::Cpu>| {
+    let run = |u: &UNet2DConditionModel<crate::common::Cpu>| {
         values(u.forward(
             inputs.tensor(&"sample", &device).unwrap(),
             inputs.tensor(&"timestep", &device).unwrap(),
@@ -106,11 +104,11 @@ fn sharded_checkpoint_matches_single_file() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn sd2_layout_matches_diffusers_wgpu() {
-    check_case::<common::Gpu>("unet_sd2", &Default::default());
+    check_case::<crate::common::Gpu>("unet_sd2", &Default::default());
 }
 
 #[cfg(feature = "wgpu")]
 #[test]
 fn sd1_layout_matches_diffusers_wgpu() {
-    check_case::<common::Gpu>("unet_sd1", &Default::default());
+    check_case::<crate::common::Gpu>("unet_sd1", &Default::default());
 }

@@ -29,7 +29,8 @@ pub fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec::<f32>().unwrap()
 }
 
-/// The CPU test backend.
+/// The CPU test backend. f32 throughout this binary: burn 0.21 fixes one default float dtype
+/// per device type per process, so f32 and f64 `NdArray` must not be mixed here.
 pub type Cpu = burn::backend::NdArray<f32>;
 
 /// The wgpu test backend (Mesa's software Vulkan driver on CI).

@@ -1,0 +1,19 @@
+//! Training noise schedules: SD 2.1's DDPM (epsilon or v targets, optional min-SNR weighting)
+//! and SD 3's rectified flow (logit-normal sigmas with the timestep shift).
+//!
+//! Ports the training-time parts of diffusers' `DDPMScheduler` (`add_noise`, `get_velocity`)
+//! and `FlowMatchEulerDiscreteScheduler` (`scale_noise`, the `shift` of its sigmas).
+
+mod ddpm;
+mod flow;
+
+pub use ddpm::{DdpmConfig, DdpmSchedule, PredictionType};
+pub use flow::{FlowConfig, FlowSchedule};
+
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+/// Per-sample scalars as a `[batch, 1, 1, 1]` tensor that broadcasts over a latent batch.
+pub(crate) fn per_sample<B: Backend>(values: &[f64], device: &B::Device) -> Tensor<B, 4> {
+    let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
+    Tensor::from_data(TensorData::new(v, [values.len(), 1, 1, 1]), device)
+}
