@@ -14,6 +14,7 @@
 //! `cuda` add backends without changing behaviour.
 
 pub mod attention;
+pub mod ctcal;
 pub mod error;
 pub mod nn;
 pub mod schedule;

@@ -5,11 +5,11 @@
 //! `latent_channels x 4 x 4` code; the decoder mirrors it with 2x nearest upsampling before each
 //! 3x3 convolution.
 
+use crate::nn::silu;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::unet::nearest_resize;

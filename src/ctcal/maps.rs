@@ -2,13 +2,10 @@
 //!
 //! 1. Each captured layer: for joint (MMDiT) layers, renormalise the image-to-text block over
 //!    the text keys; average the heads; lay the queries out on their grid.
-//! 2. Resize every layer to a common grid (area average when shrinking, bilinear when growing,
-//!    PyTorch's `adaptive_avg_pool2d` / `interpolate(bilinear, align_corners=False)`) and average
-//!    the layers.
+//! 2. Resize every layer to a common grid ([`resize`]: area average along a shrinking axis,
+//!    half-pixel linear interpolation along a growing one) and average the layers.
 //! 3. A noun's map is the sum of its tokens' maps.
 
-use burn::tensor::module::{adaptive_avg_pool2d, interpolate};
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 use super::NounGroups;
@@ -59,20 +56,54 @@ pub fn token_maps<B: Backend>(maps: &[StoredMap<B>], grid: [usize; 2]) -> Result
     Ok(sum.div_scalar(maps.len() as f64))
 }
 
-/// Resizes `[b, c, h, w]` maps to `grid`: area average when no side grows, else bilinear.
+/// Resizes `[b, c, h, w]` maps to `grid`, each axis on its own: a shrinking axis is area
+/// averaged over PyTorch's `adaptive_avg_pool2d` bins, a growing axis is linearly interpolated
+/// as `interpolate(mode="bilinear", align_corners=False)` does.
+///
+/// Written as two small matrix products so it is differentiable on every backend (burn-ndarray
+/// has no bilinear backward).
 pub fn resize<B: Backend>(maps: Tensor<B, 4>, grid: [usize; 2]) -> Tensor<B, 4> {
-    let [_, _, h, w] = maps.dims();
+    let [b, c, h, w] = maps.dims();
     if [h, w] == grid {
-        maps
-    } else if h >= grid[0] && w >= grid[1] {
-        adaptive_avg_pool2d(maps, grid)
-    } else {
-        let options = InterpolateOptions {
-            mode: InterpolateMode::Bilinear,
-            align_corners: false,
-        };
-        interpolate(maps, grid, options)
+        return maps;
     }
+    let device = maps.device();
+    let [gh, gw] = grid;
+    let rows = Tensor::<B, 2>::from_data(TensorData::new(resize_matrix(h, gh), [gh, h]), &device);
+    let cols = Tensor::<B, 2>::from_data(TensorData::new(resize_matrix(w, gw), [gw, w]), &device);
+    let x = maps.reshape([b * c, h, w]);
+    let x = rows.unsqueeze_dim::<3>(0).expand([b * c, gh, h]).matmul(x);
+    let x = x.matmul(
+        cols.transpose()
+            .unsqueeze_dim::<3>(0)
+            .expand([b * c, w, gw]),
+    );
+    x.reshape([b, c, gh, gw])
+}
+
+/// The `[out, len]` row-major matrix that resizes one axis of length `len` to `out`.
+pub fn resize_matrix(len: usize, out: usize) -> Vec<f32> {
+    let mut m = vec![0f32; out * len];
+    for i in 0..out {
+        let row = &mut m[i * len..(i + 1) * len];
+        if out <= len {
+            // Adaptive average pooling bins.
+            let start = i * len / out;
+            let end = ((i + 1) * len).div_ceil(out);
+            for v in &mut row[start..end] {
+                *v = 1.0 / (end - start) as f32;
+            }
+        } else {
+            // Half-pixel linear interpolation, clamped at the borders.
+            let src = ((i as f64 + 0.5) * len as f64 / out as f64 - 0.5).max(0.0);
+            let i0 = (src.floor() as usize).min(len - 1);
+            let i1 = (i0 + 1).min(len - 1);
+            let t = (src - i0 as f64) as f32;
+            row[i0] += 1.0 - t;
+            row[i1] += t;
+        }
+    }
+    m
 }
 
 /// The map of each noun of each sample: the sum of its tokens' maps.

@@ -54,8 +54,14 @@ mod tests {
         let nouns = NounGroups(vec![vec![2], vec![5, 6]]);
         assert!(nouns.check(0, 7).is_ok());
         let err = nouns.check(3, 6).unwrap_err().to_string();
-        assert!(err.contains("sample 3: noun 1 uses token position 6, but the text has 6 tokens"), "{err}");
-        let err = NounGroups(vec![vec![]]).check(0, 5).unwrap_err().to_string();
+        assert!(
+            err.contains("sample 3: noun 1 uses token position 6, but the text has 6 tokens"),
+            "{err}"
+        );
+        let err = NounGroups(vec![vec![]])
+            .check(0, 5)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("noun 0 has no token positions"), "{err}");
     }
 }

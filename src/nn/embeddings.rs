@@ -1,10 +1,10 @@
 //! Sinusoidal timestep features and the MLP that embeds them (diffusers `embeddings.py`:
 //! `get_timestep_embedding`, `Timesteps`, `TimestepEmbedding`).
 
+use crate::nn::silu;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Tensor, backend::Backend};
 
 /// Sinusoidal features of (possibly fractional) timesteps, as diffusers'

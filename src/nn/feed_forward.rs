@@ -3,9 +3,10 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
+
+use super::activation::{gelu, gelu_tanh};
 
 /// The activation of a [`FeedForward`] (diffusers' `activation_fn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,11 +73,4 @@ impl<B: Backend> FeedForward<B> {
         };
         self.proj_out.forward(h)
     }
-}
-
-/// GELU with the tanh approximation (PyTorch `gelu(approximate="tanh")`).
-pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    let c = (2.0f64 / std::f64::consts::PI).sqrt();
-    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
-    x.clone().mul_scalar(0.5) * (inner.tanh() + 1.0)
 }

@@ -1,7 +1,9 @@
 //! Layers shared by the UNet and the MMDiT (diffusers `embeddings.py`, `attention.py`).
 
+pub mod activation;
 mod embeddings;
 mod feed_forward;
 
+pub use activation::{gelu, gelu_tanh, silu};
 pub use embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};

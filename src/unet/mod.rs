@@ -15,10 +15,10 @@ pub(crate) use resnet::nearest_resize; // also used by the CTCal map auto-encode
 pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 pub use transformer::{BasicTransformerBlock, Projection, Transformer2DModel};
 
+use crate::nn::silu;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::attention::{AttentionHook, AttentionSite, BlockPos, NoHook};

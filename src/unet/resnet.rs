@@ -1,10 +1,10 @@
 //! `ResnetBlock2D`, `Downsample2D` and `Upsample2D` (diffusers `resnet.py`, `downsampling.py`,
 //! `upsampling.py`), in the variants SD 1.x/2.x use.
 
+use crate::nn::silu;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Tensor, backend::Backend};
 
 /// A 3x3 convolution with padding 1 and the given stride.

@@ -1,0 +1,98 @@
+//! SiLU and exact GELU with gradients that are right in every float precision.
+//!
+//! burn 0.21's own versions fall short for training and for gradient checks: its `gelu`
+//! backward is the derivative of the *tanh approximation* although the forward is the exact
+//! (erf) GELU, and its `sigmoid` (hence `silu`) is computed in f32 whatever the tensor's dtype.
+//! These are compositions of elementwise ops whose autodiff is exact; fusing backends merge them.
+
+use burn::tensor::{Tensor, backend::Backend};
+
+/// `x * sigmoid(x)`, with `sigmoid(x) = (1 + tanh(x / 2)) / 2` (bounded, no overflow).
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let gate = x
+        .clone()
+        .mul_scalar(0.5)
+        .tanh()
+        .mul_scalar(0.5)
+        .add_scalar(0.5);
+    x * gate
+}
+
+/// Exact GELU: `x * (1 + erf(x / sqrt(2))) / 2` (PyTorch's default `gelu`).
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let cdf = x
+        .clone()
+        .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)
+        .erf()
+        .add_scalar(1.0)
+        .mul_scalar(0.5);
+    x * cdf
+}
+
+/// GELU with the tanh approximation (PyTorch `gelu(approximate="tanh")`, SD 3's feed-forward).
+pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
+    x.mul_scalar(0.5) * (inner.tanh() + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TestBackend;
+    use burn::backend::Autodiff;
+    use burn::tensor::TensorData;
+
+    type A = Autodiff<TestBackend>;
+
+    /// Values against closed forms and gradients against central differences, in f64.
+    #[test]
+    fn values_and_gradients() {
+        let device = Default::default();
+        let xs = [-30.0, -3.0, -0.7, 0.0, 0.4, 2.5, 30.0];
+        let silu_ref = |x: f64| x / (1.0 + (-x).exp());
+        let gelu_ref = |x: f64| 0.5 * x * (1.0 + reference_erf(x / 2f64.sqrt()));
+        for (f, r) in [
+            (
+                silu::<A, 1> as fn(Tensor<A, 1>) -> Tensor<A, 1>,
+                &silu_ref as &dyn Fn(f64) -> f64,
+            ),
+            (gelu::<A, 1>, &gelu_ref),
+        ] {
+            let x = Tensor::<A, 1>::from_data(TensorData::new(xs.to_vec(), [xs.len()]), &device)
+                .require_grad();
+            let y = f(x.clone());
+            let got = y.clone().into_data().to_vec::<f64>().unwrap();
+            let grad = x
+                .grad(&y.sum().backward())
+                .unwrap()
+                .into_data()
+                .to_vec::<f64>()
+                .unwrap();
+            for (i, &v) in xs.iter().enumerate() {
+                assert!((got[i] - r(v)).abs() < 1e-12, "value at {v}");
+                let fd = (r(v + 1e-6) - r(v - 1e-6)) / 2e-6;
+                assert!(
+                    (grad[i] - fd).abs() < 1e-8,
+                    "gradient at {v}: {} vs {fd}",
+                    grad[i]
+                );
+            }
+        }
+    }
+
+    /// erf from its Maclaurin series (exact to ~1e-12 for |x| <= 5, where it is used), and
+    /// +-1 beyond (|1 - erf(5)| < 2e-12).
+    fn reference_erf(x: f64) -> f64 {
+        if x.abs() > 5.0 {
+            return x.signum();
+        }
+        let (mut term, mut sum, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-18 {
+            n += 1.0;
+            term *= -x * x / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+}
