@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from diffusers import UNet2DConditionModel
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
@@ -201,6 +202,166 @@ def make_unet_case(name: str, spec: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Schedules
+# ----------------------------------------------------------------------------------------------
+
+def make_schedules() -> None:
+    case = fresh_dir(FIX / "schedules")
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn((3, 4, 5, 6), generator=g)
+    noise = torch.randn((3, 4, 5, 6), generator=g)
+    t = torch.tensor([0, 421, 999])
+    out = {"x0": x0, "noise": noise, "timesteps": t.float()}
+    for pred in ["epsilon", "v_prediction"]:
+        ddpm = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                             beta_schedule="scaled_linear", prediction_type=pred)
+        out["alphas_cumprod"] = ddpm.alphas_cumprod
+        out["ddpm_noisy"] = ddpm.add_noise(x0, noise, t)
+        if pred == "v_prediction":
+            out["ddpm_v"] = ddpm.get_velocity(x0, noise, t)
+    flow = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    out["flow_sigmas"] = flow.sigmas[:-1] if len(flow.sigmas) > 1000 else flow.sigmas
+    out["flow_unshifted"] = torch.linspace(1, 1000, 1000).flip(0) / 1000
+    idx = torch.tensor([0, 500, 999])
+    sig = flow.sigmas[idx]
+    out["flow_sigma_picks"] = sig
+    out["flow_noisy"] = flow.scale_noise(x0, flow.timesteps[idx], noise)
+    save_file(f32(out), case / "schedules.safetensors")
+    print("schedules: DDPM and flow references")
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole CTCal loss on the tiny SD 2 UNet fixture, recomputed here in float64
+# ----------------------------------------------------------------------------------------------
+
+class MapAutoEncoder(torch.nn.Module):
+    """Mirror of ctcal::ctcal::MapAutoEncoder (same parameter names)."""
+
+    def __init__(self, hidden=16, latent=32):
+        super().__init__()
+        self.enc1 = torch.nn.Conv2d(1, hidden, 3, stride=2, padding=1)
+        self.enc2 = torch.nn.Conv2d(hidden, latent, 3, stride=2, padding=1)
+        self.dec1 = torch.nn.Conv2d(latent, hidden, 3, padding=1)
+        self.dec2 = torch.nn.Conv2d(hidden, 1, 3, padding=1)
+
+    def encode(self, x):
+        return self.enc2(F.silu(self.enc1(x)))
+
+    def decode(self, z):
+        x = F.silu(self.dec1(F.interpolate(z, scale_factor=2, mode="nearest")))
+        return self.dec2(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def resize(maps, grid):
+    h, w = maps.shape[-2:]
+    if (h, w) == tuple(grid):
+        return maps
+    if h >= grid[0] and w >= grid[1]:
+        return F.adaptive_avg_pool2d(maps, grid)
+    assert h <= grid[0] and w <= grid[1]
+    return F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
+
+
+def level_of(name, levels):
+    parts = name.split(".")
+    if parts[0] == "down_blocks":
+        return int(parts[1])
+    if parts[0] == "mid_block":
+        return levels - 1
+    return levels - 1 - int(parts[1])
+
+
+def ctcal_reference(unet, ae, x0, noise, ctx, t_stu, t_tea, nouns, cfg):
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                          beta_schedule="scaled_linear", prediction_type="v_prediction")
+    levels = len(unet.config.block_out_channels)
+    H, W = x0.shape[-2:]
+    grid = (H // cfg["map_downscale"], W // cfg["map_downscale"])
+
+    def noun_maps(t):
+        store = capture_cross_maps(unet)
+        xt = sched.add_noise(x0, noise, t)
+        pred = unet(xt, t.double(), encoder_hidden_states=ctx).sample
+        layers = []
+        for name, probs in store.items():
+            d = 2 ** level_of(name, levels)
+            if d not in cfg["layer_downscales"]:
+                continue
+            b, heads, q, k = probs.shape
+            m = probs.double().mean(1).transpose(1, 2).reshape(b, k, H // d, W // d)
+            layers.append(resize(m, grid))
+        tok = torch.stack(layers).mean(0)  # [b, k, gh, gw]
+        per_sample = []
+        for bi, groups in enumerate(nouns):
+            if not groups:
+                per_sample.append(None)
+                continue
+            per_sample.append(torch.stack([tok[bi, g].sum(0) for g in groups]))
+        return pred, per_sample
+
+    with torch.no_grad():
+        _, teacher = noun_maps(t_tea)
+        pred, student = noun_maps(t_stu)
+    target = sched.get_velocity(x0, noise, t_stu)
+    diffusion = ((pred - target) ** 2).reshape(x0.shape[0], -1).mean(1).mean()
+
+    def norm(m):
+        peak = m.reshape(m.shape[0], -1).max(1).values
+        return m / (peak + 1e-8)[:, None, None], peak
+
+    total, parts, count = 0.0, [0.0] * 4, 0
+    for bi, (s, t) in enumerate(zip(student, teacher)):
+        if s is None:
+            continue
+        sn, speak = norm(s)
+        tn, _ = norm(t)
+        pixel = ((sn - tn) ** 2).mean()
+        s_in = resize(sn[:, None], (16, 16))
+        t_in = resize(tn[:, None], (16, 16))
+        semantic = ((ae.encode(s_in) - ae.encode(t_in)) ** 2).mean()
+        recon = ((ae.decode(ae.encode(t_in)) - t_in) ** 2).mean()
+        balance = F.relu(speak.max() - speak - cfg["tau"]).mean()
+        terms = [pixel, semantic, recon, balance]
+        lam = [cfg["pixel"], cfg["semantic"], cfg["recon"], cfg["balance"]]
+        total = total + (t_stu[bi].item() / 1000.0) * sum(l * x for l, x in zip(lam, terms))
+        parts = [p + x.item() for p, x in zip(parts, terms)]
+        count += 1
+    ctcal = total / x0.shape[0]
+    parts = [p / count for p in parts]
+    return {"diffusion": diffusion.item(), "ctcal": float(ctcal), "pixel": parts[0],
+            "semantic": parts[1], "recon": parts[2], "balance": parts[3],
+            "total": diffusion.item() + cfg["lambda"] * float(ctcal)}
+
+
+def make_ctcal_case() -> None:
+    case = fresh_dir(FIX / "ctcal_sd2")
+    unet = UNet2DConditionModel.from_pretrained(FIX / "unet_sd2" / "unet").to(torch.float64)
+    unet.eval()
+    torch.manual_seed(11)
+    ae = MapAutoEncoder()
+    save_file({k: v.contiguous() for k, v in ae.state_dict().items()}, case / "autoencoder.safetensors")
+    ae = ae.double()
+    g = torch.Generator().manual_seed(12)
+    x0 = torch.randn((2, 4, 16, 12), generator=g)
+    noise = torch.randn((2, 4, 16, 12), generator=g)
+    ctx = torch.randn((2, 7, 12), generator=g)
+    t_stu = torch.tensor([700, 300])
+    t_tea = torch.tensor([0, 0])
+    nouns = [[[1], [2, 3]], [[5]]]
+    cfg = {"lambda": 1.0, "pixel": 1.0, "semantic": 1.0, "recon": 1.0, "balance": 0.1,
+           "tau": 0.05, "map_downscale": 2, "layer_downscales": [1, 2]}
+    save_file(f32({"latents": x0, "noise": noise, "encoder_hidden_states": ctx,
+                   "student": t_stu.float(), "teacher": t_tea.float()}),
+              case / "inputs.safetensors",
+              metadata={"nouns": json.dumps(nouns), "config": json.dumps(cfg)})
+    with torch.no_grad():
+        ref = ctcal_reference(unet, ae, x0.double(), noise.double(), ctx.double(), t_stu, t_tea,
+                              nouns, cfg)
+    (case / "expected.json").write_text(json.dumps(ref, indent=2) + "\n")
+    print(f"ctcal_sd2: {ref}")
+
+
+# ----------------------------------------------------------------------------------------------
 # Full-size key manifests (meta device: no memory, no weights)
 # ----------------------------------------------------------------------------------------------
 
@@ -328,6 +489,8 @@ def main(argv):
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     for name, spec in UNET_CASES.items():
         make_unet_case(name, spec)
+    make_schedules()
+    make_ctcal_case()
     make_manifests()
     make_embedded()
 

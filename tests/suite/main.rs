@@ -1,7 +1,9 @@
 //! Integration tests, in one binary so the backends are compiled once.
 
 mod common;
+mod ctcal_parity;
 mod full_size;
+mod schedule_parity;
 mod unet_naming;
 mod unet_parity;
 mod weights_errors;
