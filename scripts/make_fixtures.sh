@@ -10,3 +10,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q -r scripts/requirements-fixtures.txt
 .venv/bin/python scripts/make_fixtures.py "$@"
+if [ "$#" -eq 0 ]; then
+  .venv/bin/python scripts/make_noun_captions.py
+fi

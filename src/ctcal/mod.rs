@@ -15,6 +15,7 @@ pub mod loss;
 pub mod maps;
 mod nouns;
 pub mod step;
+pub mod tagger;
 
 pub use autoencoder::{MapAutoEncoder, MapAutoEncoderConfig};
 pub use loss::{CtcalLoss, ctcal_loss};

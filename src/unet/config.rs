@@ -194,7 +194,7 @@ impl UNet2DConditionConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let raw: DiffusersUNetConfig = serde_json::from_str(&text).map_err(|e| Error::Json {
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         })?;
         raw.into_config()
             .map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))

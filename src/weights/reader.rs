@@ -82,7 +82,7 @@ impl CheckpointFiles {
         let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
             path: index.to_path_buf(),
-            source: e,
+            error: e,
         })?;
         let map = json
             .get("weight_map")
@@ -217,7 +217,7 @@ fn check_index(index: &Path, tensors: &HashMap<String, LazyTensor>) -> Result<()
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
         path: index.to_path_buf(),
-        source: e,
+        error: e,
     })?;
     if let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) {
         for (key, file) in map {

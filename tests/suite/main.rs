@@ -4,6 +4,7 @@ mod common;
 mod ctcal_parity;
 mod full_size;
 mod schedule_parity;
+mod tagger_agreement;
 mod unet_naming;
 mod unet_parity;
 mod weights_errors;
