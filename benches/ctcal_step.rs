@@ -51,7 +51,7 @@ fn bench<B: AutodiffBackend>(
     };
     let schedule = Schedule::Ddpm(DdpmConfig::sd21().init());
     let time = |config: &CtcalConfig| {
-        let mut run = || {
+        let run = || {
             let t = Instant::now();
             let out = ctcal_step(&unet, &ae, &data, &draw, &schedule, config).expect("step");
             let _grads = out.loss.backward();

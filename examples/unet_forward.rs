@@ -134,7 +134,12 @@ fn write_heatmaps<B: Backend>(
     for map in maps {
         let [_, _, q, k] = map.probs.dims();
         // Head average of sample 0: [q, k].
-        let avg = map.probs.clone().slice([0..1]).mean_dim(1).reshape([q, k]);
+        let avg = map
+            .probs
+            .clone()
+            .narrow(0, 0, 1)
+            .mean_dim(1)
+            .reshape([q, k]);
         let avg = avg.swap_dims(0, 1).into_data().convert::<f32>();
         let values = avg.to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let per_token: Vec<Vec<f32>> = values.chunks(q).map(<[f32]>::to_vec).collect();

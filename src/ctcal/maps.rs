@@ -137,10 +137,7 @@ pub fn noun_maps<B: Backend>(
             }
         }
         let select = Tensor::<B, 2>::from_data(TensorData::new(select, [n, tokens]), &device);
-        let sample = token_maps
-            .clone()
-            .slice([b..b + 1])
-            .reshape([tokens, h * w]);
+        let sample = token_maps.clone().narrow(0, b, 1).reshape([tokens, h * w]);
         out.push(Some(select.matmul(sample).reshape([n, h, w])));
     }
     Ok(out)

@@ -264,8 +264,8 @@ pub fn tag_nouns(caption: &str) -> Vec<bool> {
             i += 1;
         }
         let last = i - 1;
-        for j in start..last {
-            noun[j] = !is_adjective(word(j));
+        for (j, flag) in noun.iter_mut().enumerate().take(last).skip(start) {
+            *flag = !is_adjective(word(j));
         }
         // The head is a noun unless it is a lone predicate adjective ("the car is red").
         let after_det = start > 0

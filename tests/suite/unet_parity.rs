@@ -2,7 +2,7 @@
 //! written by `scripts/make_fixtures.py`, within relative error 1e-4 (f32).
 
 use crate::common::{fixture, rel_err, values};
-use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, backend::Backend};
 use ctcal::attention::{AttentionKind, AttentionStore, SiteFilter};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use ctcal::weights::{TensorFile, load_module};
@@ -17,18 +17,26 @@ fn load_unet<B: Backend>(case: &str, folder: &str, device: &B::Device) -> UNet2D
     unet
 }
 
+/// The `sample`, `timestep` and `encoder_hidden_states` of a fixture's inputs.
+fn inputs<B: Backend>(
+    case: &str,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) {
+    let f = TensorFile::read(&fixture(case).join("inputs.safetensors")).unwrap();
+    (
+        f.tensor("sample", device).unwrap(),
+        f.tensor("timestep", device).unwrap(),
+        f.tensor("encoder_hidden_states", device).unwrap(),
+    )
+}
+
 /// Runs `case` and checks the output and every attn2 map against diffusers.
 fn check_case<B: Backend>(case: &str, device: &B::Device) {
     let unet = load_unet::<B>(case, "unet", device);
-    let inputs = TensorFile::read(&fixture(case).join("inputs.safetensors")).unwrap();
     let expected = TensorFile::read(&fixture(case).join("outputs.safetensors")).unwrap();
     let mut store = AttentionStore::new(SiteFilter::cross());
-    let out = unet.forward_with_hook(
-        inputs.tensor(&"sample", device).unwrap(),
-        inputs.tensor(&"timestep", device).unwrap(),
-        inputs.tensor(&"encoder_hidden_states", device).unwrap(),
-        &mut store,
-    );
+    let (sample, t, ctx) = inputs::<B>(case, device);
+    let out = unet.forward_with_hook(sample, t, ctx, &mut store);
     let err = rel_err(&values(out), &expected.tensors["out"].1);
     assert!(err < TOL, "{case}: output relative error {err}");
 
@@ -73,13 +81,9 @@ fn sd1_layout_matches_diffusers_ndarray() {
 fn fp16_variant_loads_and_matches() {
     let device = Default::default();
     let unet = load_unet::<crate::common::Cpu>("unet_sd2", "unet_fp16", &device);
-    let inputs = TensorFile::read(&fixture("unet_sd2").join("inputs.safetensors")).unwrap();
     let expected = TensorFile::read(&fixture("unet_sd2").join("outputs_fp16.safetensors")).unwrap();
-    let out = unet.forward(
-        inputs.tensor(&"sample", &device).unwrap(),
-        inputs.tensor(&"timestep", &device).unwrap(),
-        inputs.tensor(&"encoder_hidden_states", &device).unwrap(),
-    );
+    let (sample, t, ctx) = inputs::<crate::common::Cpu>("unet_sd2", &device);
+    let out = unet.forward(sample, t, ctx);
     let err = rel_err(&values(out), &expected.tensors["out"].1);
     assert!(err < TOL, "fp16 variant: relative error {err}");
 }
@@ -90,13 +94,9 @@ fn sharded_checkpoint_matches_single_file() {
     let device = Default::default();
     let single = load_unet::<crate::common::Cpu>("unet_sd2", "unet", &device);
     let sharded = load_unet::<crate::common::Cpu>("unet_sd2", "unet_sharded", &device);
-    let inputs = TensorFile::read(&fixture("unet_sd2").join("inputs.safetensors")).unwrap();
     let run = |u: &UNet2DConditionModel<crate::common::Cpu>| {
-        values(u.forward(
-            inputs.tensor(&"sample", &device).unwrap(),
-            inputs.tensor(&"timestep", &device).unwrap(),
-            inputs.tensor(&"encoder_hidden_states", &device).unwrap(),
-        ))
+        let (sample, t, ctx) = inputs::<crate::common::Cpu>("unet_sd2", &device);
+        values(u.forward(sample, t, ctx))
     };
     assert_eq!(run(&single), run(&sharded));
 }
