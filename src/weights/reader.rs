@@ -9,6 +9,7 @@ use burn::tensor::{DType, TensorData};
 use burn_store::TensorSnapshotError;
 use safetensors::{Dtype, SafeTensors};
 
+use super::tensor_file::decode_f32;
 use crate::error::{Error, Result};
 
 /// The files holding one model's weights.
@@ -135,30 +136,12 @@ impl LazyTensor {
     /// The tensor as `TensorData` of dtype `target` (f16/bf16/f64 are cast).
     pub fn to_data(&self, target: DType) -> std::result::Result<TensorData, TensorSnapshotError> {
         let raw = &self.bytes[self.range.clone()];
-        let values: Vec<f32> = match self.dtype {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::F64 => raw
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32)
-                .collect(),
-            other => {
-                return Err(TensorSnapshotError::DataError(format!(
-                    "{}: unsupported dtype {other:?}",
-                    self.file
-                )));
-            }
-        };
+        let values = decode_f32(self.dtype, raw).ok_or_else(|| {
+            TensorSnapshotError::DataError(format!(
+                "{}: unsupported dtype {:?}",
+                self.file, self.dtype
+            ))
+        })?;
         let data = TensorData::new(values, self.shape.clone());
         Ok(if target == DType::F32 {
             data

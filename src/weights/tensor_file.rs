@@ -32,7 +32,7 @@ impl TensorFile {
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
-            let values = decode(&view).ok_or_else(|| {
+            let values = decode_f32(view.dtype(), view.data()).ok_or_else(|| {
                 bad(format!(
                     "tensor {name} has unsupported dtype {:?}",
                     view.dtype()
@@ -74,9 +74,9 @@ impl TensorFile {
     }
 }
 
-fn decode(view: &TensorView<'_>) -> Option<Vec<f32>> {
-    let raw = view.data();
-    Some(match view.dtype() {
+/// Little-endian f32, f16, bf16 or f64 bytes as f32 values; `None` for other dtypes.
+pub(crate) fn decode_f32(dtype: Dtype, raw: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
         Dtype::F32 => raw
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
