@@ -13,6 +13,8 @@
 //! Every model is generic over `B: Backend`; the cargo features `ndarray` (default), `wgpu` and
 //! `cuda` add backends without changing behaviour.
 
+#![warn(missing_docs)]
+
 pub mod attention;
 pub mod ctcal;
 pub mod error;

@@ -174,7 +174,7 @@ impl Schedule {
         }
     }
 
-    /// The CTCal weight `w`: `t / T` (DDPM) or `sigma` (flow) **[paper]**.
+    /// The CTCal weight `w`: `t / T` (DDPM) or `sigma` (flow), as the paper sets it.
     pub fn ctcal_weight(&self, level: f64) -> f64 {
         match self {
             Schedule::Ddpm(s) => level / s.num_train_timesteps() as f64,
