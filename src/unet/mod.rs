@@ -27,6 +27,17 @@ use crate::nn::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 use resnet::conv3x3;
 use transformer::{TransformerArgs, TransformerPlace};
 
+/// The parameter-free sinusoidal timestep features (diffusers `Timesteps`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeProj {
+    /// Feature width (`block_out_channels[0]`).
+    pub dim: usize,
+    /// Cosine half first.
+    pub flip_sin_to_cos: bool,
+    /// `downscale_freq_shift`.
+    pub freq_shift: f64,
+}
+
 /// diffusers' `UNet2DConditionModel` for SD 1.x/2.x configs.
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {
@@ -44,10 +55,12 @@ pub struct UNet2DConditionModel<B: Backend> {
     pub conv_norm_out: GroupNorm<B>,
     /// Output convolution to latent channels.
     pub conv_out: Conv2d<B>,
-    /// Timestep feature settings: `(width, flip_sin_to_cos, freq_shift)`.
-    pub time_proj: (usize, bool, f64),
-    /// Shape facts checked on input: `(in_channels, cross_attention_dim, levels)`.
-    pub io: (usize, usize, usize),
+    /// Sinusoidal timestep feature settings (diffusers `time_proj`, parameter-free).
+    pub time_proj: TimeProj,
+    /// Latent channels expected on input.
+    pub in_channels: usize,
+    /// Width of the text conditioning expected on input.
+    pub cross_attention_dim: usize,
     /// Every attention layer, in forward order.
     pub sites: Vec<AttentionSite>,
 }
@@ -184,8 +197,13 @@ impl UNet2DConditionConfig {
                 .with_epsilon(self.norm_eps)
                 .init(device),
             conv_out: conv3x3(boc[0], self.out_channels, 1, 1, device),
-            time_proj: (boc[0], self.flip_sin_to_cos, self.freq_shift),
-            io: (self.in_channels, self.cross_attention_dim, levels),
+            time_proj: TimeProj {
+                dim: boc[0],
+                flip_sin_to_cos: self.flip_sin_to_cos,
+                freq_shift: self.freq_shift,
+            },
+            in_channels: self.in_channels,
+            cross_attention_dim: self.cross_attention_dim,
             sites: Vec::new(),
         };
         model.sites = model.collect_sites();
@@ -226,10 +244,13 @@ impl<B: Backend> UNet2DConditionModel<B> {
         };
         let ctx = encoder_hidden_states;
         // 1. Time embedding.
-        let (dim, flip, shift) = self.time_proj;
-        let temb = self
-            .time_embedding
-            .forward(timestep_embedding(timesteps, dim, flip, shift));
+        let TimeProj {
+            dim,
+            flip_sin_to_cos,
+            freq_shift,
+        } = self.time_proj;
+        let features = timestep_embedding(timesteps, dim, flip_sin_to_cos, freq_shift);
+        let temb = self.time_embedding.forward(features);
         // 2. Down path, keeping every state for the skip connections.
         let mut x = self.conv_in.forward(sample);
         let mut skips = vec![x.clone()];
@@ -258,7 +279,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         timesteps: [usize; 1],
         encoder_hidden_states: [usize; 3],
     ) -> Result<()> {
-        let (in_ch, ctx_dim, _) = self.io;
+        let (in_ch, ctx_dim) = (self.in_channels, self.cross_attention_dim);
         let [b, c, h, w] = sample;
         if c != in_ch || h == 0 || w == 0 {
             return Err(Error::Input(format!(
