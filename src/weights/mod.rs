@@ -13,10 +13,12 @@
 //! `TensorSnapshot`s ourselves. Missing, unexpected and mis-shaped keys are errors, never
 //! ignored.
 
+mod expected;
 pub mod keys;
 mod reader;
 mod tensor_file;
 
+pub use expected::{ExpectedTensor, expected_tensors};
 pub use keys::to_diffusers_key;
 pub use reader::CheckpointFiles;
 use reader::read_tensors;
@@ -64,34 +66,27 @@ pub fn load_files<B: Backend, M: Module<B>>(
     let mut tensors = read_tensors(files)?;
     let target: DType = <B::FloatElem as Element>::dtype();
 
-    // 1. Match our paths against the file's keys.
-    let expected = module.collect(None, None, true);
+    // 1. Match our paths against the file's keys (without initialising the module's weights).
     let mut missing = Vec::new();
     let mut mismatched = Vec::new();
-    let mut snapshots = Vec::with_capacity(expected.len());
+    let mut snapshots = Vec::new();
     let mut source_dtypes = BTreeMap::new();
-    for snap in &expected {
-        let path = snap.full_path();
-        let key = to_diffusers_key(&path);
-        let Some(tensor) = tensors.remove(&key) else {
-            missing.push(key);
+    for expected in expected_tensors(&module) {
+        let Some(tensor) = tensors.remove(&expected.key) else {
+            missing.push(expected.key);
             continue;
         };
-        let mut want: Vec<usize> = snap.shape.to_vec();
-        if is_linear_weight(snap) {
-            want.reverse(); // PyTorch stores Linear weights as [out, in].
-        }
-        if tensor.shape != want {
+        if tensor.shape != expected.shape {
             mismatched.push(format!(
-                "{key} has shape {:?} in {}, the model expects {want:?}",
-                tensor.shape, tensor.file
+                "{} has shape {:?} in {}, the model expects {:?}",
+                expected.key, tensor.shape, tensor.file, expected.shape
             ));
             continue;
         }
         *source_dtypes
             .entry(format!("{:?}", tensor.dtype))
             .or_insert(0) += 1;
-        snapshots.push(tensor.into_snapshot(&path, target));
+        snapshots.push(tensor.into_snapshot(&expected.path, target));
     }
     let unexpected: Vec<String> = {
         let mut v: Vec<String> = tensors.into_keys().collect();
@@ -137,23 +132,12 @@ pub fn load_files<B: Backend, M: Module<B>>(
 
 /// The diffusers keys and shapes a module expects, sorted by key (PyTorch layout).
 pub fn expected_keys<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
-    let mut keys: Vec<(String, Vec<usize>)> = module
-        .collect(None, None, true)
-        .iter()
-        .map(|snap| {
-            let mut shape = snap.shape.to_vec();
-            if is_linear_weight(snap) {
-                shape.reverse();
-            }
-            (to_diffusers_key(&snap.full_path()), shape)
-        })
+    let mut keys: Vec<(String, Vec<usize>)> = expected_tensors(module)
+        .into_iter()
+        .map(|e| (e.key, e.shape))
         .collect();
     keys.sort();
     keys
-}
-
-fn is_linear_weight(snap: &TensorSnapshot) -> bool {
-    snap.module_type().as_deref() == Some("Struct:Linear") && snap.full_path().ends_with(".weight")
 }
 
 fn mismatch_message(
