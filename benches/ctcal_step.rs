@@ -8,22 +8,18 @@
 //! Prints the median step time of each and the CTCal/plain ratio from the same run
 //! (PyTorch's is 1.37x on an H200 for SD 2.1 at 512 px, batch 8).
 
-use std::time::Instant;
+mod common;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
+use common::{arg, flag, time};
 use ctcal::ctcal::{
     CtcalConfig, MapAutoEncoderConfig, NounGroups, Schedule, StepDraw, TextCond, TrainBatch,
     ctcal_step,
 };
 use ctcal::schedule::DdpmConfig;
 use ctcal::unet::UNet2DConditionConfig;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn bench<B: AutodiffBackend>(
     name: &str,
@@ -50,19 +46,15 @@ fn bench<B: AutodiffBackend>(
         teacher: vec![0.0; batch],
     };
     let schedule = Schedule::Ddpm(DdpmConfig::sd21().init());
-    let time = |config: &CtcalConfig| {
-        let run = || {
-            let t = Instant::now();
+    let step = |config: &CtcalConfig| {
+        time(iters, || {
             let out = ctcal_step(&unet, &ae, &data, &draw, &schedule, config).expect("step");
             let _grads = out.loss.backward();
             let _ = B::sync(device);
-            t.elapsed().as_secs_f64()
-        };
-        run(); // warm-up
-        median((0..iters).map(|_| run()).collect())
+        })
     };
-    let plain = time(&CtcalConfig::sd21().with_lambda_ctcal(0.0));
-    let ctcal = time(&CtcalConfig::sd21());
+    let plain = step(&CtcalConfig::sd21().with_lambda_ctcal(0.0));
+    let ctcal = step(&CtcalConfig::sd21());
     println!(
         "{name:>6} latent {latent} batch {batch}: plain {:>9.1} ms  ctcal {:>9.1} ms  ratio {:.2}x",
         plain * 1e3,
@@ -72,23 +64,12 @@ fn bench<B: AutodiffBackend>(
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<usize>().ok())
-    };
-    let full = args.iter().any(|a| a == "--full");
+    let value = |f: &str| arg(f).and_then(|v| v.parse::<usize>().ok());
+    let full = flag("--full");
     let batch = value("--batch").unwrap_or(2);
     let iters = value("--iters").unwrap_or(5);
     let latent = value("--latent").unwrap_or(64);
-    let backend = args
-        .iter()
-        .position(|a| a == "--backend")
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-        .unwrap_or_else(|| "ndarray".into());
+    let backend = arg("--backend").unwrap_or_else(|| "ndarray".into());
     match backend.as_str() {
         #[cfg(feature = "ndarray")]
         "ndarray" => bench_all::<Autodiff<burn::backend::NdArray<f32>>>(full, latent, batch, iters),

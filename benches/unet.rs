@@ -8,12 +8,13 @@
 //! ```
 //! Prints the median time of each case and its ratio to the hooks-off case of the same run.
 
-use std::time::Instant;
+mod common;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
+use common::{arg, flag, time};
 use ctcal::attention::{AttentionHook, AttentionSite, AttentionStore, NoHook, SiteFilter};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 
@@ -32,24 +33,6 @@ struct Opts {
     batch: usize,
     iters: usize,
     backend: String,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn time<F: FnMut()>(iters: usize, mut f: F) -> f64 {
-    f(); // warm-up (kernel compilation, autotune)
-    median(
-        (0..iters)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
 }
 
 /// Runs the model once with the named hook mode; returns a scalar that depends on the maps
@@ -143,18 +126,11 @@ fn run<B: AutodiffBackend>(opts: &Opts, device: &B::Device) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
     let opts = Opts {
-        full: args.iter().any(|a| a == "--full"),
-        batch: value("--batch").and_then(|v| v.parse().ok()).unwrap_or(1),
-        iters: value("--iters").and_then(|v| v.parse().ok()).unwrap_or(5),
-        backend: value("--backend").unwrap_or_else(|| "ndarray".into()),
+        full: flag("--full"),
+        batch: arg("--batch").and_then(|v| v.parse().ok()).unwrap_or(1),
+        iters: arg("--iters").and_then(|v| v.parse().ok()).unwrap_or(5),
+        backend: arg("--backend").unwrap_or_else(|| "ndarray".into()),
     };
     match opts.backend.as_str() {
         #[cfg(feature = "ndarray")]
