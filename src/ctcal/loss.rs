@@ -11,7 +11,7 @@
 //! `mean_b w_b L_b` with `L_b = 0` for a sample without nouns.
 
 use burn::tensor::activation::relu;
-use burn::tensor::{ElementConversion, Tensor, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
 use super::maps::resize;
 use super::{CtcalConfig, MapAutoEncoder};
@@ -93,7 +93,8 @@ pub fn ctcal_loss<B: Backend>(
         )));
     }
     let mut total = Tensor::<B, 1>::zeros([1], device);
-    let mut parts = [0f64; 4];
+    // Detached running sum of the four terms, read back once (not one device sync per term).
+    let mut part_sums = Tensor::<B, 1>::zeros([4], device);
     let mut count = 0;
     for (b, (s, t)) in student.iter().zip(teacher).enumerate() {
         let (s, t) = match (s, t) {
@@ -114,16 +115,20 @@ pub fn ctcal_loss<B: Backend>(
             config.recon_weight,
             config.balance_weight,
         ];
+        part_sums = part_sums + Tensor::cat(terms.iter().map(|t| t.clone().detach()).collect(), 0);
         let mut sample_loss = Tensor::<B, 1>::zeros([1], device);
-        for (i, (term, l)) in terms.into_iter().zip(lambdas).enumerate() {
-            parts[i] += term.clone().into_scalar().elem::<f64>();
+        for (term, l) in terms.into_iter().zip(lambdas) {
             sample_loss = sample_loss + term.mul_scalar(l);
         }
         total = total + sample_loss.mul_scalar(weights[b]);
         count += 1;
     }
+    let mut parts = [0f64; 4];
     if count > 0 {
-        parts.iter_mut().for_each(|p| *p /= count as f64);
+        let sums = part_sums.into_data().convert::<f64>();
+        for (p, v) in parts.iter_mut().zip(sums.iter::<f64>()) {
+            *p = v / count as f64;
+        }
     }
     Ok(CtcalLoss {
         loss: total.div_scalar(batch.max(1) as f64),
