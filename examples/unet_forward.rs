@@ -12,23 +12,18 @@
 //! `encoder_hidden_states` `[b, tokens, dim]`; `out.safetensors` gets `out` and one map
 //! `[b, heads, h*w, tokens]` per `attn2` layer, named by its diffusers path.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+#[macro_use]
+mod common;
 
-use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use clap::{Parser, ValueEnum};
-use ctcal::attention::{AttentionStore, SiteFilter, StoredMap};
+use clap::Parser;
+use common::{BackendKind, write_heatmaps, write_outputs};
+use ctcal::attention::{AttentionStore, SiteFilter};
 use ctcal::unet::UNet2DConditionConfig;
-use ctcal::viz::{heatmap_row, save_png};
-use ctcal::weights::{TensorFile, load_module, to_entry, write_tensor_file};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum BackendKind {
-    Ndarray,
-    Wgpu,
-    Cuda,
-}
+use ctcal::weights::{TensorFile, load_module, to_entry};
 
 /// Run a diffusers UNet2DConditionModel folder and dump its output and cross-attention maps.
 #[derive(Parser, Debug)]
@@ -55,19 +50,7 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    match args.backend {
-        #[cfg(feature = "ndarray")]
-        BackendKind::Ndarray => run::<burn::backend::NdArray<f32>>(&args, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        BackendKind::Wgpu => run::<burn::backend::Wgpu<f32>>(&args, &Default::default()),
-        #[cfg(feature = "cuda")]
-        BackendKind::Cuda => run::<burn::backend::Cuda<f32>>(&args, &Default::default()),
-        #[allow(unreachable_patterns)]
-        other => bail!(
-            "backend {other:?} is not compiled in: rebuild with --features {}",
-            format!("{other:?}").to_lowercase()
-        ),
-    }
+    dispatch!(args.backend, run, &args)
 }
 
 fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
@@ -96,15 +79,7 @@ fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
     let out = unet.forward_with_hook(sample, timestep, context, &mut store);
     let maps = store.take();
 
-    let mut tensors = BTreeMap::new();
-    tensors.insert("out".to_string(), to_entry(out));
-    for map in &maps {
-        tensors.insert(map.site.path(), to_entry(map.probs.clone()));
-    }
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    write_tensor_file(&args.out, &tensors, None)?;
+    let tensors = write_outputs(&args.out, to_entry(out), &maps)?;
     println!(
         "wrote out {:?} and {} cross-attention maps to {} ({:.2} s)",
         tensors["out"].0,
@@ -119,41 +94,6 @@ fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
             .get("tokens")
             .and_then(|t| serde_json::from_str(t).ok());
         write_heatmaps(&maps, &args.out, tokens.as_deref())?;
-    }
-    Ok(())
-}
-
-/// One PNG per cross-attention layer: the head-averaged map of each token of the first sample,
-/// left to right in token order.
-fn write_heatmaps<B: Backend>(
-    maps: &[StoredMap<B>],
-    out: &Path,
-    tokens: Option<&[String]>,
-) -> Result<()> {
-    let dir = out.parent().unwrap_or(Path::new("."));
-    for map in maps {
-        let [_, _, q, k] = map.probs.dims();
-        // Head average of sample 0: [q, k].
-        let avg = map
-            .probs
-            .clone()
-            .narrow(0, 0, 1)
-            .mean_dim(1)
-            .reshape([q, k]);
-        let avg = avg.swap_dims(0, 1).into_data().convert::<f32>();
-        let values = avg.to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let per_token: Vec<Vec<f32>> = values.chunks(q).map(<[f32]>::to_vec).collect();
-        let img = heatmap_row(&per_token, map.grid, 64);
-        let path = dir.join(format!("{}.png", map.site.path()));
-        save_png(&img, &path)?;
-    }
-    match tokens {
-        Some(t) => println!(
-            "heatmaps in {}: one tile per token, {}",
-            dir.display(),
-            t.join(" | ")
-        ),
-        None => println!("heatmaps in {}: one tile per token", dir.display()),
     }
     Ok(())
 }

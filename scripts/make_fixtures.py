@@ -5,7 +5,16 @@ CPU, and writes weights (diffusers folder layout), inputs and reference outputs 
 under tests/fixtures/<case>/. Also writes the key manifests of the full-size published configs
 (built on the meta device, no weights) and the tiny embedded model under weights/.
 
+The SD 3 / SD 3.5 MMDiT cases (mmdit_*, ctcal_sd3, sd3*_transformer manifests) live in
+scripts/fixtures_sd3.py; shared helpers in scripts/fixture_common.py.
+
 Run through scripts/make_fixtures.sh (pinned venv). Deterministic: fixed seeds.
+    make_fixtures.py                       everything
+    make_fixtures.py --only unet           UNet cases, schedules, ctcal_sd2, UNet manifests,
+                                           embedded weights/tiny-sd21
+    make_fixtures.py --only sd3            MMDiT cases, ctcal_sd3, SD 3 manifests
+    make_fixtures.py --full-size DEST      random full-size SD 2.1 UNet (not committed)
+    make_fixtures.py --full-size-sd3 DEST  random full-size SD 3 medium transformer (not committed)
 """
 
 import json
@@ -19,31 +28,14 @@ from safetensors.torch import save_file
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-FIX = ROOT / "tests" / "fixtures"
+from fixture_common import (FIX, ROOT, MapAutoEncoder, f32, fresh_dir, randomize, resize,
+                            save_file_ordered, write_manifest)
+import fixtures_sd3
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Moves every parameter off its default so swapped or mis-mapped tensors show up.
-
-    Norm weights default to one and biases to zero: a loader that swaps weight and bias, or
-    forgets a bias, would still pass against defaults.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)
-            elif name.endswith("bias"):
-                p.copy_(0.1 * noise)
-            else:
-                p.add_(0.02 * noise)
-
 
 class MapCapture:
     """An attention processor that materialises softmax(QK^T) and records it.
@@ -81,17 +73,6 @@ def capture_cross_maps(unet: UNet2DConditionModel) -> dict:
         procs[key] = MapCapture(name, store) if name.endswith("attn2") else proc
     unet.set_attn_processor(procs)
     return store
-
-
-def f32(d: dict) -> dict:
-    return {k: v.detach().to(torch.float32).contiguous() for k, v in d.items()}
-
-
-def fresh_dir(path: Path) -> Path:
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,34 +215,6 @@ def make_schedules() -> None:
 # The whole CTCal loss on the tiny SD 2 UNet fixture, recomputed here in float64
 # ----------------------------------------------------------------------------------------------
 
-class MapAutoEncoder(torch.nn.Module):
-    """Mirror of ctcal::ctcal::MapAutoEncoder (same parameter names)."""
-
-    def __init__(self, hidden=16, latent=32):
-        super().__init__()
-        self.enc1 = torch.nn.Conv2d(1, hidden, 3, stride=2, padding=1)
-        self.enc2 = torch.nn.Conv2d(hidden, latent, 3, stride=2, padding=1)
-        self.dec1 = torch.nn.Conv2d(latent, hidden, 3, padding=1)
-        self.dec2 = torch.nn.Conv2d(hidden, 1, 3, padding=1)
-
-    def encode(self, x):
-        return self.enc2(F.silu(self.enc1(x)))
-
-    def decode(self, z):
-        x = F.silu(self.dec1(F.interpolate(z, scale_factor=2, mode="nearest")))
-        return self.dec2(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
-def resize(maps, grid):
-    h, w = maps.shape[-2:]
-    if (h, w) == tuple(grid):
-        return maps
-    if h >= grid[0] and w >= grid[1]:
-        return F.adaptive_avg_pool2d(maps, grid)
-    assert h <= grid[0] and w <= grid[1]
-    return F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
-
-
 def level_of(name, levels):
     parts = name.split(".")
     if parts[0] == "down_blocks":
@@ -350,10 +303,10 @@ def make_ctcal_case() -> None:
     nouns = [[[1], [2, 3]], [[5]]]
     cfg = {"lambda": 1.0, "pixel": 1.0, "semantic": 1.0, "recon": 1.0, "balance": 0.1,
            "tau": 0.05, "map_downscale": 2, "layer_downscales": [1, 2]}
-    save_file(f32({"latents": x0, "noise": noise, "encoder_hidden_states": ctx,
-                   "student": t_stu.float(), "teacher": t_tea.float()}),
-              case / "inputs.safetensors",
-              metadata={"nouns": json.dumps(nouns), "config": json.dumps(cfg)})
+    save_file_ordered(f32({"latents": x0, "noise": noise, "encoder_hidden_states": ctx,
+                           "student": t_stu.float(), "teacher": t_tea.float()}),
+                      case / "inputs.safetensors",
+                      metadata={"nouns": json.dumps(nouns), "config": json.dumps(cfg)})
     with torch.no_grad():
         ref = ctcal_reference(unet, ae, x0.double(), noise.double(), ctx.double(), t_stu, t_tea,
                               nouns, cfg)
@@ -392,15 +345,6 @@ SD21_UNET = dict(
 
 SD15_UNET = dict(SD21_UNET, sample_size=64, attention_head_dim=8, cross_attention_dim=768,
                  use_linear_projection=False, upcast_attention=False)
-
-
-def write_manifest(name: str, model: torch.nn.Module, config: dict) -> None:
-    out = FIX / "manifests"
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [f"{k} {list(v.shape)}" for k, v in sorted(model.state_dict().items())]
-    (out / f"{name}.txt").write_text("\n".join(lines) + "\n")
-    (out / f"{name}.config.json").write_text(json.dumps(config, indent=2) + "\n")
-    print(f"manifest {name}: {len(lines)} keys")
 
 
 def make_manifests() -> None:
@@ -486,13 +430,25 @@ def main(argv):
         i = argv.index("--full-size")
         make_full_size(Path(argv[i + 1]))
         return
+    if "--full-size-sd3" in argv:
+        i = argv.index("--full-size-sd3")
+        fixtures_sd3.make_full_size_sd3(Path(argv[i + 1]))
+        return
+    only = None
+    if "--only" in argv:
+        only = argv[argv.index("--only") + 1]
+        if only not in ("unet", "sd3"):
+            sys.exit(f"--only takes unet or sd3, not {only!r}")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    for name, spec in UNET_CASES.items():
-        make_unet_case(name, spec)
-    make_schedules()
-    make_ctcal_case()
-    make_manifests()
-    make_embedded()
+    if only in (None, "unet"):
+        for name, spec in UNET_CASES.items():
+            make_unet_case(name, spec)
+        make_schedules()
+        make_ctcal_case()
+        make_manifests()
+        make_embedded()
+    if only in (None, "sd3"):
+        fixtures_sd3.make_all()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@
 pub mod attention;
 pub mod ctcal;
 pub mod error;
+pub mod mmdit;
 pub mod nn;
 pub mod schedule;
 pub mod unet;

@@ -2,7 +2,7 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::{AttentionHook, AttentionSite, attend};
@@ -27,6 +27,9 @@ pub struct AttentionConfig {
     /// Softmax in f32 (`upcast_attention`; SD 2.1 768 needs it).
     #[config(default = false)]
     pub upcast_attention: bool,
+    /// Per-head RMS norm of queries and keys with this epsilon (`qk_norm="rms_norm"`, SD 3.5).
+    #[config(default = "None")]
+    pub qk_norm_eps: Option<f64>,
 }
 
 /// Multi-head attention with diffusers' parameter names.
@@ -43,6 +46,10 @@ pub struct Attention<B: Backend> {
     pub to_v: Linear<B>,
     /// Output projection (`to_out.0`).
     pub to_out: Vec<Linear<B>>,
+    /// Per-head RMS norm of the queries (SD 3.5's `qk_norm`).
+    pub norm_q: Option<RmsNorm<B>>,
+    /// Per-head RMS norm of the keys.
+    pub norm_k: Option<RmsNorm<B>>,
     /// Number of heads.
     pub heads: usize,
     /// Softmax in f32 for hooked sites.
@@ -63,10 +70,22 @@ impl AttentionConfig {
             to_k: lin(kv_dim, inner, self.bias),
             to_v: lin(kv_dim, inner, self.bias),
             to_out: vec![lin(inner, self.query_dim, self.out_bias)],
+            norm_q: self.qk_norm(device),
+            norm_k: self.qk_norm(device),
             heads: self.heads,
             upcast: self.upcast_attention,
             site,
         }
+    }
+}
+
+impl AttentionConfig {
+    fn qk_norm<B: Backend>(&self, device: &B::Device) -> Option<RmsNorm<B>> {
+        self.qk_norm_eps.map(|eps| {
+            RmsNormConfig::new(self.dim_head)
+                .with_epsilon(eps)
+                .init(device)
+        })
     }
 }
 
@@ -85,11 +104,20 @@ impl<B: Backend> Attention<B> {
         hook: &mut H,
     ) -> Tensor<B, 3> {
         let context = context.unwrap_or_else(|| x.clone());
-        let q = split_heads(self.to_q.forward(x), self.heads);
+        let q = norm_heads(&self.norm_q, split_heads(self.to_q.forward(x), self.heads));
         let k = split_heads(self.to_k.forward(context.clone()), self.heads);
+        let k = norm_heads(&self.norm_k, k);
         let v = split_heads(self.to_v.forward(context), self.heads);
         let out = attend(q, k, v, &self.site, grid, self.upcast, hook);
         self.to_out[0].forward(merge_heads(out))
+    }
+}
+
+/// Applies an optional per-head norm over the last (head) axis of `[batch, heads, n, d]`.
+pub(crate) fn norm_heads<B: Backend>(norm: &Option<RmsNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
     }
 }
 

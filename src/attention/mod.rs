@@ -13,6 +13,7 @@ mod site;
 mod store;
 
 pub use layer::{Attention, AttentionConfig};
+pub(crate) use layer::{merge_heads, norm_heads, split_heads};
 pub use site::{AttentionKind, AttentionSite, BlockPos, Slot};
 pub use store::{AttentionStore, SiteFilter, StoredMap};
 
@@ -98,6 +99,39 @@ pub fn attend<B: Backend, H: AttentionHook<B>>(
     }
     let probs = explicit_probs(q, k, scale, upcast);
     hook.on_probs(site, grid, probs.clone());
+    let dtype = v.dtype();
+    probs.cast(dtype).matmul(v)
+}
+
+/// Joint attention over `[image tokens ; text tokens]` (image first, as diffusers orders them).
+///
+/// A wanted site computes the joint softmax explicitly (in f32 for half-precision inputs) and
+/// hands the hook its image-query to text-key block `P[:, :, :n_image, n_image:]`; other sites
+/// call burn's fused attention.
+///
+/// # Shapes
+/// - `q`, `k`, `v`: `[batch, heads, n_image + n_text, head_dim]`
+/// - returns `[batch, heads, n_image + n_text, head_dim]`
+pub fn attend_joint<B: Backend, H: AttentionHook<B>>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    n_image: usize,
+    site: &AttentionSite,
+    grid: [usize; 2],
+    hook: &mut H,
+) -> Tensor<B, 4> {
+    if !hook.wants(site) {
+        return attend(q, k, v, site, grid, true, hook);
+    }
+    let [b, h, n, _] = q.dims();
+    let scale = (q.dims()[3] as f64).powf(-0.5);
+    let probs = explicit_probs(q, k, scale, true);
+    hook.on_probs(
+        site,
+        grid,
+        probs.clone().slice([0..b, 0..h, 0..n_image, n_image..n]),
+    );
     let dtype = v.dtype();
     probs.cast(dtype).matmul(v)
 }

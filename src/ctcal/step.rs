@@ -17,6 +17,7 @@ use super::{
 };
 use crate::attention::{AttentionHook, AttentionKind, AttentionStore, NoHook};
 use crate::error::{Error, Result};
+use crate::mmdit::SD3Transformer2DModel;
 use crate::schedule::{DdpmSchedule, FlowSchedule};
 use crate::unet::UNet2DConditionModel;
 
@@ -72,6 +73,33 @@ impl<B: Backend> Denoiser<B> for UNet2DConditionModel<B> {
 
     fn map_kind(&self) -> AttentionKind {
         AttentionKind::Cross
+    }
+}
+
+impl<B: Backend> Denoiser<B> for SD3Transformer2DModel<B> {
+    fn denoise<H: AttentionHook<B>>(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        cond: &TextCond<B>,
+        hook: &mut H,
+    ) -> Result<Tensor<B, 4>> {
+        let pooled = cond.pooled.clone().ok_or_else(|| {
+            Error::Input(
+                "the SD 3 transformer needs pooled text embeddings (TextCond::pooled)".into(),
+            )
+        })?;
+        self.check_inputs(
+            x.dims(),
+            timesteps.dims(),
+            cond.hidden.dims(),
+            pooled.dims(),
+        )?;
+        Ok(self.forward_with_hook(x, timesteps, cond.hidden.clone(), pooled, hook))
+    }
+
+    fn map_kind(&self) -> AttentionKind {
+        AttentionKind::Joint
     }
 }
 

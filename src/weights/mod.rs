@@ -22,7 +22,7 @@ pub use expected::{ExpectedTensor, expected_tensors};
 pub use keys::to_diffusers_key;
 pub use reader::CheckpointFiles;
 use reader::read_tensors;
-pub use tensor_file::{TensorFile, to_entry, write_atomic, write_tensor_file};
+pub use tensor_file::{TensorEntry, TensorFile, to_entry, write_atomic, write_tensor_file};
 
 use std::collections::BTreeMap;
 use std::path::Path;

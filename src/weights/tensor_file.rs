@@ -8,13 +8,16 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::error::{Error, Result};
 
+/// A tensor as plain data: `(shape, values)` in row-major order.
+pub type TensorEntry = (Vec<usize>, Vec<f32>);
+
 /// The float tensors of one safetensors file, decoded to f32, with the file's metadata.
 #[derive(Debug, Clone, Default)]
 pub struct TensorFile {
     /// Where it was read from (for messages).
     pub path: String,
     /// Name to `(shape, values)`.
-    pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    pub tensors: BTreeMap<String, TensorEntry>,
     /// The `__metadata__` strings.
     pub metadata: HashMap<String, String>,
 }
@@ -101,7 +104,7 @@ pub(crate) fn decode_f32(dtype: Dtype, raw: &[u8]) -> Option<Vec<f32>> {
 /// interrupted write never leaves a truncated file behind.
 pub fn write_tensor_file(
     path: &Path,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &BTreeMap<String, TensorEntry>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
@@ -138,7 +141,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A tensor's shape and f32 values, for [`write_tensor_file`].
-pub fn to_entry<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> (Vec<usize>, Vec<f32>) {
+pub fn to_entry<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> TensorEntry {
     let data = tensor.into_data().convert::<f32>();
     let shape = data.shape.to_vec();
     let values = data.to_vec::<f32>().unwrap_or_default();

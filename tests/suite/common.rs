@@ -36,3 +36,34 @@ pub type Cpu = burn::backend::NdArray<f32>;
 /// The wgpu test backend (Mesa's software Vulkan driver on CI).
 #[cfg(feature = "wgpu")]
 pub type Gpu = burn::backend::Wgpu<f32>;
+
+/// A key manifest diffusers wrote for a published config: `(key, shape)` per line.
+pub fn manifest(name: &str) -> Vec<(String, Vec<usize>)> {
+    let text = std::fs::read_to_string(fixture(&format!("manifests/{name}.txt"))).unwrap();
+    text.lines()
+        .map(|line| {
+            let (key, shape) = line.split_once(' ').unwrap();
+            let shape: Vec<usize> = serde_json::from_str(shape).unwrap();
+            (key.to_string(), shape)
+        })
+        .collect()
+}
+
+/// Our `(key, shape)` list equals diffusers', naming the first differences.
+pub fn assert_same_keys(ours: &[(String, Vec<usize>)], theirs: &[(String, Vec<usize>)]) {
+    let missing: Vec<_> = theirs
+        .iter()
+        .filter(|k| !ours.contains(k))
+        .take(5)
+        .collect();
+    let extra: Vec<_> = ours
+        .iter()
+        .filter(|k| !theirs.contains(k))
+        .take(5)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "missing {missing:?}, extra {extra:?}"
+    );
+    assert_eq!(ours.len(), theirs.len());
+}

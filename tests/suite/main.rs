@@ -3,6 +3,8 @@
 mod common;
 mod ctcal_parity;
 mod full_size;
+mod mmdit_naming;
+mod mmdit_parity;
 mod schedule_parity;
 mod tagger_agreement;
 mod unet_naming;

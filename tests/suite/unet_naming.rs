@@ -2,20 +2,9 @@
 //! diffusers wrote for the published configs (`tests/fixtures/manifests`), and the presets
 //! against the published `config.json`s.
 
-use crate::common::fixture;
+use crate::common::{assert_same_keys, fixture, manifest};
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::expected_keys;
-
-fn manifest(name: &str) -> Vec<(String, Vec<usize>)> {
-    let text = std::fs::read_to_string(fixture(&format!("manifests/{name}.txt"))).unwrap();
-    text.lines()
-        .map(|line| {
-            let (key, shape) = line.split_once(' ').unwrap();
-            let shape: Vec<usize> = serde_json::from_str(shape).unwrap();
-            (key.to_string(), shape)
-        })
-        .collect()
-}
 
 fn check(name: &str, config: UNet2DConditionConfig) {
     // Parsing the published config gives the preset.
@@ -24,25 +13,9 @@ fn check(name: &str, config: UNet2DConditionConfig) {
     )))
     .unwrap();
     assert_eq!(parsed, config);
-    // Every key and shape agrees. Building the full model allocates its weights once.
+    // Every key and shape agrees.
     let unet = config.init::<crate::common::Cpu>(&Default::default());
-    let ours = expected_keys(&unet);
-    let theirs = manifest(name);
-    let missing: Vec<_> = theirs
-        .iter()
-        .filter(|k| !ours.contains(k))
-        .take(5)
-        .collect();
-    let extra: Vec<_> = ours
-        .iter()
-        .filter(|k| !theirs.contains(k))
-        .take(5)
-        .collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "missing {missing:?}, extra {extra:?}"
-    );
-    assert_eq!(ours.len(), theirs.len());
+    assert_same_keys(&expected_keys(&unet), &manifest(name));
 }
 
 #[test]
