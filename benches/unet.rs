@@ -8,13 +8,13 @@
 //! ```
 //! Prints the median time of each case and its ratio to the hooks-off case of the same run.
 
+#[macro_use]
 mod common;
 
-use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
-use common::{arg, flag, time};
+use common::{Opts, compare};
 use ctcal::attention::{AttentionHook, AttentionSite, AttentionStore, NoHook, SiteFilter};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 
@@ -26,13 +26,6 @@ impl<B: Backend> AttentionHook<B> for AllSites {
         true
     }
     fn on_probs(&mut self, _site: &AttentionSite, _grid: [usize; 2], _probs: Tensor<B, 4>) {}
-}
-
-struct Opts {
-    full: bool,
-    batch: usize,
-    iters: usize,
-    backend: String,
 }
 
 /// Runs the model once with the named hook mode; returns a scalar that depends on the maps
@@ -88,30 +81,14 @@ fn bench_config<B: AutodiffBackend>(
         ("cross", "cross maps kept"),
         ("all", "all explicit"),
     ];
-    for backward in [false, true] {
-        let mode = if backward { "fwd+bwd" } else { "fwd" };
-        let mut base = 0.0;
-        for (hook, label) in labels {
-            let t = if backward {
-                time(opts.iters, || {
-                    let _grads = step(&unet, &train_inputs, hook).backward();
-                    let _ = B::sync(device);
-                })
-            } else {
-                time(opts.iters, || {
-                    let _ = step(&eval_unet, &eval_inputs, hook).into_data();
-                })
-            };
-            if hook == "off" {
-                base = t;
-            }
-            println!(
-                "{name:>6} {mode:>8} {label:<16} {:>10.1} ms  {:.2}x",
-                t * 1e3,
-                t / base
-            );
+    compare(name, &labels, opts, |hook, backward| {
+        if backward {
+            let _grads = step(&unet, &train_inputs, hook).backward();
+            let _ = B::sync(device);
+        } else {
+            let _ = step(&eval_unet, &eval_inputs, hook).into_data();
         }
-    }
+    });
 }
 
 fn run<B: AutodiffBackend>(opts: &Opts, device: &B::Device) {
@@ -126,19 +103,6 @@ fn run<B: AutodiffBackend>(opts: &Opts, device: &B::Device) {
 }
 
 fn main() {
-    let opts = Opts {
-        full: flag("--full"),
-        batch: arg("--batch").and_then(|v| v.parse().ok()).unwrap_or(1),
-        iters: arg("--iters").and_then(|v| v.parse().ok()).unwrap_or(5),
-        backend: arg("--backend").unwrap_or_else(|| "ndarray".into()),
-    };
-    match opts.backend.as_str() {
-        #[cfg(feature = "ndarray")]
-        "ndarray" => run::<Autodiff<burn::backend::NdArray<f32>>>(&opts, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => run::<Autodiff<burn::backend::Wgpu<f32>>>(&opts, &Default::default()),
-        #[cfg(feature = "cuda")]
-        "cuda" => run::<Autodiff<burn::backend::Cuda<f32>>>(&opts, &Default::default()),
-        other => eprintln!("backend {other} is not compiled in (see --features)"),
-    }
+    let opts = Opts::from_args();
+    dispatch!(opts, run);
 }

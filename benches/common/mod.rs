@@ -1,4 +1,5 @@
 //! Timing and argument helpers shared by the bench binaries.
+#![allow(dead_code, unused_macros)]
 
 use std::time::Instant;
 
@@ -29,4 +30,87 @@ pub fn arg(flag: &str) -> Option<String> {
 /// Whether `flag` is on the command line.
 pub fn flag(flag: &str) -> bool {
     std::env::args().any(|a| a == flag)
+}
+
+/// Options every bench binary takes.
+pub struct Opts {
+    /// Include the full-size published config.
+    pub full: bool,
+    /// Batch size.
+    pub batch: usize,
+    /// Timed iterations (median reported).
+    pub iters: usize,
+    /// Backend name (`ndarray`, `wgpu`, `cuda`).
+    pub backend: String,
+    /// Skip the forward+backward cases (a full-size backward needs more memory than a small
+    /// CPU machine has).
+    pub fwd_only: bool,
+}
+
+impl Opts {
+    /// `--full`, `--batch N`, `--iters N`, `--backend NAME` from the command line.
+    pub fn from_args() -> Self {
+        Opts {
+            full: flag("--full"),
+            batch: arg("--batch").and_then(|v| v.parse().ok()).unwrap_or(1),
+            iters: arg("--iters").and_then(|v| v.parse().ok()).unwrap_or(5),
+            backend: arg("--backend").unwrap_or_else(|| "ndarray".into()),
+            fwd_only: flag("--fwd-only"),
+        }
+    }
+}
+
+/// Times each `(label, case)` forward-only and forward+backward; prints the median and the
+/// ratio to the first case of the same mode. `case(backward)` must synchronise the device.
+pub fn compare<F: FnMut(&str, bool)>(
+    name: &str,
+    labels: &[(&str, &str)],
+    opts: &Opts,
+    mut case: F,
+) {
+    let modes: &[bool] = if opts.fwd_only {
+        &[false]
+    } else {
+        &[false, true]
+    };
+    for &backward in modes {
+        let mode = if backward { "fwd+bwd" } else { "fwd" };
+        let mut base = 0.0;
+        for (i, (key, label)) in labels.iter().enumerate() {
+            let t = time(opts.iters, || case(key, backward));
+            if i == 0 {
+                base = t;
+            }
+            println!(
+                "{name:>6} {mode:>8} {label:<16} {:>10.1} ms  {:.2}x",
+                t * 1e3,
+                t / base
+            );
+        }
+    }
+}
+
+/// Calls `$run::<Autodiff<Backend>>(&opts, &device)` for `opts.backend`.
+
+macro_rules! dispatch {
+    ($opts:expr, $run:ident) => {
+        match $opts.backend.as_str() {
+            #[cfg(feature = "ndarray")]
+            "ndarray" => $run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+                &$opts,
+                &Default::default(),
+            ),
+            #[cfg(feature = "wgpu")]
+            "wgpu" => $run::<burn::backend::Autodiff<burn::backend::Wgpu<f32>>>(
+                &$opts,
+                &Default::default(),
+            ),
+            #[cfg(feature = "cuda")]
+            "cuda" => $run::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
+                &$opts,
+                &Default::default(),
+            ),
+            other => eprintln!("backend {other} is not compiled in (see --features)"),
+        }
+    };
 }

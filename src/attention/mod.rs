@@ -44,6 +44,23 @@ pub trait AttentionHook<B: Backend> {
     ///
     /// The tensor keeps its autodiff graph: a loss on it trains the model.
     fn on_probs(&mut self, site: &AttentionSite, grid: [usize; 2], probs: Tensor<B, 4>);
+
+    /// Which part of a wanted [joint](AttentionKind::Joint) site's softmax
+    /// [`on_probs`](Self::on_probs) receives: the image-to-text block (default) or the full
+    /// `[batch, heads, n_image + n_text, n_image + n_text]` map.
+    fn joint_view(&self, _site: &AttentionSite) -> JointView {
+        JointView::ImageToText
+    }
+}
+
+/// The part of a joint attention map a hook receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JointView {
+    /// `P[:, :, :n_image, n_image:]`: image queries over text keys (what CTCal supervises).
+    #[default]
+    ImageToText,
+    /// The whole joint softmax, image tokens first.
+    Full,
 }
 
 /// The hook that wants nothing: every attention layer takes the fused path.
@@ -66,6 +83,10 @@ impl<B: Backend, H: AttentionHook<B> + ?Sized> AttentionHook<B> for &mut H {
 
     fn on_probs(&mut self, site: &AttentionSite, grid: [usize; 2], probs: Tensor<B, 4>) {
         (**self).on_probs(site, grid, probs)
+    }
+
+    fn joint_view(&self, site: &AttentionSite) -> JointView {
+        (**self).joint_view(site)
     }
 }
 
@@ -106,8 +127,9 @@ pub fn attend<B: Backend, H: AttentionHook<B>>(
 /// Joint attention over `[image tokens ; text tokens]` (image first, as diffusers orders them).
 ///
 /// A wanted site computes the joint softmax explicitly (in f32 for half-precision inputs) and
-/// hands the hook its image-query to text-key block `P[:, :, :n_image, n_image:]`; other sites
-/// call burn's fused attention.
+/// hands the hook its image-query to text-key block `P[:, :, :n_image, n_image:]`, or the whole
+/// map if the hook's [`joint_view`](AttentionHook::joint_view) asks; other sites call burn's
+/// fused attention.
 ///
 /// # Shapes
 /// - `q`, `k`, `v`: `[batch, heads, n_image + n_text, head_dim]`
@@ -127,11 +149,11 @@ pub fn attend_joint<B: Backend, H: AttentionHook<B>>(
     let [b, h, n, _] = q.dims();
     let scale = (q.dims()[3] as f64).powf(-0.5);
     let probs = explicit_probs(q, k, scale, true);
-    hook.on_probs(
-        site,
-        grid,
-        probs.clone().slice([0..b, 0..h, 0..n_image, n_image..n]),
-    );
+    let view = match hook.joint_view(site) {
+        JointView::ImageToText => probs.clone().slice([0..b, 0..h, 0..n_image, n_image..n]),
+        JointView::Full => probs.clone(),
+    };
+    hook.on_probs(site, grid, view);
     let dtype = v.dtype();
     probs.cast(dtype).matmul(v)
 }

@@ -167,3 +167,82 @@ fn captured_probs_carry_gradients() {
         );
     }
 }
+
+/// Keeps the joint map in the view it asks for.
+struct JointRecorder {
+    view: JointView,
+    got: Vec<Tensor<B, 4>>,
+}
+
+impl AttentionHook<B> for JointRecorder {
+    fn wants(&self, _site: &AttentionSite) -> bool {
+        true
+    }
+    fn on_probs(&mut self, _site: &AttentionSite, _grid: [usize; 2], probs: Tensor<B, 4>) {
+        self.got.push(probs);
+    }
+    fn joint_view(&self, _site: &AttentionSite) -> JointView {
+        self.view
+    }
+}
+
+/// Joint attention: the block is the full map's image-to-text corner, full rows sum to one,
+/// block rows to less, and the hooked output equals the fused one.
+#[test]
+fn joint_views_are_consistent() {
+    let device = Default::default();
+    let (n_image, n_text) = (6, 3);
+    let rand = || {
+        Tensor::<B, 4>::random(
+            [2, 2, n_image + n_text, 4],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        )
+    };
+    let (q, k, v) = (rand(), rand(), rand());
+    let s = site(0, AttentionKind::Joint);
+    let run = |view| {
+        let mut hook = JointRecorder {
+            view,
+            got: Vec::new(),
+        };
+        let out = attend_joint(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            n_image,
+            &s,
+            [2, 3],
+            &mut hook,
+        );
+        (out, hook.got.remove(0))
+    };
+    let (out_block, block) = run(JointView::ImageToText);
+    let (out_full, full) = run(JointView::Full);
+    let fused = attend_joint(
+        q.clone(),
+        k.clone(),
+        v.clone(),
+        n_image,
+        &s,
+        [2, 3],
+        &mut NoHook,
+    );
+    assert_eq!(block.dims(), [2, 2, n_image, n_text]);
+    assert_eq!(full.dims(), [2, 2, n_image + n_text, n_image + n_text]);
+    let corner = full
+        .clone()
+        .slice([0..2, 0..2, 0..n_image, n_image..n_image + n_text]);
+    let diff = (corner - block.clone()).abs().max().into_scalar();
+    assert!(
+        diff < 1e-12,
+        "block differs from the full map's corner by {diff}"
+    );
+    let row_err = (full.sum_dim(3) - 1.0).abs().max().into_scalar();
+    assert!(row_err < 1e-12, "full rows sum to one within {row_err}");
+    assert!(block.sum_dim(3).max().into_scalar() < 1.0);
+    for out in [out_block, out_full] {
+        let diff = (out - fused.clone()).abs().max().into_scalar();
+        assert!(diff < 1e-10, "hooked output differs from fused by {diff}");
+    }
+}

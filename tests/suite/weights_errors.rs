@@ -156,3 +156,42 @@ fn shard_missing_from_index_is_named() {
     let msg = load_err(&dir);
     assert!(msg.contains(&shards[1]), "{msg}");
 }
+
+/// The same loader gives the same errors for the MMDiT: a missing qk-norm weight and a
+/// mis-shaped adaLN projection are named; a dual-attention config without its keys is caught.
+#[test]
+fn mmdit_keys_are_named() {
+    use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
+    let dir = std::env::temp_dir().join(format!("ctcal-{}-mmdit", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = fixture("mmdit_qknorm/transformer");
+    for f in ["config.json", "diffusion_pytorch_model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    let load = |config: SD3Transformer2DConfig| -> String {
+        let model: SD3Transformer2DModel<Cpu> = config.init(&Default::default());
+        match load_module(model, &dir, None) {
+            Ok(_) => panic!("loading succeeded"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let config = SD3Transformer2DConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
+    let missing = "transformer_blocks.1.attn.norm_added_k.weight";
+    let reshaped = "transformer_blocks.0.norm1.linear.weight";
+    edit_weights(&dir, |t| {
+        t.remove(missing);
+        let (shape, values) = t.get_mut(reshaped).unwrap();
+        shape[0] -= 1;
+        values.truncate(shape[0] * shape[1]);
+    });
+    let msg = load(config.clone());
+    assert!(!msg.contains('\n'), "error is not one line: {msg}");
+    assert!(msg.contains(missing), "{msg}");
+    assert!(msg.contains(reshaped), "{msg}");
+    let msg = load(config.with_dual_attention_layers(vec![0]));
+    assert!(
+        msg.contains("transformer_blocks.0.attn2.to_q.weight"),
+        "{msg}"
+    );
+}
