@@ -5,11 +5,41 @@
 //!   by [`BadRowPolicy`].
 //! - [`sampler`]: the data order, a pure function of `(seed, epoch)`, and the [`DataCursor`]
 //!   a checkpoint saves so a resumed run sees exactly the batches an uninterrupted one would.
+//!
+//! Samples and batches stay on the CPU as `f32` ([`HostTensor`]); a [`Batch`] becomes burn
+//! tensors on the training device with [`Batch::train_batch`] or [`Batch::pixels`].
 
+mod batch;
 pub mod metadata;
+mod nouns;
+mod sample;
 pub mod sampler;
 #[cfg(test)]
 pub(crate) mod test_util;
 
+pub use batch::{Batch, BatchFeatures};
 pub use metadata::{BadRow, BadRowPolicy, BadRows, Metadata, MetadataRow};
+pub use nouns::Nouns;
+pub use sample::{Features, HostTensor, Sample};
 pub use sampler::{DataCursor, Sampler, epoch_order};
+
+/// A finite, indexable set of samples the [`Loader`] draws from.
+///
+/// `Send + Sync` because the loader reads it from its own thread.
+pub trait Dataset: Send + Sync {
+    /// Number of samples (the good rows of the metadata).
+    fn len(&self) -> usize;
+
+    /// Whether there is no sample.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What loading does with a sample that turns out bad (an unreadable file): the policy
+    /// the dataset was opened with.
+    fn policy(&self) -> BadRowPolicy;
+
+    /// Reads and decodes sample `index` (`< len()`); a file that cannot be read or decoded is
+    /// a [`BadRow`] naming its metadata line.
+    fn load(&self, index: usize) -> std::result::Result<Sample, BadRow>;
+}

@@ -1,7 +1,9 @@
-//! Test helpers: a self-removing temporary folder.
+//! Test helpers: a self-removing temporary folder and sample values.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Features, HostTensor, Nouns, Sample};
 
 /// A fresh folder under the system temp dir, removed on drop.
 pub(crate) struct TempDir(PathBuf);
@@ -31,5 +33,23 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A cached-features sample whose values identify `index`: latents `[2, 3, 4]`, hidden
+/// `[5, 6]`, pooled `[6]`.
+pub(crate) fn cached_sample(index: usize, pooled: bool) -> Sample {
+    let values = |n: usize, base: f32| (0..n).map(|i| base + i as f32 * 0.01).collect();
+    let base = index as f32;
+    Sample {
+        index,
+        line: index + 1,
+        caption: format!("a cat number {index}"),
+        nouns: Nouns::Unmarked,
+        features: Features::Cached {
+            latents: HostTensor::new([2, 3, 4], values(24, base)).unwrap(),
+            hidden: HostTensor::new([5, 6], values(30, -base)).unwrap(),
+            pooled: pooled.then(|| HostTensor::new([6], values(6, base * 2.0)).unwrap()),
+        },
     }
 }
