@@ -5,11 +5,14 @@
 //!   by [`BadRowPolicy`].
 //! - [`sampler`]: the data order, a pure function of `(seed, epoch)`, and the [`DataCursor`]
 //!   a checkpoint saves so a resumed run sees exactly the batches an uninterrupted one would.
+//! - [`Loader`]: a background thread that builds [`Batch`]es ahead of the training step.
 //!
 //! Samples and batches stay on the CPU as `f32` ([`HostTensor`]); a [`Batch`] becomes burn
 //! tensors on the training device with [`Batch::train_batch`] or [`Batch::pixels`].
 
 mod batch;
+mod config;
+mod loader;
 pub mod metadata;
 mod nouns;
 mod sample;
@@ -18,6 +21,8 @@ pub mod sampler;
 pub(crate) mod test_util;
 
 pub use batch::{Batch, BatchFeatures};
+pub use config::LoaderConfig;
+pub use loader::{Batches, Loader};
 pub use metadata::{BadRow, BadRowPolicy, BadRows, Metadata, MetadataRow};
 pub use nouns::Nouns;
 pub use sample::{Features, HostTensor, Sample};

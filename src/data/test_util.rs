@@ -1,9 +1,10 @@
-//! Test helpers: a self-removing temporary folder and sample values.
+//! Test helpers: a self-removing temporary folder and an in-memory dataset.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use super::{Features, HostTensor, Nouns, Sample};
+use super::{BadRow, BadRowPolicy, Dataset, Features, HostTensor, Nouns, Sample};
 
 /// A fresh folder under the system temp dir, removed on drop.
 pub(crate) struct TempDir(PathBuf);
@@ -51,5 +52,47 @@ pub(crate) fn cached_sample(index: usize, pooled: bool) -> Sample {
             hidden: HostTensor::new([5, 6], values(30, -base)).unwrap(),
             pooled: pooled.then(|| HostTensor::new([6], values(6, base * 2.0)).unwrap()),
         },
+    }
+}
+
+/// `len` cached samples; indices in `bad` fail to load, each load takes `delay`.
+pub(crate) struct MemoryDataset {
+    pub len: usize,
+    pub bad: Vec<usize>,
+    pub policy: BadRowPolicy,
+    pub delay: Duration,
+}
+
+impl MemoryDataset {
+    pub(crate) fn new(len: usize) -> Self {
+        Self {
+            len,
+            bad: Vec::new(),
+            policy: BadRowPolicy::Skip,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+impl Dataset for MemoryDataset {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn policy(&self) -> BadRowPolicy {
+        self.policy
+    }
+
+    fn load(&self, index: usize) -> Result<Sample, BadRow> {
+        std::thread::sleep(self.delay);
+        if self.bad.contains(&index) {
+            return Err(BadRow {
+                metadata: PathBuf::from("memory.jsonl"),
+                line: index + 1,
+                file_name: Some(format!("{index}.bin")),
+                reason: format!("unreadable {index}.bin"),
+            });
+        }
+        Ok(cached_sample(index, true))
     }
 }
