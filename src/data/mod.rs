@@ -3,6 +3,7 @@
 //! - [`metadata`]: `metadata.jsonl` (diffusers' image-folder convention: `file_name`, `text`,
 //!   optional `nouns` and `noun_tokens`), with bad rows reported by line and skipped or fatal
 //!   by [`BadRowPolicy`].
+//! - [`ImageFolder`]: images resized and centre-cropped to a square, as `[3, r, r]` in `[-1, 1]`.
 //! - [`sampler`]: the data order, a pure function of `(seed, epoch)`, and the [`DataCursor`]
 //!   a checkpoint saves so a resumed run sees exactly the batches an uninterrupted one would.
 //! - [`Loader`]: a background thread that builds [`Batch`]es ahead of the training step.
@@ -12,6 +13,7 @@
 
 mod batch;
 mod config;
+mod image_folder;
 mod loader;
 pub mod metadata;
 mod nouns;
@@ -22,6 +24,7 @@ pub(crate) mod test_util;
 
 pub use batch::{Batch, BatchFeatures};
 pub use config::LoaderConfig;
+pub use image_folder::{ImageFolder, load_image, preprocess};
 pub use loader::{Batches, Loader};
 pub use metadata::{BadRow, BadRowPolicy, BadRows, Metadata, MetadataRow};
 pub use nouns::Nouns;
