@@ -4,6 +4,8 @@
 //!   optional `nouns` and `noun_tokens`), with bad rows reported by line and skipped or fatal
 //!   by [`BadRowPolicy`].
 //! - [`ImageFolder`]: images resized and centre-cropped to a square, as `[3, r, r]` in `[-1, 1]`.
+//! - [`CachedFeatures`]: precomputed VAE latents and text embeddings, one safetensors file per
+//!   sample, so training runs without a text encoder or VAE in the crate.
 //! - [`sampler`]: the data order, a pure function of `(seed, epoch)`, and the [`DataCursor`]
 //!   a checkpoint saves so a resumed run sees exactly the batches an uninterrupted one would.
 //! - [`Loader`]: a background thread that builds [`Batch`]es ahead of the training step.
@@ -12,6 +14,7 @@
 //! tensors on the training device with [`Batch::train_batch`] or [`Batch::pixels`].
 
 mod batch;
+mod cached;
 mod config;
 mod image_folder;
 mod loader;
@@ -23,6 +26,7 @@ pub mod sampler;
 pub(crate) mod test_util;
 
 pub use batch::{Batch, BatchFeatures};
+pub use cached::{CachedFeatures, FeatureShapes, write_cached_sample};
 pub use config::LoaderConfig;
 pub use image_folder::{ImageFolder, load_image, preprocess};
 pub use loader::{Batches, Loader};
