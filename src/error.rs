@@ -41,6 +41,20 @@ pub enum Error {
     /// An input tensor has the wrong shape or is missing.
     #[error("bad input: {0}")]
     Input(String),
+    /// A training-data row is bad: a missing or unreadable file, an empty caption, a noun not
+    /// in its caption, features of the wrong shape.
+    #[error("{}:{line}: {message}", file.display())]
+    Data {
+        /// The metadata file holding the row.
+        file: PathBuf,
+        /// The row's 1-based line number in that file.
+        line: usize,
+        /// What is wrong, naming the data file.
+        message: String,
+    },
+    /// The data loader cannot produce a batch (every sample skipped, its thread stopped).
+    #[error("data loader: {0}")]
+    Loader(String),
 }
 
 impl Error {

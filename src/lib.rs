@@ -9,6 +9,8 @@
 //!   model threads through its forward, and the [`AttentionStore`](attention::AttentionStore)
 //!   hook.
 //! - [`weights`]: loading diffusers safetensors checkpoints by key name.
+//! - [`data`]: captioned training samples (image folders or cached latents and text
+//!   embeddings), shuffled by seed, batched and prefetched, with a resumable cursor.
 //!
 //! Every model is generic over `B: Backend`; the cargo features `ndarray` (default), `wgpu` and
 //! `cuda` add backends without changing behaviour.
@@ -17,6 +19,7 @@
 
 pub mod attention;
 pub mod ctcal;
+pub mod data;
 pub mod error;
 pub mod mmdit;
 pub mod nn;

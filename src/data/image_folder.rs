@@ -1,0 +1,254 @@
+//! An image folder with `metadata.jsonl`, as diffusers' `train_text_to_image.py` reads it.
+//!
+//! Preprocessing follows that script's defaults: resize so the short side is the resolution
+//! (bilinear: the triangle filter), centre-crop to a square, scale `x / 127.5 - 1` to
+//! `[-1, 1]`, channels first. The crop offset is `floor((size - resolution) / 2)`.
+
+use std::path::Path;
+
+use image::imageops::{FilterType, crop_imm, resize};
+use image::{ImageReader, RgbImage};
+
+use super::{
+    BadRow, BadRowPolicy, BadRows, Dataset, Features, HostTensor, Metadata, Nouns, Sample,
+};
+use crate::error::{Error, Result};
+
+/// Captioned images listed by a `metadata.jsonl`, decoded when loaded.
+#[derive(Debug, Clone)]
+pub struct ImageFolder {
+    metadata: Metadata,
+    resolution: u32,
+    policy: BadRowPolicy,
+}
+
+impl ImageFolder {
+    /// Reads `metadata` (the `metadata.jsonl` path) for images preprocessed to
+    /// `resolution x resolution`; `policy` handles bad rows now and unreadable images later.
+    pub fn open(metadata: &Path, resolution: u32, policy: BadRowPolicy) -> Result<Self> {
+        if resolution == 0 {
+            return Err(Error::Config("image resolution must be at least 1".into()));
+        }
+        Ok(Self {
+            metadata: Metadata::read(metadata, policy)?,
+            resolution,
+            policy,
+        })
+    }
+
+    /// The parsed metadata (good rows).
+    pub fn metadata(&self) -> &Metadata {
+        &self.metadata
+    }
+
+    /// Rows left out when the metadata was read.
+    pub fn skipped(&self) -> &BadRows {
+        &self.metadata.skipped
+    }
+
+    /// The side of the square images.
+    pub fn resolution(&self) -> u32 {
+        self.resolution
+    }
+}
+
+impl Dataset for ImageFolder {
+    fn len(&self) -> usize {
+        self.metadata.rows.len()
+    }
+
+    fn policy(&self) -> BadRowPolicy {
+        self.policy
+    }
+
+    fn load(&self, index: usize) -> std::result::Result<Sample, BadRow> {
+        let row = &self.metadata.rows[index];
+        let pixels = load_image(&self.metadata.file_path(row), self.resolution).map_err(|e| {
+            self.metadata
+                .bad_row(row, format!("{}: {e}", row.file_name))
+        })?;
+        Ok(Sample {
+            index,
+            line: row.line,
+            caption: row.text.clone(),
+            nouns: Nouns::from_row(row),
+            features: Features::Pixels(pixels),
+        })
+    }
+}
+
+/// Decodes the image at `path` (format guessed from its bytes) and [`preprocess`]es it; the
+/// error is the decoder's message.
+pub fn load_image(path: &Path, resolution: u32) -> std::result::Result<HostTensor<3>, String> {
+    let image = ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| format!("cannot read image: {e}"))?
+        .decode()
+        .map_err(|e| format!("unreadable image: {e}"))?;
+    Ok(preprocess(&image.to_rgb8(), resolution))
+}
+
+/// Resizes `image` so its short side is `resolution` (triangle filter), centre-crops it to
+/// `resolution x resolution` and returns `[3, resolution, resolution]` in `[-1, 1]`.
+pub fn preprocess(image: &RgbImage, resolution: u32) -> HostTensor<3> {
+    let (w, h) = image.dimensions();
+    let scale = resolution as f64 / w.min(h) as f64;
+    let size = |side: u32| ((side as f64 * scale).round() as u32).max(resolution);
+    let (nw, nh) = (size(w), size(h));
+    let resized = resize(image, nw, nh, FilterType::Triangle);
+    let cropped = crop_imm(
+        &resized,
+        (nw - resolution) / 2,
+        (nh - resolution) / 2,
+        resolution,
+        resolution,
+    )
+    .to_image();
+    let r = resolution as usize;
+    let mut values = vec![0.0; 3 * r * r];
+    for (x, y, pixel) in cropped.enumerate_pixels() {
+        for (c, &v) in pixel.0.iter().enumerate() {
+            values[(c * r + y as usize) * r + x as usize] = v as f32 / 127.5 - 1.0;
+        }
+    }
+    HostTensor {
+        shape: [3, r, r],
+        values,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::test_util::TempDir;
+    use crate::data::{Batches, LoaderConfig};
+    use image::Rgb;
+    use std::sync::Arc;
+
+    const RED: Rgb<u8> = Rgb([255, 0, 0]);
+    const BLUE: Rgb<u8> = Rgb([0, 0, 255]);
+
+    fn at(t: &HostTensor<3>, c: usize, y: usize, x: usize) -> f32 {
+        let [_, h, w] = t.shape;
+        t.values[(c * h + y) * w + x]
+    }
+
+    #[test]
+    fn a_solid_colour_maps_to_its_exact_value() {
+        let image = RgbImage::from_pixel(8, 4, Rgb([51, 102, 204]));
+        let t = preprocess(&image, 2);
+        assert_eq!(t.shape, [3, 2, 2]);
+        for (c, want) in [(0, -0.6), (1, -0.2), (2, 0.6)] {
+            for (y, x) in [(0, 0), (1, 1)] {
+                assert!(
+                    (at(&t, c, y, x) - want).abs() < 1e-6,
+                    "c{c} {}",
+                    at(&t, c, y, x)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn resize_then_centre_crop_keeps_the_middle() {
+        // 16x8: red columns 0..8, blue 8..16. Short side 8 -> 4 halves the width to 8, the
+        // crop keeps resized columns 2..6, i.e. source columns 4..12. Resized column x averages
+        // source columns 2x-1..=2x+2 with triangle weights 1/8, 3/8, 3/8, 1/8: column 2 is all
+        // red, 5 all blue, 3 is 7/8 red (223.125 -> 223) and 1/8 blue (31.875 -> 32).
+        let image = RgbImage::from_fn(16, 8, |x, _| if x < 8 { RED } else { BLUE });
+        let t = preprocess(&image, 4);
+        assert_eq!(t.shape, [3, 4, 4]);
+        let v = |u: u8| u as f32 / 127.5 - 1.0;
+        for y in 0..4 {
+            let row = |c| (0..4).map(|x| at(&t, c, y, x)).collect::<Vec<_>>();
+            assert_eq!(row(0), [1.0, v(223), v(32), -1.0], "red, row {y}");
+            assert_eq!(row(1), [-1.0; 4], "green, row {y}");
+            assert_eq!(row(2), [-1.0, v(32), v(223), 1.0], "blue, row {y}");
+        }
+    }
+
+    #[test]
+    fn portrait_images_are_cropped_vertically() {
+        // 3 wide, 6 tall: already at the short side; rows 1..4 survive the crop.
+        let image = RgbImage::from_fn(3, 6, |_, y| if y < 2 { RED } else { BLUE });
+        let t = preprocess(&image, 3);
+        let red: Vec<f32> = (0..3).map(|y| at(&t, 0, y, 1)).collect();
+        assert_eq!(red, [1.0, -1.0, -1.0]);
+    }
+
+    fn folder_with_a_broken_image() -> TempDir {
+        let dir = TempDir::new("image-folder");
+        RgbImage::from_pixel(4, 4, RED)
+            .save(dir.path("red.png"))
+            .unwrap();
+        RgbImage::from_pixel(6, 4, BLUE)
+            .save(dir.path("blue.png"))
+            .unwrap();
+        dir.write("broken.png", b"these bytes are not a png");
+        dir.write(
+            "metadata.jsonl",
+            concat!(
+                "{\"file_name\": \"red.png\", \"text\": \"a red square\"}\n",
+                "\n",
+                "{\"file_name\": \"broken.png\", \"text\": \"a broken square\"}\n",
+                "{\"file_name\": \"blue.png\", \"text\": \"a blue square\", \"nouns\": [\"square\"]}\n",
+            )
+            .as_bytes(),
+        );
+        dir
+    }
+
+    #[test]
+    fn loads_images_and_reports_an_unreadable_one_by_line() {
+        let dir = folder_with_a_broken_image();
+        let metadata = dir.path("metadata.jsonl");
+        let folder = ImageFolder::open(&metadata, 2, BadRowPolicy::Skip).unwrap();
+        assert_eq!(folder.len(), 3);
+        let blue = folder.load(2).unwrap();
+        assert_eq!(blue.line, 4);
+        assert_eq!(blue.nouns, Nouns::Words(vec!["square".into()]));
+        let Features::Pixels(p) = &blue.features else {
+            panic!("pixels expected")
+        };
+        assert_eq!(p.shape, [3, 2, 2]);
+        assert_eq!(at(p, 2, 1, 1), 1.0);
+        let bad = folder.load(1).unwrap_err();
+        assert_eq!(bad.line, 3);
+        let msg = bad.to_string();
+        let want = format!("{}:3: broken.png: unreadable image", metadata.display());
+        assert!(msg.starts_with(&want), "{msg}");
+
+        // Through the batcher: the broken image is skipped and reported, never a panic. A
+        // batch of 3 without drop_last reads the whole epoch, whatever its order.
+        let config = LoaderConfig::new(3, 1).with_drop_last(false);
+        let mut batches = Batches::new(Arc::new(folder), &config, None).unwrap();
+        let batch = batches.next_batch().unwrap();
+        let mut lines = batch.lines.clone();
+        lines.sort_unstable();
+        assert_eq!(lines, [1, 4]);
+        assert_eq!(batch.skipped.len(), 1);
+        assert_eq!(batch.skipped.0[0].line, 3);
+        assert_eq!(
+            batch
+                .pixels::<crate::TestBackend>(&Default::default())
+                .unwrap()
+                .dims(),
+            [2, 3, 2, 2]
+        );
+    }
+
+    #[test]
+    fn fail_policy_stops_at_the_unreadable_image() {
+        let dir = folder_with_a_broken_image();
+        let metadata = dir.path("metadata.jsonl");
+        let folder = ImageFolder::open(&metadata, 2, BadRowPolicy::Fail).unwrap();
+        let config = LoaderConfig::new(3, 1);
+        let mut batches = Batches::new(Arc::new(folder), &config, None).unwrap();
+        let err = batches.next_batch().unwrap_err();
+        assert!(matches!(err, Error::Data { line: 3, .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("broken.png: unreadable image"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! Training data: captioned samples from a folder, shuffled by seed, batched, prefetched.
+//!
+//! - [`metadata`]: `metadata.jsonl` (diffusers' image-folder convention: `file_name`, `text`,
+//!   optional `nouns` and `noun_tokens`), with bad rows reported by line and skipped or fatal
+//!   by [`BadRowPolicy`].
+//! - [`ImageFolder`]: images resized and centre-cropped to a square, as `[3, r, r]` in `[-1, 1]`.
+//! - [`CachedFeatures`]: precomputed VAE latents and text embeddings, one safetensors file per
+//!   sample, so training runs without a text encoder or VAE in the crate.
+//! - [`sampler`]: the data order, a pure function of `(seed, epoch)`, and the [`DataCursor`]
+//!   a checkpoint saves so a resumed run sees exactly the batches an uninterrupted one would.
+//! - [`Loader`]: a background thread that builds [`Batch`]es ahead of the training step.
+//!
+//! Samples and batches stay on the CPU as `f32` ([`HostTensor`]); a [`Batch`] becomes burn
+//! tensors on the training device with [`Batch::train_batch`] or [`Batch::pixels`].
+
+mod batch;
+mod cached;
+mod config;
+mod image_folder;
+mod loader;
+pub mod metadata;
+mod nouns;
+mod sample;
+pub mod sampler;
+#[cfg(test)]
+pub(crate) mod test_util;
+
+pub use batch::{Batch, BatchFeatures};
+pub use cached::{CachedFeatures, FeatureShapes, write_cached_sample};
+pub use config::LoaderConfig;
+pub use image_folder::{ImageFolder, load_image, preprocess};
+pub use loader::{Batches, Loader};
+pub use metadata::{BadRow, BadRowPolicy, BadRows, Metadata, MetadataRow};
+pub use nouns::Nouns;
+pub use sample::{Features, HostTensor, Sample};
+pub use sampler::{DataCursor, Sampler, epoch_order};
+
+/// A finite, indexable set of samples the [`Loader`] draws from.
+///
+/// `Send + Sync` because the loader reads it from its own thread.
+pub trait Dataset: Send + Sync {
+    /// Number of samples (the good rows of the metadata).
+    fn len(&self) -> usize;
+
+    /// Whether there is no sample.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What loading does with a sample that turns out bad (an unreadable file): the policy
+    /// the dataset was opened with.
+    fn policy(&self) -> BadRowPolicy;
+
+    /// Reads and decodes sample `index` (`< len()`); a file that cannot be read or decoded is
+    /// a [`BadRow`] naming its metadata line.
+    fn load(&self, index: usize) -> std::result::Result<Sample, BadRow>;
+}
