@@ -16,4 +16,5 @@ fi
 .venv/bin/python scripts/make_fixtures.py "$@"
 if [ "$#" -eq 0 ]; then
   .venv/bin/python scripts/make_noun_captions.py
+  .venv/bin/python scripts/tiny_data.py
 fi

@@ -24,6 +24,7 @@ pub mod error;
 pub mod mmdit;
 pub mod nn;
 pub mod schedule;
+pub mod train;
 pub mod unet;
 pub mod viz;
 pub mod weights;

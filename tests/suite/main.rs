@@ -7,6 +7,7 @@ mod mmdit_naming;
 mod mmdit_parity;
 mod schedule_parity;
 mod tagger_agreement;
+mod train_resume;
 mod unet_naming;
 mod unet_parity;
 mod weights_errors;

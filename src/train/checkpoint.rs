@@ -1,0 +1,268 @@
+//! Crash-safe checkpoints: everything a resumed run needs to continue bit for bit.
+//!
+//! A checkpoint is a folder `checkpoints/step-0000100/` holding
+//! - `state.json`: step, data cursor, the [`TrainConfig`] and what is trained;
+//! - `trained.safetensors`: the denoiser's trained parameters (LoRA adapters, or every
+//!   weight when fine-tuning fully), by burn module path;
+//! - `autoencoder.safetensors`: the CTCal map auto-encoder;
+//! - `ema.safetensors` when an EMA is kept;
+//! - `optimizer.mpk`, `optimizer_ae.mpk`: burn's AdamW records (full precision).
+//!
+//! It is written to a temporary folder that is renamed into place, then `checkpoints/latest`
+//! is replaced atomically: a crash at any moment leaves the previous checkpoint intact. The
+//! randomness of step `k` is derived from `(seed, k)` (see [`super::step_seed`]), so no RNG
+//! state needs saving.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn_store::{ModuleSnapshot, SafetensorsStore};
+use serde::{Deserialize, Serialize};
+
+use super::TrainConfig;
+use crate::data::DataCursor;
+use crate::error::{Error, Result};
+use crate::weights::write_atomic;
+
+/// Which parameters of the denoiser are trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Trained {
+    /// Only LoRA adapters (`lora_a` / `lora_b`).
+    Lora,
+    /// Every weight.
+    Full,
+}
+
+impl Trained {
+    /// The burn-store path filter selecting the trained parameters.
+    pub fn filter(self) -> fn(&str, &str) -> bool {
+        match self {
+            Trained::Lora => |path, _| path.contains(".lora_a.") || path.contains(".lora_b."),
+            Trained::Full => |_, _| true,
+        }
+    }
+}
+
+/// The `state.json` of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimiser steps completed.
+    pub step: usize,
+    /// Where the data stream continues.
+    pub cursor: DataCursor,
+    /// The run's settings.
+    pub config: TrainConfig,
+    /// What is trained.
+    pub trained: Trained,
+}
+
+const STATE: &str = "state.json";
+const TRAINED: &str = "trained.safetensors";
+const AE: &str = "autoencoder.safetensors";
+const EMA: &str = "ema.safetensors";
+const OPTIM: &str = "optimizer";
+const OPTIM_AE: &str = "optimizer_ae";
+/// Checkpoints kept besides the newest.
+const KEEP: usize = 2;
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::new()
+}
+
+fn store_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Weights(format!("{}: {e}", path.display()))
+}
+
+/// Saves `module`'s parameters selected by `filter` (burn paths, f32).
+pub fn save_params<B: Backend, M: Module<B>>(
+    module: &M,
+    path: &Path,
+    filter: fn(&str, &str) -> bool,
+) -> Result<()> {
+    let mut store = SafetensorsStore::from_file(path).with_predicate(filter);
+    module.save_into(&mut store).map_err(|e| store_err(path, e))
+}
+
+/// Loads parameters saved by [`save_params`] with the same filter; every selected parameter
+/// must be in the file.
+pub fn load_params<B: Backend, M: Module<B>>(
+    mut module: M,
+    path: &Path,
+    filter: fn(&str, &str) -> bool,
+) -> Result<M> {
+    if !path.exists() {
+        return Err(Error::MissingFile(format!(
+            "{} does not exist",
+            path.display()
+        )));
+    }
+    let mut store = SafetensorsStore::from_file(path).with_predicate(filter);
+    let result = module
+        .load_from(&mut store)
+        .map_err(|e| store_err(path, e))?;
+    if let Some((p, _)) = result.missing.first() {
+        return Err(Error::Weights(format!(
+            "{}: missing {p} ({} parameters missing)",
+            path.display(),
+            result.missing.len()
+        )));
+    }
+    Ok(module)
+}
+
+/// What a checkpoint holds besides its state.
+pub struct CheckpointParts<'a, B: AutodiffBackend, M, A, O1, O2> {
+    /// The denoiser.
+    pub model: &'a M,
+    /// The map auto-encoder.
+    pub ae: &'a A,
+    /// The denoiser's optimiser.
+    pub optim: &'a O1,
+    /// The auto-encoder's optimiser.
+    pub optim_ae: &'a O2,
+    /// The EMA model, if kept.
+    pub ema: Option<&'a M>,
+    /// Marker.
+    pub _b: std::marker::PhantomData<B>,
+}
+
+/// Writes a checkpoint under `root` (`<out>/checkpoints`) and points `latest` at it; removes
+/// all but the newest few. Returns its folder.
+pub fn save_checkpoint<B, M, A, O1, O2>(
+    root: &Path,
+    state: &CheckpointState,
+    parts: CheckpointParts<'_, B, M, A, O1, O2>,
+) -> Result<PathBuf>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    A: AutodiffModule<B>,
+    O1: Optimizer<M, B>,
+    O2: Optimizer<A, B>,
+{
+    let name = format!("step-{:07}", state.step);
+    let dir = root.join(&name);
+    let tmp = root.join(format!("{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+
+    let filter = state.trained.filter();
+    save_params(parts.model, &tmp.join(TRAINED), filter)?;
+    save_params(parts.ae, &tmp.join(AE), |_, _| true)?;
+    if let Some(ema) = parts.ema {
+        save_params(ema, &tmp.join(EMA), filter)?;
+    }
+    let path = tmp.join(OPTIM);
+    recorder()
+        .record(parts.optim.to_record(), path.clone())
+        .map_err(|e| store_err(&path, e))?;
+    let path = tmp.join(OPTIM_AE);
+    recorder()
+        .record(parts.optim_ae.to_record(), path.clone())
+        .map_err(|e| store_err(&path, e))?;
+    let json = serde_json::to_string_pretty(state).map_err(|e| Error::Json {
+        path: tmp.join(STATE),
+        error: e,
+    })?;
+    std::fs::write(tmp.join(STATE), json).map_err(|e| Error::io(&tmp.join(STATE), e))?;
+
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
+    prune(root, &name);
+    Ok(dir)
+}
+
+/// Removes checkpoint folders older than the newest `KEEP + 1` and stale temporary folders.
+fn prune(root: &Path, newest: &str) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut done: Vec<String> = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.contains(".tmp-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        } else if name.starts_with("step-") && name.as_str() <= newest {
+            done.push(name);
+        }
+    }
+    done.sort();
+    let excess = done.len().saturating_sub(KEEP + 1);
+    for name in &done[..excess] {
+        let _ = std::fs::remove_dir_all(root.join(name));
+    }
+}
+
+/// The folder `latest` points to under `root`, if any.
+pub fn latest_checkpoint(root: &Path) -> Result<Option<PathBuf>> {
+    let latest = root.join("latest");
+    if !latest.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&latest).map_err(|e| Error::io(&latest, e))?;
+    let dir = root.join(name.trim());
+    if !dir.join(STATE).exists() {
+        return Err(Error::MissingFile(format!(
+            "{} names {} which has no {STATE}",
+            latest.display(),
+            dir.display()
+        )));
+    }
+    Ok(Some(dir))
+}
+
+/// Reads a checkpoint's `state.json`.
+pub fn read_state(dir: &Path) -> Result<CheckpointState> {
+    let path = dir.join(STATE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|error| Error::Json { path, error })
+}
+
+/// Restores the modules and optimisers of checkpoint `dir` (the state from [`read_state`]).
+#[allow(clippy::type_complexity)]
+pub fn load_checkpoint<B, M, A, O1, O2>(
+    dir: &Path,
+    state: &CheckpointState,
+    model: M,
+    ae: A,
+    optim: O1,
+    optim_ae: O2,
+    device: &B::Device,
+) -> Result<(M, A, O1, O2, Option<M>)>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Clone,
+    A: AutodiffModule<B>,
+    O1: Optimizer<M, B>,
+    O2: Optimizer<A, B>,
+{
+    let filter = state.trained.filter();
+    let ema = if dir.join(EMA).exists() {
+        Some(load_params(
+            model.clone().no_grad(),
+            &dir.join(EMA),
+            filter,
+        )?)
+    } else {
+        None
+    };
+    let model = load_params(model, &dir.join(TRAINED), filter)?;
+    let ae = load_params(ae, &dir.join(AE), |_, _| true)?;
+    let path = dir.join(OPTIM);
+    let record = recorder()
+        .load(path.clone(), device)
+        .map_err(|e| store_err(&path, e))?;
+    let optim = optim.load_record(record);
+    let path = dir.join(OPTIM_AE);
+    let record = recorder()
+        .load(path.clone(), device)
+        .map_err(|e| store_err(&path, e))?;
+    let optim_ae = optim_ae.load_record(record);
+    Ok((model, ae, optim, optim_ae, ema))
+}

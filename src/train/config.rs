@@ -1,0 +1,129 @@
+//! [`TrainConfig`]: everything a training run needs besides the model, the data and the paths;
+//! saved in every checkpoint so a resumed run continues with the same settings.
+
+use burn::config::Config;
+use serde::{Deserialize, Serialize};
+
+use crate::ctcal::CtcalConfig;
+
+/// How the learning rate evolves after the linear warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LrSchedule {
+    /// Constant after warm-up (diffusers' `constant_with_warmup`).
+    Constant,
+    /// Half-cosine from the peak to zero at the last step (diffusers' `cosine`).
+    Cosine,
+}
+
+/// A training run's settings. Defaults follow diffusers' LoRA training scripts and the
+/// method page (AdamW, lr 1e-4, weight decay 1e-2, epsilon 1e-8, gradient norm 1).
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Optimiser steps.
+    #[config(default = 1000)]
+    pub steps: usize,
+    /// Samples per micro-batch.
+    #[config(default = 1)]
+    pub batch_size: usize,
+    /// Micro-batches accumulated per optimiser step.
+    #[config(default = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate of the denoiser's trained weights.
+    #[config(default = 1e-4)]
+    pub lr: f64,
+    /// Learning rate of the CTCal map auto-encoder (`None`: same as `lr`).
+    #[config(default = "None")]
+    pub ae_lr: Option<f64>,
+    /// Linear warm-up steps.
+    #[config(default = 0)]
+    pub warmup_steps: usize,
+    /// Shape of the schedule after warm-up.
+    #[config(default = "LrSchedule::Constant")]
+    pub lr_schedule: LrSchedule,
+    /// AdamW decoupled weight decay.
+    #[config(default = 1e-2)]
+    pub weight_decay: f64,
+    /// AdamW epsilon (PyTorch's default).
+    #[config(default = 1e-8)]
+    pub adam_epsilon: f64,
+    /// Clip the global gradient norm (denoiser and auto-encoder together) to this value.
+    #[config(default = "Some(1.0)")]
+    pub max_grad_norm: Option<f64>,
+    /// Keep an exponential moving average of the trained weights with this decay.
+    #[config(default = "None")]
+    pub ema_decay: Option<f64>,
+    /// Seed of the data order, noise, levels and dropout.
+    #[config(default = 0)]
+    pub seed: u64,
+    /// Checkpoint every this many steps (and at the end); 0: only at the end.
+    #[config(default = 100)]
+    pub checkpoint_every: usize,
+    /// Print the loss every this many steps.
+    #[config(default = 10)]
+    pub log_every: usize,
+    /// The CTCal loss (weights, tau, layers, teacher rule).
+    pub ctcal: CtcalConfig,
+}
+
+impl TrainConfig {
+    /// Checks the settings, naming the field at fault.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |m: &str| Err(crate::Error::Config(m.into()));
+        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return bad("steps, batch_size and grad_accum must be > 0");
+        }
+        let positive = |x: f64| x > 0.0; // false for NaN too
+        if !positive(self.lr) || self.ae_lr.is_some_and(|l| !positive(l)) {
+            return bad("lr and ae_lr must be > 0");
+        }
+        if self.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
+            return bad("ema_decay must lie in [0, 1)");
+        }
+        if self.max_grad_norm.is_some_and(|n| !positive(n)) {
+            return bad("max_grad_norm must be > 0");
+        }
+        Ok(())
+    }
+
+    /// The learning rate of optimiser step `step` (0-based), for the given peak.
+    pub fn lr_at(&self, step: usize, peak: f64) -> f64 {
+        if step < self.warmup_steps {
+            return peak * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.lr_schedule {
+            LrSchedule::Constant => peak,
+            LrSchedule::Cosine => {
+                let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+                let progress = (step - self.warmup_steps) as f64 / span;
+                peak * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Warm-up ramps linearly, cosine hits half the peak midway and zero at the end.
+    #[test]
+    fn learning_rate_schedules() {
+        let c = TrainConfig::new(CtcalConfig::sd21())
+            .with_steps(110)
+            .with_warmup_steps(10);
+        assert!((c.lr_at(0, 1.0) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(9, 1.0) - 1.0).abs() < 1e-12);
+        assert_eq!(c.lr_at(80, 1.0), 1.0);
+        let c = c.with_lr_schedule(LrSchedule::Cosine);
+        assert!((c.lr_at(10, 2.0) - 2.0).abs() < 1e-12);
+        assert!((c.lr_at(60, 2.0) - 1.0).abs() < 1e-12);
+        assert!(c.lr_at(110, 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let c = TrainConfig::new(CtcalConfig::sd21()).with_ema_decay(Some(1.5));
+        assert!(c.validate().unwrap_err().to_string().contains("ema_decay"));
+        assert!(TrainConfig::new(CtcalConfig::sd21()).validate().is_ok());
+    }
+}
