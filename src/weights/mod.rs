@@ -16,12 +16,14 @@
 mod expected;
 pub mod keys;
 mod reader;
+mod save;
 mod tensor_file;
 
 pub use expected::{ExpectedTensor, expected_tensors};
 pub use keys::to_diffusers_key;
 pub use reader::CheckpointFiles;
 use reader::read_tensors;
+pub use save::{WEIGHTS_FILE, diffusers_tensors, save_diffusers};
 pub use tensor_file::{TensorEntry, TensorFile, to_entry, write_atomic, write_tensor_file};
 
 use std::collections::BTreeMap;
