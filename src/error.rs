@@ -38,6 +38,9 @@ pub enum Error {
     /// Weights do not match the model: missing, unexpected or mis-shaped keys.
     #[error("{0}")]
     Weights(String),
+    /// Training cannot go on (a non-finite loss).
+    #[error("training stopped: {0}")]
+    Training(String),
     /// An input tensor has the wrong shape or is missing.
     #[error("bad input: {0}")]
     Input(String),

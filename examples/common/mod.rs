@@ -11,6 +11,8 @@ use ctcal::attention::StoredMap;
 use ctcal::viz::{heatmap_row, save_png};
 use ctcal::weights::{TensorEntry, write_tensor_file};
 
+pub mod train;
+
 /// The backend an example runs on (each needs its cargo feature).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum BackendKind {

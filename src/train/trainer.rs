@@ -159,6 +159,17 @@ where
             acc_ae.accumulate(&ae, GradientsParams::from_module(&mut grads, &ae));
             parts = add_parts(parts, out.parts, 1.0 / config.grad_accum as f64);
         }
+        if !parts.total.is_finite() {
+            return Err(Error::Training(format!(
+                "step {}: the loss is {} (diffusion {}, ctcal {}); stopped before updating the \
+                 weights, the last checkpoint in {} is intact (lower --lr or check the data)",
+                step + 1,
+                parts.total,
+                parts.diffusion,
+                parts.ctcal,
+                root.display()
+            )));
+        }
         let (mut grads, mut grads_ae) = (acc.grads(), acc_ae.grads());
         let grad_norm = match config.max_grad_norm {
             Some(max) => clip_global_norm((&model, &mut grads), (&ae, &mut grads_ae), max),

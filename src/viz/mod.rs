@@ -1,7 +1,14 @@
-//! Attention maps as pictures: heatmap tiles in a row, one per token, written as PNG.
+//! Pictures: attention maps as heatmap tiles in a row (one per token), training curves as line
+//! plots, written as PNG.
 //!
 //! Used by the examples so a person can look at what the hooks capture (and, in training, at
 //! teacher against student maps).
+
+mod font;
+mod plot;
+
+pub use font::{draw_text, text_width};
+pub use plot::{COLOURS, Series, line_plot};
 
 use std::path::Path;
 
