@@ -9,6 +9,8 @@
 //!   model threads through its forward, and the [`AttentionStore`](attention::AttentionStore)
 //!   hook.
 //! - [`weights`]: loading diffusers safetensors checkpoints by key name.
+//! - [`lora`]: low-rank adapters on the attention projections, frozen base weights, merging,
+//!   and export/import in the diffusers/PEFT layout `pipe.load_lora_weights()` reads.
 //!
 //! Every model is generic over `B: Backend`; the cargo features `ndarray` (default), `wgpu` and
 //! `cuda` add backends without changing behaviour.
@@ -18,6 +20,7 @@
 pub mod attention;
 pub mod ctcal;
 pub mod error;
+pub mod lora;
 pub mod mmdit;
 pub mod nn;
 pub mod schedule;
