@@ -11,6 +11,8 @@
 //! - [`weights`]: loading diffusers safetensors checkpoints by key name.
 //! - [`data`]: captioned training samples (image folders or cached latents and text
 //!   embeddings), shuffled by seed, batched and prefetched, with a resumable cursor.
+//! - [`lora`]: low-rank adapters on the attention projections, frozen base weights, merging,
+//!   and export/import in the diffusers/PEFT layout `pipe.load_lora_weights()` reads.
 //!
 //! Every model is generic over `B: Backend`; the cargo features `ndarray` (default), `wgpu` and
 //! `cuda` add backends without changing behaviour.
@@ -21,6 +23,7 @@ pub mod attention;
 pub mod ctcal;
 pub mod data;
 pub mod error;
+pub mod lora;
 pub mod mmdit;
 pub mod nn;
 pub mod schedule;

@@ -2,10 +2,11 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::{AttentionHook, AttentionSite, attend};
+use crate::lora::LoraLinear;
 
 /// Configuration of an [`Attention`] layer (diffusers `Attention.__init__` arguments).
 #[derive(Config, Debug)]
@@ -35,17 +36,18 @@ pub struct AttentionConfig {
 /// Multi-head attention with diffusers' parameter names.
 ///
 /// `to_out` is a one-element list so its weights are named `to_out.0.*`, as in diffusers
-/// (where `to_out.1` is a parameter-free dropout).
+/// (where `to_out.1` is a parameter-free dropout). The projections are [`LoraLinear`]s,
+/// built without adapters (see [`crate::lora`]).
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// Query projection.
-    pub to_q: Linear<B>,
+    pub to_q: LoraLinear<B>,
     /// Key projection.
-    pub to_k: Linear<B>,
+    pub to_k: LoraLinear<B>,
     /// Value projection.
-    pub to_v: Linear<B>,
+    pub to_v: LoraLinear<B>,
     /// Output projection (`to_out.0`).
-    pub to_out: Vec<Linear<B>>,
+    pub to_out: Vec<LoraLinear<B>>,
     /// Per-head RMS norm of the queries (SD 3.5's `qk_norm`).
     pub norm_q: Option<RmsNorm<B>>,
     /// Per-head RMS norm of the keys.
@@ -63,8 +65,9 @@ impl AttentionConfig {
     pub fn init<B: Backend>(&self, site: AttentionSite, device: &B::Device) -> Attention<B> {
         let inner = self.heads * self.dim_head;
         let kv_dim = self.cross_attention_dim.unwrap_or(self.query_dim);
-        let lin =
-            |i: usize, o: usize, bias: bool| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let lin = |i: usize, o: usize, bias: bool| {
+            LoraLinear::new(LinearConfig::new(i, o).with_bias(bias).init(device))
+        };
         Attention {
             to_q: lin(self.query_dim, inner, self.bias),
             to_k: lin(kv_dim, inner, self.bias),

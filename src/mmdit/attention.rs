@@ -2,31 +2,34 @@
 //! streams with their own projections, attending jointly over `[image ; text]`.
 
 use burn::module::Module;
-use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::attention::{AttentionHook, AttentionSite, attend_joint};
 use crate::attention::{merge_heads, norm_heads, split_heads};
+use crate::lora::LoraLinear;
 
 /// Joint attention of one MMDiT block (`transformer_blocks.{i}.attn`).
+///
+/// Every projection is a [`LoraLinear`], built without an adapter (see [`crate::lora`]).
 #[derive(Module, Debug)]
 pub struct JointAttention<B: Backend> {
     /// Image-stream query projection.
-    pub to_q: Linear<B>,
+    pub to_q: LoraLinear<B>,
     /// Image-stream key projection.
-    pub to_k: Linear<B>,
+    pub to_k: LoraLinear<B>,
     /// Image-stream value projection.
-    pub to_v: Linear<B>,
+    pub to_v: LoraLinear<B>,
     /// Text-stream query projection.
-    pub add_q_proj: Linear<B>,
+    pub add_q_proj: LoraLinear<B>,
     /// Text-stream key projection.
-    pub add_k_proj: Linear<B>,
+    pub add_k_proj: LoraLinear<B>,
     /// Text-stream value projection.
-    pub add_v_proj: Linear<B>,
+    pub add_v_proj: LoraLinear<B>,
     /// Image-stream output projection (`to_out.0`).
-    pub to_out: Vec<Linear<B>>,
+    pub to_out: Vec<LoraLinear<B>>,
     /// Text-stream output projection; absent in the last (`context_pre_only`) block.
-    pub to_add_out: Option<Linear<B>>,
+    pub to_add_out: Option<LoraLinear<B>>,
     /// Per-head RMS norms of image queries and keys, text queries and keys (SD 3.5).
     pub norm_q: Option<RmsNorm<B>>,
     /// See [`Self::norm_q`].
@@ -53,7 +56,7 @@ impl<B: Backend> JointAttention<B> {
         device: &B::Device,
     ) -> Self {
         let inner = heads * head_dim;
-        let lin = |i: usize, o: usize| LinearConfig::new(i, o).init(device);
+        let lin = |i: usize, o: usize| LoraLinear::new(LinearConfig::new(i, o).init(device));
         let norm =
             || qk_norm_eps.map(|eps| RmsNormConfig::new(head_dim).with_epsilon(eps).init(device));
         Self {

@@ -1,16 +1,64 @@
 //! The rules between our module paths and diffusers state-dict keys.
 //!
-//! Struct fields carry diffusers' segment names, so only three rules remain:
+//! Struct fields carry diffusers' segment names, so only four rules remain:
 //! 1. burn's norm parameters `gamma`/`beta` are diffusers' `weight`/`bias`;
 //! 2. a `FeedForward`'s `proj_in` is `net.0.proj` (the activation module owns the projection
 //!    in diffusers) and its `proj_out` is `net.2` (`net.1` is a parameter-free dropout);
-//! 3. enum variant names (`Projection::Linear` / `Conv`) never appear in paths.
+//! 3. enum variant names (`Projection::Linear` / `Conv`) never appear in paths;
+//! 4. an attention projection is a [`LoraLinear`](crate::lora::LoraLinear): the `base` segment
+//!    directly under it disappears (`attn1.to_q.base.weight` is `attn1.to_q.weight`) and its
+//!    adapters `lora_a`/`lora_b` are PEFT's `lora_A`/`lora_B` (`attn1.to_q.lora_A.weight`). The
+//!    rule applies only to a segment right before the tensor name, under one of
+//!    [`LORA_PROJECTIONS`]; other `base` segments are kept.
 //!
 //! `to_out.0`, `downsamplers.0` and the like come from one-element `Vec`s and need no rule.
+
+/// The projections that are [`LoraLinear`](crate::lora::LoraLinear)s, as trailing path
+/// segments (`to_out.0` is two).
+pub const LORA_PROJECTIONS: [&str; 8] = [
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+];
+
+/// Whether `segments` (a module path) ends with one of [`LORA_PROJECTIONS`].
+fn is_lora_projection(segments: &[&str]) -> bool {
+    LORA_PROJECTIONS.iter().any(|p| {
+        let p: Vec<&str> = p.split('.').collect();
+        segments.len() >= p.len() && segments[segments.len() - p.len()..] == p[..]
+    })
+}
+
+/// Whether `path` (ours, e.g. `...attn2.to_k.lora_a.weight`) is a LoRA adapter parameter,
+/// which diffusers base checkpoints do not hold.
+pub fn is_adapter_path(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('.').collect();
+    let n = segments.len();
+    n >= 3
+        && matches!(segments[n - 2], "lora_a" | "lora_b")
+        && is_lora_projection(&segments[..n - 2])
+}
 
 /// Translates a burn module path (enum variants skipped) into the diffusers key.
 pub fn to_diffusers_key(path: &str) -> String {
     let mut segments: Vec<&str> = path.split('.').collect();
+    // Rule 4: the LoraLinear segment right before the tensor name.
+    let n = segments.len();
+    if n >= 3 && is_lora_projection(&segments[..n - 2]) {
+        match segments[n - 2] {
+            "base" => {
+                segments.remove(n - 2);
+            }
+            "lora_a" => segments[n - 2] = "lora_A",
+            "lora_b" => segments[n - 2] = "lora_B",
+            _ => {}
+        }
+    }
     if let Some(last) = segments.last_mut() {
         *last = match *last {
             "gamma" => "weight",
@@ -60,5 +108,57 @@ mod tests {
             to_diffusers_key("up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.weight"),
             "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_out.0.weight"
         );
+    }
+
+    #[test]
+    fn lora_linear_rule_is_confined_to_attention_projections() {
+        let cases = [
+            (
+                "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.base.weight",
+                "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+            ),
+            (
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0.base.bias",
+                "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0.bias",
+            ),
+            (
+                "transformer_blocks.2.attn.add_k_proj.base.weight",
+                "transformer_blocks.2.attn.add_k_proj.weight",
+            ),
+            (
+                "transformer_blocks.0.attn.to_add_out.lora_a.weight",
+                "transformer_blocks.0.attn.to_add_out.lora_A.weight",
+            ),
+            (
+                "transformer_blocks.0.attn2.to_v.lora_b.weight",
+                "transformer_blocks.0.attn2.to_v.lora_B.weight",
+            ),
+            // Not directly under a LoRA projection, or not right before the tensor name: kept.
+            (
+                "down_blocks.0.attentions.0.proj_in.base.weight",
+                "down_blocks.0.attentions.0.proj_in.base.weight",
+            ),
+            ("attn1.to_out.1.base.weight", "attn1.to_out.1.base.weight"),
+            (
+                "attn1.to_q.base.inner.weight",
+                "attn1.to_q.base.inner.weight",
+            ),
+            ("to_q_extra.base.weight", "to_q_extra.base.weight"),
+            ("base.weight", "base.weight"),
+            ("norm.lora_a.weight", "norm.lora_a.weight"),
+        ];
+        for (ours, theirs) in cases {
+            assert_eq!(to_diffusers_key(ours), theirs, "{ours}");
+        }
+    }
+
+    #[test]
+    fn adapter_paths() {
+        use super::is_adapter_path;
+        assert!(is_adapter_path("a.attn1.to_q.lora_a.weight"));
+        assert!(is_adapter_path("a.attn.to_out.0.lora_b.weight"));
+        assert!(!is_adapter_path("a.attn1.to_q.base.weight"));
+        assert!(!is_adapter_path("a.ff.proj_in.lora_a.weight"));
+        assert!(!is_adapter_path("lora_a.weight"));
     }
 }

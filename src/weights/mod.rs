@@ -7,6 +7,12 @@
 //! shape, and hands the tensors to burn-store's applier with its PyTorch-to-burn adapter
 //! (which transposes `Linear` weights).
 //!
+//! These are base weights: LoRA adapter parameters (`lora_a`/`lora_b` of a
+//! [`LoraLinear`](crate::lora::LoraLinear)) are neither expected nor touched, so a base
+//! checkpoint loads the same into a model with or without adapters; adapters load with
+//! [`crate::lora::import_peft`], and a checkpoint holding `lora_A`/`lora_B` keys is rejected
+//! here as unexpected.
+//!
 //! Why not `SafetensorsStore` directly: it reads one file (no shard index), keeps f16 tensors
 //! as f16 (which aborts on ndarray), and reports norm weights found through its alternative
 //! name lookup as unused; so we parse the files with the `safetensors` crate and feed burn-store
@@ -20,9 +26,9 @@ mod save;
 mod tensor_file;
 
 pub use expected::{ExpectedTensor, expected_tensors};
-pub use keys::to_diffusers_key;
+pub use keys::{is_adapter_path, to_diffusers_key};
 pub use reader::CheckpointFiles;
-use reader::read_tensors;
+pub(crate) use reader::read_tensors;
 pub use save::{WEIGHTS_FILE, diffusers_tensors, save_diffusers};
 pub use tensor_file::{TensorEntry, TensorFile, to_entry, write_atomic, write_tensor_file};
 
@@ -34,7 +40,7 @@ use burn::tensor::{DType, Element, backend::Backend};
 use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, TensorSnapshot};
 
 use crate::error::{Error, Result};
-use reader::LazyTensor;
+pub(crate) use reader::LazyTensor;
 
 /// What a successful load did, for logging.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +80,9 @@ pub fn load_files<B: Backend, M: Module<B>>(
     let mut snapshots = Vec::new();
     let mut source_dtypes = BTreeMap::new();
     for expected in expected_tensors(&module) {
+        if is_adapter_path(&expected.path) {
+            continue; // Adapters are not base weights (see the module docs).
+        }
         let Some(tensor) = tensors.remove(&expected.key) else {
             missing.push(expected.key);
             continue;
@@ -107,12 +116,18 @@ pub fn load_files<B: Backend, M: Module<B>>(
     // 2. Apply through burn-store (it transposes Linear weights).
     let count = snapshots.len();
     let result = module.apply(snapshots, None, Some(Box::new(PyTorchToBurnAdapter)), true);
-    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
+    let missing: Vec<&String> = result
+        .missing
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| !is_adapter_path(p))
+        .collect();
+    if !result.errors.is_empty() || !missing.is_empty() || !result.unused.is_empty() {
         let first = result
             .errors
             .first()
             .map(|e| e.to_string())
-            .or_else(|| result.missing.first().map(|(p, _)| format!("missing {p}")))
+            .or_else(|| missing.first().map(|p| format!("missing {p}")))
             .or_else(|| result.unused.first().map(|p| format!("unused {p}")))
             .unwrap_or_default();
         return Err(Error::Weights(format!(
