@@ -45,7 +45,7 @@ fn run<B: AutodiffBackend>(device: &B::Device) -> Result<(Vec<LossParts>, f64)> 
         DataCursor::start(0, dataset.len()),
         Default::default(),
     )?;
-    let batch = batch.train_batch::<B>(device, &|_| 1)?;
+    let batch = batch.train_batch::<B>(device, &|_: &str| 1)?;
 
     let dir = Path::new("weights/tiny-sd21/unet");
     let config = UNet2DConditionConfig::from_diffusers_json(&dir.join("config.json"))?;

@@ -12,8 +12,10 @@ use ctcal::ctcal::{CtcalConfig, Denoiser, Schedule};
 use ctcal::data::{BadRowPolicy, CachedFeatures, Dataset};
 use ctcal::lora::{LoraConfig, LoraTarget, apply_lora, export_peft};
 use ctcal::train::{
-    LrSchedule, RunDirs, StepLog, TrainConfig, Trained, count_params, save_params, train,
+    LrSchedule, RunDirs, StepLog, TrainConfig, Trained, count_params, loss_plot, map_preview,
+    preview_levels, save_params, train,
 };
+use ctcal::viz::save_png;
 use ctcal::weights::save_diffusers;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -189,7 +191,7 @@ where
     let result = train(
         model,
         trained,
-        Arc::new(dataset),
+        dataset,
         schedule,
         &config,
         &dirs,
@@ -285,7 +287,7 @@ impl<B: AutodiffBackend> Preview<B> {
             .collect::<Result<Vec<_>>>()?;
         let cursor = ctcal::data::DataCursor::start(config.seed, dataset.len());
         let batch = ctcal::data::Batch::collate(samples, 0, cursor, Default::default())?;
-        let train_batch = batch.train_batch::<B>(device, &|_| 1)?;
+        let train_batch = batch.train_batch::<B>(device, &|_: &str| 1)?;
         let shape = train_batch.latents.dims();
         let noise = burn::tensor::Tensor::random(
             shape,
