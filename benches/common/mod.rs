@@ -91,7 +91,6 @@ pub fn compare<F: FnMut(&str, bool)>(
 }
 
 /// Calls `$run::<Autodiff<Backend>>(&opts, &device)` for `opts.backend`.
-
 macro_rules! dispatch {
     ($opts:expr, $run:ident) => {
         match $opts.backend.as_str() {
