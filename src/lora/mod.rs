@@ -45,9 +45,10 @@ pub struct LoraReport {
     pub paths: Vec<String>,
     /// Adapter parameters (`rank * (in + out)` per projection): what the optimiser trains.
     pub trainable_params: usize,
-    /// Parameters of the model besides the adapters (frozen by [`apply_lora`]).
+    /// Parameters of the model besides the adapters, frozen ([`apply_lora`] only; 0 otherwise).
     pub frozen_params: usize,
-    /// Tensors of an imported file outside the model's prefix (e.g. text-encoder adapters).
+    /// Tensors of an imported file outside the model's prefix, e.g. text-encoder adapters
+    /// ([`import_peft`] only).
     pub ignored: usize,
 }
 

@@ -3,6 +3,7 @@
 mod common;
 mod ctcal_parity;
 mod full_size;
+mod lora_parity;
 mod mmdit_naming;
 mod mmdit_parity;
 mod schedule_parity;
