@@ -40,7 +40,7 @@ impl Trained {
     /// The burn-store path filter selecting the trained parameters.
     pub fn filter(self) -> fn(&str, &str) -> bool {
         match self {
-            Trained::Lora => |path, _| path.contains(".lora_a.") || path.contains(".lora_b."),
+            Trained::Lora => |path, _| crate::weights::is_adapter_path(path),
             Trained::Full => |_, _| true,
         }
     }

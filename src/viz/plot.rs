@@ -29,7 +29,9 @@ const MARGIN_T: u32 = 28;
 const MARGIN_B: u32 = 30;
 
 fn label(v: f64) -> String {
-    if v == 0.0 || (1e-2..1e4).contains(&v.abs()) {
+    if v.fract() == 0.0 && v.abs() < 1e9 {
+        format!("{v:.0}")
+    } else if (1e-2..1e4).contains(&v.abs()) {
         format!("{v:.3}")
     } else {
         format!("{v:.1e}")
