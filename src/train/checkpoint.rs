@@ -99,15 +99,24 @@ pub fn load_params<B: Backend, M: Module<B>>(
             path.display()
         )));
     }
-    let mut store = SafetensorsStore::from_file(path).with_predicate(filter);
+    let mut store = SafetensorsStore::from_file(path)
+        .with_predicate(filter)
+        .allow_partial(true);
     let result = module
         .load_from(&mut store)
         .map_err(|e| store_err(path, e))?;
-    if let Some((p, _)) = result.missing.first() {
+    // The store reports every parameter it did not load; only the selected ones must be there.
+    let missing: Vec<&String> = result
+        .missing
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| filter(p, ""))
+        .collect();
+    if let Some(p) = missing.first() {
         return Err(Error::Weights(format!(
             "{}: missing {p} ({} parameters missing)",
             path.display(),
-            result.missing.len()
+            missing.len()
         )));
     }
     Ok(module)

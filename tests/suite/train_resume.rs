@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use burn::backend::Autodiff;
 use ctcal::ctcal::{CtcalConfig, Schedule};
 use ctcal::data::{BadRowPolicy, CachedFeatures, HostTensor, write_cached_sample};
+use ctcal::lora::{LoraConfig, apply_lora};
 use ctcal::schedule::DdpmConfig;
 use ctcal::train::{RunDirs, TrainConfig, Trained, train};
 use ctcal::unet::UNet2DConditionConfig;
@@ -65,10 +66,29 @@ fn config() -> TrainConfig {
 
 /// Fully fine-tunes the tiny SD 2 UNet into `out`; `on_step` sees each step.
 fn run(out: &Path, resume: bool, on_step: impl FnMut(&ctcal::train::StepLog)) {
+    run_with(out, resume, config(), Trained::Full, on_step).unwrap();
+}
+
+/// Trains the tiny SD 2 UNet (LoRA adapters on the default projections for `Trained::Lora`).
+fn run_with(
+    out: &Path,
+    resume: bool,
+    config: TrainConfig,
+    trained: Trained,
+    on_step: impl FnMut(&ctcal::train::StepLog),
+) -> ctcal::Result<()> {
     let device = Default::default();
     let dir = fixture("unet_sd2/unet");
     let unet_config = UNet2DConditionConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     let (unet, _) = load_module(unet_config.init::<A>(&device), &dir, None).unwrap();
+    let unet = match trained {
+        Trained::Full => unet,
+        Trained::Lora => {
+            apply_lora(unet, &LoraConfig::unet_default().with_rank(2), 3)
+                .unwrap()
+                .0
+        }
+    };
     let data = out.join("data");
     let meta = if data.exists() {
         data.join("metadata.jsonl")
@@ -83,16 +103,16 @@ fn run(out: &Path, resume: bool, on_step: impl FnMut(&ctcal::train::StepLog)) {
     };
     train(
         unet,
-        Trained::Full,
+        trained,
         dataset,
         &schedule,
-        &config(),
+        &config,
         &dirs,
         &|_| 1,
         &device,
         on_step,
-    )
-    .unwrap();
+    )?;
+    Ok(())
 }
 
 /// The child process: trains, and after step 5 (checkpoint at 4 written, step 5 logged but not
@@ -200,4 +220,57 @@ fn killed_run_resumes_bit_identically() {
         .any(|(x, y)| x != y);
     assert!(moved, "conv_in did not change");
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// LoRA training extended in a second run: 3 steps, then `--resume` with `steps = 6`, ends
+/// where one 6-step run ends (only adapters are checkpointed and restored); the base weights
+/// never move.
+#[test]
+fn lora_run_extends_bit_identically() {
+    let base = std::env::temp_dir().join(format!("ctcal-lora-extend-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (split, whole) = (base.join("split"), base.join("whole"));
+    let lora = |steps| config().with_steps(steps).with_checkpoint_every(0);
+    run_with(&split, false, lora(3), Trained::Lora, |_| {}).unwrap();
+    run_with(&split, true, lora(STEPS), Trained::Lora, |_| {}).unwrap();
+    run_with(&whole, false, lora(STEPS), Trained::Lora, |_| {}).unwrap();
+    let (a, b) = (final_tensors(&split), final_tensors(&whole));
+    let adapters = a.iter().filter(|(k, _)| k.starts_with("trained")).count();
+    assert_eq!(
+        adapters,
+        2 * 96,
+        "trained.safetensors holds the 96 adapters' A and B"
+    );
+    assert_eq!(a, b, "the extended run differs from the single run");
+    // A resumed run with another seed is refused, naming the field.
+    let err = run_with(
+        &split,
+        true,
+        lora(STEPS + 1).with_seed(8),
+        Trained::Lora,
+        |_| {},
+    );
+    assert!(err.unwrap_err().to_string().contains("seed"));
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A non-finite loss stops training with a message naming the step, before any update.
+#[test]
+fn non_finite_loss_stops_the_run() {
+    let out = std::env::temp_dir().join(format!("ctcal-nan-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let data = out.join("data");
+    write_dataset(&data);
+    // Poison every sample's latents.
+    for i in 0..6 {
+        let path = data.join(format!("{i}.safetensors"));
+        let mut file = TensorFile::read(&path).unwrap();
+        file.tensors.get_mut("latents").unwrap().1[5] = f32::NAN;
+        ctcal::weights::write_tensor_file(&path, &file.tensors, None).unwrap();
+    }
+    let err = run_with(&out, false, config(), Trained::Full, |_| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("step 1") && msg.contains("NaN"), "{msg}");
+    assert!(!out.join("checkpoints/latest").exists());
+    let _ = std::fs::remove_dir_all(&out);
 }
