@@ -2,6 +2,7 @@
 
 mod common;
 mod ctcal_parity;
+mod embedded_default;
 mod full_size;
 mod lora_parity;
 mod mmdit_naming;
