@@ -47,14 +47,10 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    dispatch!(cli.train.backend, run, &cli)
+    dispatch!(cli.train.backend, run, &cli, autodiff)
 }
 
-fn run<B: burn::tensor::backend::Backend>(cli: &Cli, device: &B::Device) -> Result<()> {
-    run_autodiff::<burn::backend::Autodiff<B>>(cli, device)
-}
-
-fn run_autodiff<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
+fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let config = SD3Transformer2DConfig::from_diffusers_json(&cli.model.join("config.json"))?;
     let (model, report) = load_module(config.init::<B>(device), &cli.model, None)?;
     println!(

@@ -114,3 +114,36 @@ def save_file_ordered(tensors: dict, path: Path, metadata: dict) -> None:
     text += b" " * (n - len(text))
     with open(path, "wb") as f:
         f.write(blob[:8] + text + blob[8 + n:])
+
+
+def ctcal_parts(student, teacher, weights, diffusion, ae, cfg):
+    """The CTCal loss of a batch from per-sample noun maps (None for a noun-less sample), the
+    per-sample weights w(t), the diffusion loss and the map auto-encoder: the loss dict the
+    Rust step must reproduce (ctcal::ctcal::loss)."""
+
+    def norm(m):
+        peak = m.reshape(m.shape[0], -1).max(1).values
+        return m / (peak + 1e-8)[:, None, None], peak
+
+    total, parts, count = 0.0, [0.0] * 4, 0
+    for bi, (s, t) in enumerate(zip(student, teacher)):
+        if s is None:
+            continue
+        sn, speak = norm(s)
+        tn, _ = norm(t)
+        pixel = ((sn - tn) ** 2).mean()
+        s_in = resize(sn[:, None], (16, 16))
+        t_in = resize(tn[:, None], (16, 16))
+        semantic = ((ae.encode(s_in) - ae.encode(t_in)) ** 2).mean()
+        recon = ((ae.decode(ae.encode(t_in)) - t_in) ** 2).mean()
+        balance = F.relu(speak.max() - speak - cfg["tau"]).mean()
+        terms = [pixel, semantic, recon, balance]
+        lam = [cfg["pixel"], cfg["semantic"], cfg["recon"], cfg["balance"]]
+        total = total + weights[bi] * sum(l * x for l, x in zip(lam, terms))
+        parts = [p + x.item() for p, x in zip(parts, terms)]
+        count += 1
+    ctcal = total / len(student)
+    parts = [p / count for p in parts]
+    return {"diffusion": diffusion.item(), "ctcal": float(ctcal), "pixel": parts[0],
+            "semantic": parts[1], "recon": parts[2], "balance": parts[3],
+            "total": diffusion.item() + cfg["lambda"] * float(ctcal)}

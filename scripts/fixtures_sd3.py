@@ -24,7 +24,7 @@ from diffusers import SD3Transformer2DModel
 from diffusers.models.normalization import RMSNorm
 import torch.nn.functional as F
 
-from fixture_common import (FIX, ROOT, MapAutoEncoder, f32, fresh_dir, randomize, resize,
+from fixture_common import (FIX, ROOT, MapAutoEncoder, ctcal_parts, f32, fresh_dir, randomize, resize,
                             save_file_ordered, write_manifest)
 
 
@@ -276,32 +276,7 @@ def ctcal_sd3_reference(model, ae, x0, noise, ctx, pooled, s_stu, s_tea, nouns, 
     target = noise - x0
     diffusion = ((pred - target) ** 2).reshape(x0.shape[0], -1).mean(1).mean()
 
-    def norm(m):
-        peak = m.reshape(m.shape[0], -1).max(1).values
-        return m / (peak + 1e-8)[:, None, None], peak
-
-    total, parts, count = 0.0, [0.0] * 4, 0
-    for bi, (s, t) in enumerate(zip(student, teacher)):
-        if s is None:
-            continue
-        sn, speak = norm(s)
-        tn, _ = norm(t)
-        pixel = ((sn - tn) ** 2).mean()
-        s_in = resize(sn[:, None], (16, 16))
-        t_in = resize(tn[:, None], (16, 16))
-        semantic = ((ae.encode(s_in) - ae.encode(t_in)) ** 2).mean()
-        recon = ((ae.decode(ae.encode(t_in)) - t_in) ** 2).mean()
-        balance = F.relu(speak.max() - speak - cfg["tau"]).mean()
-        terms = [pixel, semantic, recon, balance]
-        lam = [cfg["pixel"], cfg["semantic"], cfg["recon"], cfg["balance"]]
-        total = total + s_stu[bi].item() * sum(l * x for l, x in zip(lam, terms))
-        parts = [p + x.item() for p, x in zip(parts, terms)]
-        count += 1
-    ctcal = total / x0.shape[0]
-    parts = [p / count for p in parts]
-    return {"diffusion": diffusion.item(), "ctcal": float(ctcal), "pixel": parts[0],
-            "semantic": parts[1], "recon": parts[2], "balance": parts[3],
-            "total": diffusion.item() + cfg["lambda"] * float(ctcal)}
+    return ctcal_parts(student, teacher, [s.item() for s in s_stu], diffusion, ae, cfg)
 
 
 def make_ctcal_sd3_case() -> None:

@@ -24,22 +24,31 @@ pub enum BackendKind {
     Cuda,
 }
 
-/// Calls `$run::<Backend>($args, &device)` for the chosen backend, or fails naming the missing
-/// cargo feature.
+/// Calls `$run::<Backend>($args, &device)` for the chosen backend (`Autodiff<Backend>` with a
+/// trailing `autodiff`), or fails naming the missing cargo feature.
 macro_rules! dispatch {
     ($kind:expr, $run:ident, $args:expr) => {
+        dispatch!(@wrap $kind, $run, $args, |B| B)
+    };
+    ($kind:expr, $run:ident, $args:expr, autodiff) => {
+        dispatch!(@wrap $kind, $run, $args, |B| burn::backend::Autodiff<B>)
+    };
+    (@wrap $kind:expr, $run:ident, $args:expr, |B| $wrap:ty) => {{
         match $kind {
             #[cfg(feature = "ndarray")]
             common::BackendKind::Ndarray => {
-                $run::<burn::backend::NdArray<f32>>($args, &Default::default())
+                type B = burn::backend::NdArray<f32>;
+                $run::<$wrap>($args, &Default::default())
             }
             #[cfg(feature = "wgpu")]
             common::BackendKind::Wgpu => {
-                $run::<burn::backend::Wgpu<f32>>($args, &Default::default())
+                type B = burn::backend::Wgpu<f32>;
+                $run::<$wrap>($args, &Default::default())
             }
             #[cfg(feature = "cuda")]
             common::BackendKind::Cuda => {
-                $run::<burn::backend::Cuda<f32>>($args, &Default::default())
+                type B = burn::backend::Cuda<f32>;
+                $run::<$wrap>($args, &Default::default())
             }
             #[allow(unreachable_patterns)]
             other => anyhow::bail!(
@@ -47,7 +56,7 @@ macro_rules! dispatch {
                 format!("{other:?}").to_lowercase()
             ),
         }
-    };
+    }};
 }
 
 /// Writes `out` and one entry per map (named by its diffusers path) to `path`.

@@ -67,3 +67,30 @@ pub fn assert_same_keys(ours: &[(String, Vec<usize>)], theirs: &[(String, Vec<us
     );
     assert_eq!(ours.len(), theirs.len());
 }
+
+/// Every captured map equals diffusers' map of the same module path (the `outputs` file holds
+/// `out` plus one map per layer) within `tol`, with the shape and a grid that lays out its
+/// queries.
+pub fn assert_maps<B: Backend>(
+    case: &str,
+    maps: Vec<ctcal::attention::StoredMap<B>>,
+    expected: &ctcal::weights::TensorFile,
+    tol: f32,
+) {
+    assert_eq!(
+        maps.len(),
+        expected.tensors.len() - 1,
+        "{case}: one map per diffusers layer"
+    );
+    for map in maps {
+        let path = map.site.path();
+        let (shape, want) = expected
+            .tensors
+            .get(&path)
+            .unwrap_or_else(|| panic!("{case}: diffusers has no map {path}"));
+        assert_eq!(&map.probs.dims().to_vec(), shape, "{case}: {path} shape");
+        assert_eq!(map.grid[0] * map.grid[1], shape[2], "{case}: {path} grid");
+        let err = rel_err(&values(map.probs), want);
+        assert!(err < tol, "{case}: map {path} relative error {err}");
+    }
+}

@@ -1,7 +1,7 @@
 //! The UNet against diffusers: outputs and every cross-attention map of the tiny fixtures
 //! written by `scripts/make_fixtures.py`, within relative error 1e-4 (f32).
 
-use crate::common::{fixture, rel_err, values};
+use crate::common::{assert_maps, fixture, rel_err, values};
 use burn::tensor::{Tensor, backend::Backend};
 use ctcal::attention::{AttentionKind, AttentionStore, SiteFilter};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -47,22 +47,7 @@ fn check_case<B: Backend>(case: &str, device: &B::Device) {
         .filter(|s| s.kind == AttentionKind::Cross)
         .count();
     assert_eq!(maps.len(), cross_sites);
-    assert_eq!(
-        maps.len(),
-        expected.tensors.len() - 1,
-        "one map per diffusers attn2"
-    );
-    for map in maps {
-        let path = map.site.path();
-        let (shape, want) = expected
-            .tensors
-            .get(&path)
-            .unwrap_or_else(|| panic!("{case}: diffusers has no map {path}"));
-        assert_eq!(&map.probs.dims().to_vec(), shape, "{case}: {path} shape");
-        assert_eq!(map.grid[0] * map.grid[1], shape[2], "{case}: {path} grid");
-        let err = rel_err(&values(map.probs), want);
-        assert!(err < TOL, "{case}: map {path} relative error {err}");
-    }
+    assert_maps(case, maps, &expected, TOL);
 }
 
 #[test]
