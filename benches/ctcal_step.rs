@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench ctcal_step                       # tiny, 32x32 latents, batch 2
 //! cargo bench --bench ctcal_step -- --full --latent 16 # + full SD 2.1 (small latents on CPU)
+//! .venv/bin/python scripts/bench_tiny_torch.py          # PyTorch's plain step, same configs
 //! ```
 //! Prints the median step time of each and the CTCal/plain ratio from the same run
 //! (PyTorch's is 1.37x on an H200 for SD 2.1 at 512 px, batch 8).
@@ -91,6 +92,11 @@ fn bench_all<B: AutodiffBackend>(full: bool, latent: usize, batch: usize, iters:
         iters,
         &device,
     );
+    // The embedded default of train_sd21 (weights/tiny-sd21), random weights of its config.
+    let embedded = std::path::Path::new("weights/tiny-sd21/unet/config.json");
+    if let Ok(config) = UNet2DConditionConfig::from_diffusers_json(embedded) {
+        bench::<B>("embed", config, 32, batch, iters, &device);
+    }
     if full {
         bench::<B>(
             "sd21",
