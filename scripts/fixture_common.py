@@ -147,3 +147,18 @@ def ctcal_parts(student, teacher, weights, diffusion, ae, cfg):
     return {"diffusion": diffusion.item(), "ctcal": float(ctcal), "pixel": parts[0],
             "semantic": parts[1], "recon": parts[2], "balance": parts[3],
             "total": diffusion.item() + cfg["lambda"] * float(ctcal)}
+
+
+# The caption of the embedded models' example inputs, start token first.
+EXAMPLE_WORDS = ["<start>", "a", "red", "cube", "left", "of", "blue", "ball"]
+
+
+def word_embedding(word: str, dim: int = 32) -> torch.Tensor:
+    """A fixed pseudo text embedding of `word` (seeded by its characters): the stand-in for a text
+    encoder in the embedded example inputs and in weights/tiny-data."""
+    return torch.randn(dim, generator=torch.Generator().manual_seed(sum(map(ord, word)) * 31 + 1))
+
+
+def example_context() -> torch.Tensor:
+    """`[1, tokens, 32]` pseudo embeddings of EXAMPLE_WORDS."""
+    return torch.stack([word_embedding(w) for w in EXAMPLE_WORDS])[None]

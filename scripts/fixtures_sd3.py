@@ -24,7 +24,8 @@ from diffusers import SD3Transformer2DModel
 from diffusers.models.normalization import RMSNorm
 import torch.nn.functional as F
 
-from fixture_common import (FIX, ROOT, MapAutoEncoder, ctcal_parts, f32, fresh_dir, randomize, resize,
+from fixture_common import (EXAMPLE_WORDS, FIX, ROOT, MapAutoEncoder, ctcal_parts,
+                            example_context, f32, fresh_dir, randomize, resize,
                             save_file_ordered, write_manifest)
 
 
@@ -400,11 +401,8 @@ def make_embedded_sd3() -> None:
         shutil.rmtree(dest / "transformer")
     model.save_pretrained(dest / "transformer", safe_serialization=True)
     # A caption-like input: one pseudo-embedding per word (seeded by the word), as tiny-sd21.
-    words = ["<start>", "a", "red", "cube", "left", "of", "blue", "ball"]
-    ctx = torch.stack([
-        torch.randn(32, generator=torch.Generator().manual_seed(sum(map(ord, w)) * 31 + 1))
-        for w in words
-    ])[None]
+    words = EXAMPLE_WORDS
+    ctx = example_context()
     g = torch.Generator().manual_seed(19)
     inputs = {
         "hidden_states": torch.randn((1, 4, 32, 32), generator=g),

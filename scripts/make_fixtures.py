@@ -30,7 +30,8 @@ from safetensors.torch import save_file
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 import torch.nn.functional as F
 
-from fixture_common import (FIX, ROOT, MapAutoEncoder, ctcal_parts, f32, fresh_dir, randomize, resize,
+from fixture_common import (EXAMPLE_WORDS, FIX, ROOT, MapAutoEncoder, ctcal_parts,
+                            example_context, f32, fresh_dir, randomize, resize,
                             save_file_ordered, write_manifest)
 import fixtures_lora
 import fixtures_sd3
@@ -387,11 +388,8 @@ def make_embedded() -> None:
         shutil.rmtree(dest / "unet")
     unet.save_pretrained(dest / "unet", safe_serialization=True)
     # A caption-like input: one pseudo-embedding per word (seeded by the word), padded to 8.
-    words = ["<start>", "a", "red", "cube", "left", "of", "blue", "ball"]
-    ctx = torch.stack([
-        torch.randn(32, generator=torch.Generator().manual_seed(sum(map(ord, w)) * 31 + 1))
-        for w in words
-    ])[None]
+    words = EXAMPLE_WORDS
+    ctx = example_context()
     g = torch.Generator().manual_seed(9)
     inputs = {
         "sample": torch.randn((1, 4, 32, 32), generator=g),

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from fixture_common import word_embedding
+
 ROOT = Path(__file__).resolve().parent.parent
 DEST = ROOT / "weights" / "tiny-data"
 SIZE, TOKENS, DIM = 32, 12, 32
@@ -29,10 +31,6 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 220),
            "yellow": (230, 210, 40)}
 SHAPES = ["circle", "square", "triangle"]
 PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles"}
-
-
-def word_embedding(word: str) -> torch.Tensor:
-    return torch.randn(DIM, generator=torch.Generator().manual_seed(sum(map(ord, word)) * 31 + 1))
 
 
 def draw(img, shape, colour, cx, cy, r):
