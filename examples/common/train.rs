@@ -195,9 +195,9 @@ where
         schedule,
         &config,
         &dirs,
-        &|_| 1,
+        &|_: &str| 1,
         device,
-        |log| {
+        |log, _| {
             bar.set_position(log.step as u64);
             bar.set_message(format!(
                 "loss {:.4} (diffusion {:.4}, ctcal {:.4}) lr {:.1e}",
@@ -210,6 +210,7 @@ where
                 bar.println(format!("step {}: checkpoint {}", log.step, dir.display()));
             }
             logs.push(log.clone());
+            Ok(())
         },
     )?;
     bar.finish();

@@ -18,7 +18,7 @@ use super::checkpoint::{
     CheckpointParts, CheckpointState, Trained, latest_checkpoint, load_checkpoint, read_state,
     save_checkpoint,
 };
-use super::{Ema, TrainConfig, clip_global_norm, stable_ids};
+use super::{BatchInputs, Ema, TrainConfig, clip_global_norm, stable_ids};
 use crate::ctcal::{Denoiser, LossParts, MapAutoEncoder, Schedule, StepDraw, ctcal_step};
 use crate::data::{Dataset, Loader, LoaderConfig};
 use crate::error::{Error, Result};
@@ -81,8 +81,10 @@ pub struct TrainedModels<M, A> {
 /// Trains `model` (its trainable parameters: LoRA adapters or everything, as `trained` says)
 /// with the CTCal loss on `dataset` under `schedule`.
 ///
-/// `tokens_of` maps a noun word to its number of text tokens for datasets that give nouns as
-/// words. `on_step` sees every step's log. Checkpoints go to `dirs.out/checkpoints` every
+/// `inputs` turns each loaded batch into model inputs: for cached features any
+/// `Fn(&str) -> usize` giving a noun word's number of text tokens, for image folders a
+/// pipeline's frozen encoders. `on_step` sees every step's log and the model after it (to
+/// render validation images, say); an error from it stops the run. Checkpoints go to `dirs.out/checkpoints` every
 /// `config.checkpoint_every` steps and at the end.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B, M, D>(
@@ -92,9 +94,9 @@ pub fn train<B, M, D>(
     schedule: &Schedule,
     config: &TrainConfig,
     dirs: &RunDirs,
-    tokens_of: &dyn Fn(&str) -> usize,
+    inputs: &dyn BatchInputs<B>,
     device: &B::Device,
-    mut on_step: impl FnMut(&StepLog),
+    mut on_step: impl FnMut(&StepLog, &M) -> Result<()>,
 ) -> Result<TrainedModels<M, MapAutoEncoder<B>>>
 where
     B: AutodiffBackend,
@@ -150,7 +152,7 @@ where
             if !batch.skipped.0.is_empty() {
                 skipped.push(batch.skipped.to_string());
             }
-            let data = batch.train_batch::<B>(device, tokens_of)?;
+            let data = inputs.train_batch(&batch, device)?;
             let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step, micro as u64));
             let draw = draw_step(&mut rng, schedule, config, data.latents.dims(), device)?;
             let out = ctcal_step(&model, &ae, &data, &draw, schedule, &config.ctcal)?;
@@ -212,7 +214,7 @@ where
             checkpoint,
         };
         write_metrics(&mut metrics, &metrics_path, &log)?;
-        on_step(&log);
+        on_step(&log, &model)?;
         last = Some(log);
     }
     Ok(TrainedModels {

@@ -46,9 +46,12 @@ fn default_run_lowers_the_loss() {
         &schedule,
         &config,
         &dirs,
-        &|_| 1,
+        &|_: &str| 1,
         &device,
-        |l| logs.push(l.clone()),
+        |l, _| {
+            logs.push(l.clone());
+            Ok(())
+        },
     )
     .unwrap();
     let mean = |f: &dyn Fn(&StepLog) -> f64, r: std::ops::Range<usize>| {

@@ -75,7 +75,7 @@ fn run_with(
     resume: bool,
     config: TrainConfig,
     trained: Trained,
-    on_step: impl FnMut(&ctcal::train::StepLog),
+    mut on_step: impl FnMut(&ctcal::train::StepLog),
 ) -> ctcal::Result<()> {
     let device = Default::default();
     let dir = fixture("unet_sd2/unet");
@@ -108,9 +108,12 @@ fn run_with(
         &schedule,
         &config,
         &dirs,
-        &|_| 1,
+        &|_: &str| 1,
         &device,
-        on_step,
+        |log, _| {
+            on_step(log);
+            Ok(())
+        },
     )?;
     Ok(())
 }
