@@ -26,6 +26,7 @@ pub mod error;
 pub mod lora;
 pub mod mmdit;
 pub mod nn;
+pub mod pipeline;
 pub mod schedule;
 pub mod train;
 pub mod unet;
