@@ -134,6 +134,7 @@ mod tests {
             index.len()
         ));
         let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
         for d in dirs {
             std::fs::create_dir_all(root.join(d)).unwrap();
         }
