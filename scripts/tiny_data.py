@@ -10,6 +10,9 @@ green triangle", "two yellow triangles"), and:
   token: a stand-in for a text encoder, deterministic and the same for a word everywhere;
 - `pooled_projections` [32]: the mean of the caption's word embeddings;
 - `noun_tokens`: the token positions of the shape nouns (start token at 0).
+The same pictures, upscaled to 64x64 (nearest), are also written as an image folder,
+`images/NNN.png` with `images/metadata.jsonl` (caption and noun words, no token positions):
+training from plain images through the tiny pipeline's VAE, tokenizer and text encoder.
 Both tiny denoisers (tiny-sd21, tiny-sd3) take these shapes. Seeded: reruns are identical.
 """
 
@@ -70,8 +73,11 @@ def main(n=24):
     if DEST.exists():
         shutil.rmtree(DEST)
     (DEST / "features").mkdir(parents=True)
+    (DEST / "images").mkdir()
+    from PIL import Image
     rng = np.random.default_rng(0)
     rows = []
+    image_rows = []
     for i in range(n):
         img, words, nouns = sample(rng)
         x = torch.from_numpy(img).float().permute(2, 0, 1) / 127.5 - 1.0
@@ -85,11 +91,17 @@ def main(n=24):
         noun_tokens = [[1 + words.index(w)] for w in nouns]
         rows.append({"file_name": name, "text": " ".join(words), "nouns": nouns,
                      "noun_tokens": noun_tokens})
+        image_name = f"{i:03d}.png"
+        Image.fromarray(img).resize((2 * SIZE, 2 * SIZE), Image.NEAREST).save(
+            DEST / "images" / image_name)
+        image_rows.append({"file_name": image_name, "text": " ".join(words), "nouns": nouns})
         if i < 4:
-            from PIL import Image  # noqa: optional, only for a look at the first few
             Image.fromarray(img).resize((128, 128), Image.NEAREST).save(DEST / f"preview_{i}.png")
     with open(DEST / "metadata.jsonl", "w") as f:
         for r in rows:
+            f.write(json.dumps(r) + "\n")
+    with open(DEST / "images" / "metadata.jsonl", "w") as f:
+        for r in image_rows:
             f.write(json.dumps(r) + "\n")
     print(f"tiny-data: {n} samples in {DEST}")
 
