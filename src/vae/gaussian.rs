@@ -126,7 +126,10 @@ mod tests {
     fn fixed_noise_sample_is_the_closed_form() {
         let p = posterior();
         let eps = [0.3, -1.2, 2.0, 0.7];
-        let t = T::from_data(TensorData::new(eps.to_vec(), [1, 2, 1, 2]), &Default::default());
+        let t = T::from_data(
+            TensorData::new(eps.to_vec(), [1, 2, 1, 2]),
+            &Default::default(),
+        );
         let got = host(p.sample_with_noise(t).unwrap());
         let (mean, logvar) = (host(p.mode()), host(p.logvar.clone()));
         for i in 0..4 {
