@@ -83,8 +83,8 @@ mod tests {
         assert_eq!(t.dims(), [2, 3, 2, 3]);
         let v = t.to_data().to_vec::<f64>().unwrap();
         // Image 0, red channel, row 0: x * 100 / 127.5 - 1.
-        for x in 0..3 {
-            assert!((v[x] - (x as f64 * 100.0 / 127.5 - 1.0)).abs() < 1e-6);
+        for (x, got) in v[..3].iter().enumerate() {
+            assert!((got - (x as f64 * 100.0 / 127.5 - 1.0)).abs() < 1e-6);
         }
         assert!((v[6 + 3] - 1.0).abs() < 1e-6, "image 0, green, row 1");
         assert!(

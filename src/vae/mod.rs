@@ -82,7 +82,7 @@ impl<B: Backend> AutoencoderKL<B> {
     /// The posterior over latents of an image batch (diffusers `encode(x).latent_dist`).
     ///
     /// # Shapes
-    /// - `x`: `[batch, 3, h, w]` in `[-1, 1]`, `h` and `w` multiples of [`Self::downscale`]
+    /// - `x`: `[batch, 3, h, w]` in `[-1, 1]`, `h` and `w` multiples of the `downscale` field
     ///   (other sizes are floored, as in diffusers)
     /// - mean and log-variance: `[batch, latent_channels, h / f, w / f]`
     pub fn encode(&self, x: Tensor<B, 4>) -> Result<DiagonalGaussian<B>> {
