@@ -8,6 +8,7 @@
 //! - [`attention`]: attention sites, the [`AttentionHook`](attention::AttentionHook) trait every
 //!   model threads through its forward, and the [`AttentionStore`](attention::AttentionStore)
 //!   hook.
+//! - [`vae`]: the latent autoencoder of SD 2.1 and SD 3, diffusers' `AutoencoderKL`.
 //! - [`weights`]: loading diffusers safetensors checkpoints by key name.
 //! - [`data`]: captioned training samples (image folders or cached latents and text
 //!   embeddings), shuffled by seed, batched and prefetched, with a resumable cursor.
@@ -30,6 +31,7 @@ pub mod pipeline;
 pub mod schedule;
 pub mod train;
 pub mod unet;
+pub mod vae;
 pub mod viz;
 pub mod weights;
 

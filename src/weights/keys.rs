@@ -12,6 +12,10 @@
 //!    [`LORA_PROJECTIONS`]; other `base` segments are kept.
 //!
 //! `to_out.0`, `downsamplers.0` and the like come from one-element `Vec`s and need no rule.
+//!
+//! One rule reads the file's side: checkpoints saved before diffusers 0.14 name the VAE
+//! mid-block attention `query`/`key`/`value`/`proj_attn`; [`legacy_attention_key`] gives the
+//! current `to_q`/`to_k`/`to_v`/`to_out.0`, as diffusers' own loader converts them.
 
 /// The projections that are [`LoraLinear`](crate::lora::LoraLinear)s, as trailing path
 /// segments (`to_out.0` is two).
@@ -78,9 +82,58 @@ pub fn to_diffusers_key(path: &str) -> String {
     out.join(".")
 }
 
+/// The current name of a file key in the pre-0.14 attention-block layout
+/// (`<...>.attentions.<i>.query.weight` is `<...>.attentions.<i>.to_q.weight`; likewise `key`,
+/// `value`, and `proj_attn` to `to_out.0`), or `None` for any other key.
+pub fn legacy_attention_key(key: &str) -> Option<String> {
+    let segments: Vec<&str> = key.split('.').collect();
+    let n = segments.len();
+    if n < 4
+        || segments[n - 4] != "attentions"
+        || segments[n - 3].parse::<usize>().is_err()
+        || !matches!(segments[n - 1], "weight" | "bias")
+    {
+        return None;
+    }
+    let current = match segments[n - 2] {
+        "query" => "to_q",
+        "key" => "to_k",
+        "value" => "to_v",
+        "proj_attn" => "to_out.0",
+        _ => return None,
+    };
+    Some(format!(
+        "{}.{current}.{}",
+        segments[..n - 2].join("."),
+        segments[n - 1]
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::to_diffusers_key;
+
+    #[test]
+    fn legacy_attention_names() {
+        use super::legacy_attention_key as rule;
+        assert_eq!(
+            rule("encoder.mid_block.attentions.0.query.weight").as_deref(),
+            Some("encoder.mid_block.attentions.0.to_q.weight")
+        );
+        assert_eq!(
+            rule("decoder.mid_block.attentions.0.proj_attn.bias").as_deref(),
+            Some("decoder.mid_block.attentions.0.to_out.0.bias")
+        );
+        for kept in [
+            "encoder.mid_block.attentions.0.to_k.weight",
+            "mid_block.attentions.0.transformer_blocks.0.attn1.key.weight",
+            "encoder.mid_block.attentions.x.value.weight",
+            "attentions.0.value.scale",
+            "value.weight",
+        ] {
+            assert_eq!(rule(kept), None, "{kept}");
+        }
+    }
 
     #[test]
     fn rules() {

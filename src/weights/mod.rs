@@ -3,7 +3,7 @@
 //! One loader serves every model: build the module with its config's `init`, then
 //! [`load_module`] reads a diffusers model folder (single file, `.fp16` variant, or shards with a
 //! `*.safetensors.index.json`), casts f16/bf16/f64 to the backend's float type, maps keys with
-//! the rules of [`keys`], checks that the file and the module agree key for key and shape for
+//! the rules of [`keys`] (renaming pre-0.14 attention-block keys), checks that the file and the module agree key for key and shape for
 //! shape, and hands the tensors to burn-store's applier with its PyTorch-to-burn adapter
 //! (which transposes `Linear` weights).
 //!
@@ -72,6 +72,17 @@ pub fn load_files<B: Backend, M: Module<B>>(
     files: &CheckpointFiles,
 ) -> Result<(M, LoadReport)> {
     let mut tensors = read_tensors(files)?;
+    // Pre-0.14 attention-block names (see `keys`), unless the current name is also present.
+    let legacy: Vec<(String, String)> = tensors
+        .keys()
+        .filter_map(|k| keys::legacy_attention_key(k).map(|new| (k.clone(), new)))
+        .filter(|(_, new)| !tensors.contains_key(new))
+        .collect();
+    for (old, new) in legacy {
+        if let Some(tensor) = tensors.remove(&old) {
+            tensors.insert(new, tensor);
+        }
+    }
     let target: DType = <B::FloatElem as Element>::dtype();
 
     // 1. Match our paths against the file's keys (without initialising the module's weights).

@@ -12,4 +12,6 @@ mod tagger_agreement;
 mod train_resume;
 mod unet_naming;
 mod unet_parity;
+mod vae_naming;
+mod vae_parity;
 mod weights_errors;
