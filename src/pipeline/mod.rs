@@ -1,7 +1,20 @@
 //! Whole diffusers pipelines: the folder layout (`model_index.json`), loading every component
 //! through the crate's one weight loader, prompt encoding, image generation, and the frozen
 //! encoders that let training read plain images and captions.
+//!
+//! - [`PipelineFolder`]: `model_index.json` and the component folders.
+//! - [`StableDiffusion`] (SD 1.x/2.x) and [`StableDiffusion3`]: load, encode prompts,
+//!   [`generate`](StableDiffusion::generate) with classifier-free guidance ([`denoise`]).
+//! - [`ImageInputs`]: training from an image folder through a pipeline's frozen encoders.
 
+mod denoise;
 pub mod index;
+mod inputs;
+mod sd21;
+mod sd3;
 
+pub use denoise::{GenerateConfig, denoise, initial_latents};
 pub use index::{Component, PipelineFolder};
+pub use inputs::{ImageInputs, PromptEncoder};
+pub use sd21::{Generated, SD_CLASSES, StableDiffusion, decode, token_ids, truncated};
+pub use sd3::{SD3_CLASSES, StableDiffusion3};

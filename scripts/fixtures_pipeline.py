@@ -1,0 +1,125 @@
+"""The tiny embedded pipelines weights/tiny-sd21 and weights/tiny-sd3, and end-to-end
+generation references (tests/fixtures/pipeline_sd21, pipeline_sd3), written by diffusers.
+
+Each tiny pipeline is diffusers' own `StableDiffusionPipeline` / `StableDiffusion3Pipeline`
+saved with `save_pretrained` (model_index.json + one folder per component), around the tiny
+denoiser already in weights/ (scripts/make_fixtures.py, scripts/fixtures_sd3.py) and the tiny
+trained tokenizers (scripts/fixtures_text_tok.py): random tiny CLIP text models (and T5 for
+SD 3) and a random tiny AutoencoderKL that halves the resolution (64x64 images, 32x32 latents).
+
+The references run the whole pipeline in float64 for a few steps from given initial latents,
+with classifier-free guidance: prompt embeddings, the final latents and the decoded image.
+
+Run through `bash scripts/make_fixtures.sh --only pipeline` (after the tok part).
+"""
+
+import json
+
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler,
+                       SD3Transformer2DModel, StableDiffusion3Pipeline,
+                       StableDiffusionPipeline, UNet2DConditionModel)
+from transformers import (AutoTokenizer, CLIPTextConfig, CLIPTextModel,
+                          CLIPTextModelWithProjection, CLIPTokenizer, T5Config,
+                          T5EncoderModel)
+
+from fixture_common import FIX, ROOT, f32, fresh_dir, randomize, save_file_ordered
+
+PROMPTS = ["a red circle to the left of a blue square", "two yellow triangles"]
+NEGATIVE = ["", "blurry"]
+STEPS = 3
+
+
+def tiny_clip(tokenizer, hidden, projection, seed, act="gelu"):
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        projection_dim=projection, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=tokenizer.model_max_length, hidden_act=act,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    randomize(model, seed + 1)
+    return model.eval()
+
+
+def tiny_vae(seed, **extra):
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[16, 32], layers_per_block=1, norm_num_groups=8, sample_size=64,
+        **extra)
+    randomize(vae, seed + 1)
+    return vae.eval()
+
+
+def run_reference(pipe, name, latents, **call):
+    """Runs `pipe` in float64 and writes inputs and outputs under tests/fixtures/<name>."""
+    pipe = pipe.to(torch.float64)
+    with torch.no_grad():
+        out = pipe(prompt=PROMPTS, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
+                   latents=latents.double(), output_type="latent", **call).images
+        image = pipe(prompt=PROMPTS, negative_prompt=NEGATIVE, num_inference_steps=STEPS,
+                     latents=latents.double(), output_type="pt", **call).images
+    dest = fresh_dir(FIX / name)
+    save_file_ordered(f32({"latents": latents}), dest / "inputs.safetensors",
+                      {"prompts": json.dumps(PROMPTS), "negative": json.dumps(NEGATIVE),
+                       "steps": str(STEPS), "call": json.dumps(call)})
+    save_file_ordered(f32({"latents": out, "image": image}), dest / "outputs.safetensors", {})
+    print(f"{name}: latents {tuple(out.shape)}, image {tuple(image.shape)}")
+
+
+def make_sd21():
+    dest = ROOT / "weights" / "tiny-sd21"
+    tokenizer = CLIPTokenizer.from_pretrained(dest / "tokenizer")
+    unet = UNet2DConditionModel.from_pretrained(dest / "unet")
+    text_encoder = tiny_clip(tokenizer, unet.config.cross_attention_dim, 0, 31)
+    vae = tiny_vae(33, scaling_factor=0.18215)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
+        timestep_spacing="leading")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    g = torch.Generator().manual_seed(35)
+    latents = torch.randn((len(PROMPTS), 4, 32, 32), generator=g)
+    run_reference(pipe, "pipeline_sd21", latents, guidance_scale=7.5)
+
+
+def make_sd3():
+    dest = ROOT / "weights" / "tiny-sd3"
+    transformer = SD3Transformer2DModel.from_pretrained(dest / "transformer")
+    tokenizer = CLIPTokenizer.from_pretrained(dest / "tokenizer")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(dest / "tokenizer_2")
+    tokenizer_3 = AutoTokenizer.from_pretrained(dest / "tokenizer_3")
+    width = transformer.config.joint_attention_dim
+    pooled = transformer.config.pooled_projection_dim
+    text_encoder = tiny_clip(tokenizer, width // 2, pooled // 2, 41, act="quick_gelu")
+    text_encoder_2 = tiny_clip(tokenizer_2, width // 2, pooled - pooled // 2, 43)
+    torch.manual_seed(45)
+    text_encoder_3 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_3), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2,
+        num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=16,
+        feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+        pad_token_id=tokenizer_3.pad_token_id, eos_token_id=tokenizer_3.eos_token_id)).eval()
+    randomize(text_encoder_3, 46, lambda n: "layer_norm" in n and n.endswith("weight"))
+    vae = tiny_vae(47, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                   use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+        tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    g = torch.Generator().manual_seed(49)
+    latents = torch.randn((len(PROMPTS), 4, 32, 32), generator=g)
+    run_reference(pipe, "pipeline_sd3", latents, guidance_scale=7.0, max_sequence_length=16)
+
+
+def make_all():
+    torch.set_num_threads(2)
+    make_sd21()
+    make_sd3()

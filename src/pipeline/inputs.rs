@@ -1,0 +1,100 @@
+//! Training from plain images and captions: a pipeline's frozen VAE, tokenizer and text
+//! encoders turn each loaded batch into the latents, conditioning and noun positions of a
+//! training step.
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor};
+
+use super::{StableDiffusion, StableDiffusion3};
+use crate::ctcal::{TextCond, TrainBatch};
+use crate::data::Batch;
+use crate::error::{Error, Result};
+use crate::text::WordTokens;
+use crate::train::BatchInputs;
+use crate::vae::AutoencoderKL;
+
+/// What training from images needs of a pipeline.
+pub trait PromptEncoder<B: Backend> {
+    /// The denoiser's conditioning for `prompts` and the prompts that were truncated.
+    fn encode_prompts_for_training(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)>;
+    /// Token positions of caption words (the CLIP tokenizer: SD 3's joint sequence starts
+    /// with the CLIP tokens, so the positions are the same).
+    fn word_tokens(&self) -> &dyn WordTokens;
+    /// The VAE that encodes the images.
+    fn vae(&self) -> &AutoencoderKL<B>;
+}
+
+impl<B: Backend> PromptEncoder<B> for StableDiffusion<B> {
+    fn encode_prompts_for_training(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)> {
+        self.encode_prompts(prompts)
+    }
+    fn word_tokens(&self) -> &dyn WordTokens {
+        &self.tokenizer
+    }
+    fn vae(&self) -> &AutoencoderKL<B> {
+        &self.vae
+    }
+}
+
+impl<B: Backend> PromptEncoder<B> for StableDiffusion3<B> {
+    fn encode_prompts_for_training(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)> {
+        self.encode_prompts(prompts, self.max_sequence_length)
+    }
+    fn word_tokens(&self) -> &dyn WordTokens {
+        &self.tokenizer
+    }
+    fn vae(&self) -> &AutoencoderKL<B> {
+        &self.vae
+    }
+}
+
+/// [`BatchInputs`] for image folders: the pipeline `P` (on the inner, gradient-free backend)
+/// encodes pixels to latents and captions to conditioning; nouns get exact token positions.
+///
+/// The latent is a posterior sample (`sample_posterior`, diffusers' `latent_dist.sample()`
+/// in its training scripts) drawn from the device RNG the trainer seeds per step, or the
+/// posterior mean.
+#[derive(Debug)]
+pub struct ImageInputs<'a, P> {
+    /// The frozen encoders.
+    pub pipeline: &'a P,
+    /// Sample the VAE posterior rather than take its mean.
+    pub sample_posterior: bool,
+}
+
+impl<B, P> BatchInputs<B> for ImageInputs<'_, P>
+where
+    B: AutodiffBackend,
+    P: PromptEncoder<B::InnerBackend>,
+{
+    fn train_batch(&self, batch: &Batch, device: &B::Device) -> Result<TrainBatch<B>> {
+        let pixels = batch.pixels::<B::InnerBackend>(device)?;
+        let vae = self.pipeline.vae();
+        let posterior = vae.encode(pixels)?;
+        let z = if self.sample_posterior {
+            let eps = Tensor::random(posterior.mean.dims(), Distribution::Normal(0.0, 1.0), device);
+            posterior.sample_with_noise(eps)?
+        } else {
+            posterior.mode()
+        };
+        let latents = vae.latents_from_image(z);
+        let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
+        let (cond, _) = self.pipeline.encode_prompts_for_training(&captions)?;
+        let tokens = cond.hidden.dims()[1];
+        let nouns = batch.noun_groups_with(self.pipeline.word_tokens())?;
+        for (i, groups) in nouns.iter().enumerate() {
+            groups.check(i, tokens).map_err(|e| match e {
+                Error::Input(m) => Error::Input(format!("metadata line {}: {m}", batch.lines[i])),
+                other => other,
+            })?;
+        }
+        Ok(TrainBatch {
+            latents: Tensor::from_inner(latents),
+            cond: TextCond {
+                hidden: Tensor::from_inner(cond.hidden),
+                pooled: cond.pooled.map(Tensor::from_inner),
+            },
+            nouns,
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! SD 3 as diffusers' `StableDiffusion3Pipeline`: two CLIP text models with projection, an
+//! optional T5, the MMDiT, AutoencoderKL and the flow-matching Euler sampler.
+
+use std::path::Path;
+
+use burn::tensor::{Tensor, backend::Backend};
+
+use super::denoise::{GenerateConfig, denoise, initial_latents};
+use super::index::PipelineFolder;
+use super::sd21::{Generated, check_len, decode, pixel_size, token_ids, truncated};
+use crate::ctcal::TextCond;
+use crate::error::Result;
+use crate::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
+use crate::schedule::{FlowEulerConfig, FlowEulerScheduler, Sampler};
+use crate::text::{
+    ClipTextConfig, ClipTokenizer, Sd3TextEncoders, Sd3TokenIds, T5Config, T5Tokenizer,
+    load_transformers,
+};
+use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
+use crate::weights::load_module;
+
+/// The pipeline classes whose folders [`StableDiffusion3::load`] reads.
+pub const SD3_CLASSES: &[&str] = &["StableDiffusion3Pipeline"];
+
+const CLIP_TOKENIZERS: &[&str] = &["CLIPTokenizer", "CLIPTokenizerFast"];
+
+/// A Stable Diffusion 3 / 3.5 pipeline.
+#[derive(Debug)]
+pub struct StableDiffusion3<B: Backend> {
+    /// `tokenizer/` (CLIP-L).
+    pub tokenizer: ClipTokenizer,
+    /// `tokenizer_2/` (CLIP-G).
+    pub tokenizer_2: ClipTokenizer,
+    /// `tokenizer_3/` (T5), absent where the pipeline was saved without T5.
+    pub tokenizer_3: Option<T5Tokenizer>,
+    /// The three text encoders.
+    pub text_encoders: Sd3TextEncoders<B>,
+    /// `transformer/`.
+    pub transformer: SD3Transformer2DModel<B>,
+    /// `vae/`.
+    pub vae: AutoencoderKL<B>,
+    /// `scheduler/`.
+    pub scheduler: FlowEulerConfig,
+    /// The transformer's `sample_size` and `joint_attention_dim`.
+    pub sample_size: usize,
+    /// Width of the T5 tokens (zeros without T5).
+    pub joint_attention_dim: usize,
+    /// T5 tokens when encoding captions for training (diffusers' default 256; generation
+    /// takes [`GenerateConfig::max_sequence_length`]).
+    pub max_sequence_length: usize,
+    /// Where the models live.
+    pub device: B::Device,
+}
+
+impl<B: Backend> StableDiffusion3<B> {
+    /// Loads every component of a diffusers SD 3 pipeline folder (`text_encoder_3` and
+    /// `tokenizer_3` may be `[null, null]`); `variant` as in [`load_module`].
+    pub fn load(root: &Path, variant: Option<&str>, device: &B::Device) -> Result<Self> {
+        let folder = PipelineFolder::open(root)?;
+        folder.expect_class(SD3_CLASSES)?;
+        let tokenizer = ClipTokenizer::from_folder(folder.component("tokenizer", CLIP_TOKENIZERS)?)?;
+        let tokenizer_2 =
+            ClipTokenizer::from_folder(folder.component("tokenizer_2", CLIP_TOKENIZERS)?)?;
+        let tokenizer_3 = folder
+            .optional("tokenizer_3", &["T5Tokenizer", "T5TokenizerFast"])?
+            .map(T5Tokenizer::from_folder)
+            .transpose()?;
+        let clip = |name: &str| -> Result<_> {
+            let dir = folder.component(name, &["CLIPTextModelWithProjection"])?;
+            let config = ClipTextConfig::from_transformers_json(&dir.join("config.json"))?;
+            Ok(load_transformers(config.init_with_projection(device), &dir, variant)?.0)
+        };
+        let text_encoder = clip("text_encoder")?;
+        let text_encoder_2 = clip("text_encoder_2")?;
+        let text_encoder_3 = match folder.optional("text_encoder_3", &["T5EncoderModel"])? {
+            Some(dir) => {
+                let config = T5Config::from_transformers_json(&dir.join("config.json"))?;
+                Some(load_transformers(config.init(device)?, &dir, variant)?.0)
+            }
+            None => None,
+        };
+        let dir = folder.component("transformer", &["SD3Transformer2DModel"])?;
+        let config = SD3Transformer2DConfig::from_diffusers_json(&dir.join("config.json"))?;
+        let (sample_size, joint_attention_dim) = (config.sample_size, config.joint_attention_dim);
+        let (transformer, _) = load_module(config.init(device), &dir, variant)?;
+        let dir = folder.component("vae", &["AutoencoderKL"])?;
+        let config = AutoencoderKLConfig::from_diffusers_json(&dir.join("config.json"))?;
+        let (vae, _) = load_module(config.init(device)?, &dir, variant)?;
+        let dir = folder.component("scheduler", &["FlowMatchEulerDiscreteScheduler"])?;
+        let scheduler = FlowEulerConfig::from_diffusers_json(&dir.join("scheduler_config.json"))?;
+        Ok(Self {
+            tokenizer,
+            tokenizer_2,
+            tokenizer_3,
+            text_encoders: Sd3TextEncoders {
+                text_encoder,
+                text_encoder_2,
+                text_encoder_3,
+            },
+            transformer,
+            vae,
+            scheduler,
+            sample_size,
+            joint_attention_dim,
+            max_sequence_length: 256,
+            device: device.clone(),
+        })
+    }
+
+    /// SD 3's conditioning for `prompts` (`encode_prompt`): CLIP tokens (77) then
+    /// `max_sequence_length` T5 tokens, and the pooled embeddings; plus the prompts some
+    /// tokenizer truncated.
+    pub fn encode_prompts(
+        &self,
+        prompts: &[&str],
+        max_sequence_length: usize,
+    ) -> Result<(TextCond<B>, Vec<String>)> {
+        let l = self.tokenizer.encode_batch(prompts)?;
+        let g = self.tokenizer_2.encode_batch(prompts)?;
+        let mut cut = truncated(prompts, &l);
+        let t5 = match &self.tokenizer_3 {
+            Some(t) if self.text_encoders.text_encoder_3.is_some() => {
+                let e = t.encode_batch(prompts, max_sequence_length)?;
+                cut.extend(truncated(prompts, &e));
+                Some(token_ids::<B>(&e, &self.device)?)
+            }
+            _ => None,
+        };
+        cut.dedup();
+        let ids = Sd3TokenIds {
+            clip_l: token_ids::<B>(&l, &self.device)?,
+            clip_g: token_ids::<B>(&g, &self.device)?,
+            t5,
+        };
+        let embeds =
+            self.text_encoders
+                .encode(ids, max_sequence_length, self.joint_attention_dim)?;
+        Ok((
+            TextCond {
+                hidden: embeds.prompt_embeds,
+                pooled: Some(embeds.pooled_prompt_embeds),
+            },
+            cut,
+        ))
+    }
+
+    /// Generates one image per prompt, as [`super::StableDiffusion::generate`] does, with the
+    /// flow sampler (the transformer is fed `1000 * sigma`).
+    pub fn generate(
+        &self,
+        prompts: &[&str],
+        negative: Option<&[&str]>,
+        config: &GenerateConfig,
+        latents: Option<Tensor<B, 4>>,
+    ) -> Result<Generated<B>> {
+        let n = config.max_sequence_length;
+        let (cond, mut truncated) = self.encode_prompts(prompts, n)?;
+        let uncond = if config.guided() {
+            let empty = vec![""; prompts.len()];
+            let negative = negative.unwrap_or(&empty);
+            check_len(prompts.len(), negative.len())?;
+            let (u, t) = self.encode_prompts(negative, n)?;
+            truncated.extend(t);
+            Some(u)
+        } else {
+            None
+        };
+        let mut sampler: FlowEulerScheduler = self.scheduler.init()?;
+        sampler.set_timesteps(config.steps)?;
+        let latents = match latents {
+            Some(l) => l,
+            None => {
+                let f = self.vae.downscale;
+                let patch = self.transformer.patch_size();
+                let (h, w) = pixel_size(config, self.sample_size * f, f * patch)?;
+                let shape = [prompts.len(), self.vae.latent_channels, h / f, w / f];
+                initial_latents(shape, config.seed, &self.device)
+                    .mul_scalar(sampler.init_noise_sigma())
+            }
+        };
+        let latents = denoise(
+            &self.transformer,
+            &sampler,
+            latents,
+            &cond,
+            uncond.as_ref(),
+            config.guidance_scale,
+        )?;
+        let images = decode(&self.vae, latents.clone())?;
+        Ok(Generated {
+            latents,
+            images,
+            truncated,
+        })
+    }
+}
