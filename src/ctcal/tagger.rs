@@ -7,18 +7,30 @@
 //! position marks it as a verb (an `-ing`/`-ed`/`-s` word right after a noun phrase). Measured
 //! against spaCy's `en_core_web_sm` in the test suite (README reports the figure).
 
+use std::ops::Range;
+
 use super::NounGroups;
+use crate::text::CountedTokens;
 
 /// The words of `caption` as the tagger sees them: lower-cased, split on whitespace, with
 /// surrounding punctuation removed and empty pieces dropped.
 pub fn words(caption: &str) -> Vec<String> {
+    word_spans(caption)
+        .into_iter()
+        .map(|span| caption[span].to_lowercase())
+        .collect()
+}
+
+/// The byte span in `caption` of each of its [`words`] (before lower-casing).
+pub fn word_spans(caption: &str) -> Vec<Range<usize>> {
     caption
         .split_whitespace()
-        .map(|w| {
-            w.trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase()
+        .filter_map(|piece| {
+            let word = piece.trim_matches(|c: char| !c.is_alphanumeric());
+            // `piece` and `word` are slices of `caption`: their offsets are pointer distances.
+            let start = word.as_ptr() as usize - caption.as_ptr() as usize;
+            (!word.is_empty()).then(|| start..start + word.len())
         })
-        .filter(|w| !w.is_empty())
         .collect()
 }
 
@@ -283,19 +295,27 @@ pub fn tag_nouns(caption: &str) -> Vec<bool> {
 /// word `w` covers `tokens_of(w)` consecutive positions; relation nouns are skipped.
 ///
 /// `tokens_of` is the tokenizer's count of tokens for one lower-cased word (1 for a
-/// whitespace tokenizer; the BPE piece count for CLIP).
+/// whitespace tokenizer; the BPE piece count for CLIP). Punctuation tokens between words
+/// shift the real positions: [`noun_groups_at`] with a tokenizer's positions is exact.
 pub fn noun_groups(caption: &str, tokens_of: impl Fn(&str) -> usize) -> NounGroups {
+    noun_groups_at(caption, &CountedTokens(tokens_of).positions(caption))
+}
+
+/// Noun token groups of `caption` given the token positions of each of its [`words`]
+/// (`positions[k]` for word `k`, as [`WordTokens`](crate::text::WordTokens) gives them);
+/// relation nouns and nouns without positions (truncated away) are skipped.
+pub fn noun_groups_at(caption: &str, positions: &[Range<usize>]) -> NounGroups {
     let ws = words(caption);
     let tags = tag_nouns(caption);
-    let mut groups = Vec::new();
-    let mut pos = 1; // after the start token
-    for (w, is_noun) in ws.iter().zip(tags) {
-        let count = tokens_of(w).max(1);
-        if is_noun && !RELATION_NOUNS.contains(&w.as_str()) {
-            groups.push((pos..pos + count).collect());
-        }
-        pos += count;
-    }
+    let groups = ws
+        .iter()
+        .zip(tags)
+        .zip(positions)
+        .filter(|((w, is_noun), range)| {
+            *is_noun && !RELATION_NOUNS.contains(&w.as_str()) && !range.is_empty()
+        })
+        .map(|(_, range)| range.clone().collect())
+        .collect();
     NounGroups(groups)
 }
 
