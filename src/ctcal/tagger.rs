@@ -351,6 +351,31 @@ mod tests {
     }
 
     #[test]
+    fn word_spans_are_the_words_before_lower_casing() {
+        let caption = " (A) Red-cat,  über\tX!";
+        let spans = word_spans(caption);
+        let raw: Vec<&str> = spans.iter().map(|s| &caption[s.clone()]).collect();
+        assert_eq!(raw, ["A", "Red-cat", "über", "X"]);
+        assert_eq!(words(caption), ["a", "red-cat", "über", "x"]);
+    }
+
+    #[test]
+    fn exact_positions_skip_relations_and_truncated_nouns() {
+        let caption = "a red giraffe to the left of a cat";
+        let mut positions: Vec<_> = (1..10).map(|p| p..p + 1).collect();
+        positions[2] = 3..6;
+        assert_eq!(
+            noun_groups_at(caption, &positions),
+            NounGroups(vec![vec![3, 4, 5], vec![9]])
+        );
+        positions[8] = 9..9;
+        assert_eq!(
+            noun_groups_at(caption, &positions),
+            NounGroups(vec![vec![3, 4, 5]])
+        );
+    }
+
+    #[test]
     fn groups_shift_by_the_start_token_and_span_word_pieces() {
         // "a" "red" "giraffe"(3 pieces) "left"(relation, skipped) ...
         let pieces = |w: &str| if w == "giraffe" { 3 } else { 1 };

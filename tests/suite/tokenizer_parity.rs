@@ -60,13 +60,27 @@ fn check_all(name: &str, encode: impl Fn(&str) -> Encoding) -> usize {
         let enc = encode(caption);
         let want = ids(&row["ids"]);
         let len = row["len"].as_u64().unwrap() as usize;
-        assert_eq!(enc.ids.len(), max, "{name}: {caption:?} not padded to {max}");
-        assert!(enc.ids[enc.len..].iter().all(|&i| i == pad), "{name}: padding");
+        assert_eq!(
+            enc.ids.len(),
+            max,
+            "{name}: {caption:?} not padded to {max}"
+        );
+        assert!(
+            enc.ids[enc.len..].iter().all(|&i| i == pad),
+            "{name}: padding"
+        );
         assert_eq!(enc.offsets.len(), max);
         if enc.ids[..enc.len] != want[..] || enc.len != len {
-            wrong.push(format!("{caption:?}: {:?} != {want:?}", &enc.ids[..enc.len]));
+            wrong.push(format!(
+                "{caption:?}: {:?} != {want:?}",
+                &enc.ids[..enc.len]
+            ));
         }
-        assert_eq!(enc.truncated, row["truncated"].as_bool().unwrap(), "{name}: {caption:?}");
+        assert_eq!(
+            enc.truncated,
+            row["truncated"].as_bool().unwrap(),
+            "{name}: {caption:?}"
+        );
         truncated += usize::from(enc.truncated);
     }
     assert!(
@@ -88,8 +102,15 @@ fn clip_ids_equal_transformers_for_every_layout() {
     for name in ["clip_sd21", "clip_sd3", "clip_sd3_2", "clip_fast"] {
         let tok = clip(name);
         let refs = &references()[name];
-        assert_eq!(tok.pad_id() as u64, refs["pad_id"].as_u64().unwrap(), "{name}");
-        assert_eq!(tok.vocab_size() as u64, refs["vocab_size"].as_u64().unwrap());
+        assert_eq!(
+            tok.pad_id() as u64,
+            refs["pad_id"].as_u64().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            tok.vocab_size() as u64,
+            refs["vocab_size"].as_u64().unwrap()
+        );
         assert_eq!(tok.max_length(), 77);
         assert_eq!((tok.bos_id(), tok.eos_id()), (1509, 1510));
         let truncated = check_all(name, |c| tok.encode(c).unwrap());
@@ -129,7 +150,10 @@ fn t5_ids_equal_transformers_at_256_and_77() {
     let tok = T5Tokenizer::from_folder(fixture("tokenizers/t5")).unwrap();
     assert_eq!((tok.pad_id(), tok.eos_id()), (0, 1));
     let refs = &references()["t5"];
-    assert_eq!(tok.vocab_size() as u64, refs["vocab_size"].as_u64().unwrap());
+    assert_eq!(
+        tok.vocab_size() as u64,
+        refs["vocab_size"].as_u64().unwrap()
+    );
     let long = check_all("t5", |c| tok.encode(c, 256).unwrap());
     assert!(long >= 2, "only {long} captions past 256 T5 tokens");
     let long = check_all("t5_77", |c| tok.encode(c, 77).unwrap());
@@ -174,9 +198,15 @@ fn word_positions_tile_each_word() {
                 }
                 let o = &enc.offsets[range.clone()];
                 let (first, last) = (o[0], o[o.len() - 1]);
-                assert!(first.0 <= span.start && span.start < first.1, "{caption:?} {span:?}");
+                assert!(
+                    first.0 <= span.start && span.start < first.1,
+                    "{caption:?} {span:?}"
+                );
                 let cut = enc.truncated && range.end == enc.len - 1;
-                assert!(cut || (last.0 < span.end && span.end <= last.1), "{caption:?}");
+                assert!(
+                    cut || (last.0 < span.end && span.end <= last.1),
+                    "{caption:?}"
+                );
                 for w in o.windows(2) {
                     let (a, b) = (w[0], w[1]);
                     assert!(a.0 <= b.0 && b.0 <= a.1, "{caption:?} {span:?} {o:?}");
@@ -192,7 +222,11 @@ fn word_positions_tile_each_word() {
 fn punctuation_shifts_the_exact_positions_only() {
     let tok = clip("clip_sd21");
     for w in ["a", "red", "cat", "blue", "dog"] {
-        assert_eq!(tok.count_tokens(w), 1, "{w} is one token in the fixture vocabulary");
+        assert_eq!(
+            tok.count_tokens(w),
+            1,
+            "{w} is one token in the fixture vocabulary"
+        );
     }
     let counted = CountedTokens(|w: &str| tok.count_tokens(w));
     let plain = "a red cat next to a blue dog";
@@ -202,7 +236,10 @@ fn punctuation_shifts_the_exact_positions_only() {
     let exact = tok.word_tokens(caption).unwrap();
     assert_eq!(exact, [1..2, 2..3, 3..4, 5..6, 6..7, 7..8, 8..9, 9..10]);
     assert_eq!(counted.positions(caption)[7], 8..9);
-    assert_eq!(tag_nouns(caption), [false, false, true, false, false, false, false, true]);
+    assert_eq!(
+        tag_nouns(caption),
+        [false, false, true, false, false, false, false, true]
+    );
     let groups = Nouns::Unmarked.groups_with(caption, &tok).unwrap();
     assert_eq!(groups, NounGroups(vec![vec![3], vec![9]]));
     let words = Nouns::Words(vec!["Blue dog".into()]);
@@ -223,7 +260,10 @@ fn nouns_past_the_truncation_have_no_positions() {
     let err = Nouns::Words(vec!["zebra".into()])
         .groups_with(&caption, &tok)
         .unwrap_err();
-    assert!(err.to_string().contains("noun \"zebra\" has no text token"), "{err}");
+    assert!(
+        err.to_string().contains("noun \"zebra\" has no text token"),
+        "{err}"
+    );
 }
 
 /// A copy of fixture folder `name` to break.
@@ -249,30 +289,54 @@ fn broken_files_are_named() {
     let dir = scratch("clip_sd21");
     std::fs::write(dir.join("merges.txt"), "#version: 0.2\na b\nc d e\n").unwrap();
     let msg = clip_err(&dir);
-    assert!(msg.contains("merges.txt") && msg.contains("line 3"), "{msg}");
+    assert!(
+        msg.contains("merges.txt") && msg.contains("line 3"),
+        "{msg}"
+    );
     std::fs::write(dir.join("merges.txt"), "#version: 0.2\nzz qq\n").unwrap();
     assert!(clip_err(&dir).contains("vocab.json"), "{}", clip_err(&dir));
     std::fs::remove_file(dir.join("merges.txt")).unwrap();
     let msg = clip_err(&dir);
     assert!(msg.contains("no merges.txt"), "{msg}");
-    std::fs::copy(fixture("tokenizers/clip_sd21/merges.txt"), dir.join("merges.txt")).unwrap();
+    std::fs::copy(
+        fixture("tokenizers/clip_sd21/merges.txt"),
+        dir.join("merges.txt"),
+    )
+    .unwrap();
     std::fs::write(dir.join("vocab.json"), "{\"a\": 0,").unwrap();
     let msg = clip_err(&dir);
-    assert!(msg.contains("vocab.json") && msg.contains("invalid JSON"), "{msg}");
-    std::fs::copy(fixture("tokenizers/clip_sd21/vocab.json"), dir.join("vocab.json")).unwrap();
+    assert!(
+        msg.contains("vocab.json") && msg.contains("invalid JSON"),
+        "{msg}"
+    );
+    std::fs::copy(
+        fixture("tokenizers/clip_sd21/vocab.json"),
+        dir.join("vocab.json"),
+    )
+    .unwrap();
     std::fs::write(dir.join("special_tokens_map.json"), "[1]").unwrap();
     let msg = clip_err(&dir);
     assert!(msg.contains("special_tokens_map.json"), "{msg}");
 
     let dir = scratch("clip_fast");
-    std::fs::write(dir.join("tokenizer.json"), "{\"model\": {\"type\": \"Unigram\"}}").unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        "{\"model\": {\"type\": \"Unigram\"}}",
+    )
+    .unwrap();
     let msg = clip_err(&dir);
-    assert!(msg.contains("tokenizer.json") && msg.contains("not BPE"), "{msg}");
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("not BPE"),
+        "{msg}"
+    );
 
     let dir = scratch("t5");
     std::fs::write(dir.join("tokenizer.json"), "not json").unwrap();
     let msg = T5Tokenizer::from_folder(&dir).unwrap_err().to_string();
-    assert!(msg.contains("tokenizer.json") && msg.contains("invalid JSON"), "{msg}");
+    assert!(
+        msg.contains("tokenizer.json") && msg.contains("invalid JSON"),
+        "{msg}"
+    );
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
     let msg = T5Tokenizer::from_folder(&dir).unwrap_err().to_string();
     assert!(msg.contains("no tokenizer.json"), "{msg}");

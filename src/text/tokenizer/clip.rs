@@ -29,7 +29,8 @@ use super::{Encoding, encode_error, positions};
 use crate::error::{Error, Result};
 
 /// CLIP's pre-tokenizer pattern (the words it keeps; what lies between is dropped).
-const PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+const PATTERN: &str =
+    r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// CLIP's context length, used when the folder's config gives none.
 pub const CLIP_MAX_LENGTH: usize = 77;
@@ -115,7 +116,12 @@ impl ClipTokenizer {
             "byte_fallback": false,
             "ignore_merges": false,
         }))
-        .map_err(|e| bad(&source, format!("the merges do not fit the vocabulary: {e}")))?;
+        .map_err(|e| {
+            bad(
+                &source,
+                format!("the merges do not fit the vocabulary: {e}"),
+            )
+        })?;
 
         let mut tokenizer = Tokenizer::new(model);
         let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ");

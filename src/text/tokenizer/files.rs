@@ -80,7 +80,10 @@ impl Specials {
                 .ok_or_else(|| bad(&config_path, "added_tokens_decoder is not an object"))?;
             for (id, token) in entries {
                 let id = id.parse::<u64>().map_err(|_| {
-                    bad(&config_path, format!("added_tokens_decoder key {id:?} is not an id"))
+                    bad(
+                        &config_path,
+                        format!("added_tokens_decoder key {id:?} is not an id"),
+                    )
                 })?;
                 added.push((id, parse_token(&config_path, token, false)?));
             }
@@ -114,7 +117,10 @@ impl Specials {
             };
             let token = parse_token(path, value, true)?;
             let token = match added.iter().find(|(_, t)| t.content == token.content) {
-                Some((_, t)) => AddedToken { special: true, ..t.clone() },
+                Some((_, t)) => AddedToken {
+                    special: true,
+                    ..t.clone()
+                },
                 None => token,
             };
             named.push((key, token));
@@ -137,7 +143,12 @@ impl Specials {
             Some(v) => match v.as_f64() {
                 Some(n) if n >= NO_LIMIT as f64 => None,
                 Some(n) if n >= 1.0 && n.fract() == 0.0 => Some(n as usize),
-                _ => return Err(bad(&config_path, format!("model_max_length {v} is not a length"))),
+                _ => {
+                    return Err(bad(
+                        &config_path,
+                        format!("model_max_length {v} is not a length"),
+                    ));
+                }
             },
         };
         Ok(Specials {
@@ -176,7 +187,8 @@ fn parse_token(path: &Path, value: &Value, named: bool) -> Result<AddedToken> {
         Value::String(s) => Ok(AddedToken::from(s.clone(), named)),
         Value::Object(d) => {
             let content = d.get("content").and_then(Value::as_str);
-            let content = content.ok_or_else(|| bad(path, format!("token {value} has no content")))?;
+            let content =
+                content.ok_or_else(|| bad(path, format!("token {value} has no content")))?;
             let flag = |k: &str| d.get(k).and_then(Value::as_bool);
             let special = named || flag("special").unwrap_or(false);
             Ok(AddedToken::from(content.to_string(), special)
@@ -185,7 +197,10 @@ fn parse_token(path: &Path, value: &Value, named: bool) -> Result<AddedToken> {
                 .rstrip(flag("rstrip").unwrap_or(false))
                 .normalized(flag("normalized").unwrap_or(!special)))
         }
-        _ => Err(bad(path, format!("token {value} is neither a string nor a dict"))),
+        _ => Err(bad(
+            path,
+            format!("token {value} is neither a string nor a dict"),
+        )),
     }
 }
 

@@ -43,17 +43,14 @@ pub struct Encoding {
 impl Encoding {
     /// The attention mask: 1 for the `len` real tokens, 0 for padding.
     pub fn mask(&self) -> Vec<u32> {
-        (0..self.ids.len()).map(|i| u32::from(i < self.len)).collect()
+        (0..self.ids.len())
+            .map(|i| u32::from(i < self.len))
+            .collect()
     }
 
     /// Pads or truncates the full `encoding` of `text` (with its start and end tokens) to
     /// `max_length`: a long one keeps its first `max_length - 1` tokens and ends with `eos`.
-    fn fit(
-        encoding: &tokenizers::Encoding,
-        max_length: usize,
-        eos: u32,
-        pad: u32,
-    ) -> Result<Self> {
+    fn fit(encoding: &tokenizers::Encoding, max_length: usize, eos: u32, pad: u32) -> Result<Self> {
         if max_length < 2 {
             return Err(Error::Input(format!(
                 "max_length {max_length}: a tokenized caption needs at least 2 positions"
@@ -83,4 +80,41 @@ impl Encoding {
 /// A `tokenizers` error while encoding `text`.
 fn encode_error(text: &str, error: tokenizers::Error) -> Error {
     Error::Input(format!("cannot tokenize {text:?}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(ids: &[u32]) -> tokenizers::Encoding {
+        let n = ids.len();
+        let offsets = (0..n).map(|i| (i, i + 1)).collect();
+        tokenizers::Encoding::new(
+            ids.to_vec(),
+            vec![0; n],
+            vec![String::new(); n],
+            vec![None; n],
+            offsets,
+            vec![0; n],
+            vec![1; n],
+            vec![],
+            Default::default(),
+        )
+    }
+
+    #[test]
+    fn short_encodings_are_padded_long_ones_keep_the_end_token() {
+        let enc = Encoding::fit(&full(&[7, 1, 2, 9]), 6, 9, 0).unwrap();
+        assert_eq!(enc.ids, [7, 1, 2, 9, 0, 0]);
+        assert_eq!((enc.len, enc.truncated), (4, false));
+        assert_eq!(enc.mask(), [1, 1, 1, 1, 0, 0]);
+        assert_eq!(enc.offsets[4..], [(0, 0), (0, 0)]);
+        let enc = Encoding::fit(&full(&[7, 1, 2, 3, 4, 9]), 4, 9, 0).unwrap();
+        assert_eq!(enc.ids, [7, 1, 2, 9]);
+        assert_eq!((enc.len, enc.truncated), (4, true));
+        assert_eq!(enc.offsets, [(0, 1), (1, 2), (2, 3), (0, 0)]);
+        let exact = Encoding::fit(&full(&[7, 1, 9]), 3, 9, 0).unwrap();
+        assert!(!exact.truncated);
+        assert!(Encoding::fit(&full(&[7, 9]), 1, 9, 0).is_err());
+    }
 }

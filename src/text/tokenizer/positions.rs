@@ -71,3 +71,60 @@ pub fn word_positions(caption: &str, encoding: &Encoding) -> Vec<(Range<usize>, 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An encoding of "A cat, a dog." with CLIP-like positions: start, a, cat, ",", a, dog,
+    /// ".", end, two pads.
+    fn encoding() -> Encoding {
+        let offsets = vec![
+            (0, 0),
+            (0, 1),
+            (2, 5),
+            (5, 6),
+            (7, 8),
+            (9, 12),
+            (12, 13),
+            (0, 0),
+        ];
+        let mut offsets = offsets;
+        offsets.extend([(0, 0); 2]);
+        Encoding {
+            ids: vec![0; 10],
+            len: 8,
+            truncated: false,
+            offsets,
+        }
+    }
+
+    #[test]
+    fn words_take_the_tokens_inside_their_span() {
+        let got = word_positions("A cat, a dog.", &encoding());
+        assert_eq!(
+            got,
+            [(0..1, 1..2), (2..5, 2..3), (7..8, 4..5), (9..12, 5..6)]
+        );
+        // The counting convention does not see "," and puts "dog" one position early.
+        let counted = CountedTokens(|_: &str| 1).positions("A cat, a dog.");
+        assert_eq!(counted, [1..2, 2..3, 3..4, 4..5]);
+    }
+
+    #[test]
+    fn a_word_past_the_truncation_gets_an_empty_range() {
+        let mut enc = encoding();
+        // Truncated after "a": start, a, cat, ",", a, end.
+        enc.len = 6;
+        enc.offsets[5] = (0, 0);
+        let got = word_positions("A cat, a dog.", &enc);
+        assert_eq!(got[3], (9..12, 6..6));
+    }
+
+    #[test]
+    fn counted_tokens_follow_the_piece_counts() {
+        let pieces = |w: &str| if w == "giraffe" { 3 } else { 0 };
+        let got = CountedTokens(pieces).positions("a giraffe, eating");
+        assert_eq!(got, [1..2, 2..5, 5..6]);
+    }
+}

@@ -14,13 +14,13 @@ use std::ops::Range;
 use std::path::Path;
 
 use serde_json::{Value, json};
+use tokenizers::Tokenizer;
 use tokenizers::models::unigram::Unigram;
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizers;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::Tokenizer;
 
 use super::files::{Specials, bad, read_json, required};
 use super::{Encoding, encode_error, positions};
@@ -68,9 +68,10 @@ impl T5Tokenizer {
 
         let mut tokenizer = Tokenizer::new(unigram);
         if let Some(charsmap) = find_precompiled(file.get("normalizer")) {
-            let normalizer: NormalizerWrapper =
-                serde_json::from_value(json!({"type": "Precompiled", "precompiled_charsmap": charsmap}))
-                    .map_err(|e| bad(&path, format!("bad precompiled_charsmap: {e}")))?;
+            let normalizer: NormalizerWrapper = serde_json::from_value(
+                json!({"type": "Precompiled", "precompiled_charsmap": charsmap}),
+            )
+            .map_err(|e| bad(&path, format!("bad precompiled_charsmap: {e}")))?;
             tokenizer.with_normalizer(Some(normalizer));
         }
         tokenizer.with_pre_tokenizer(Some(PreTokenizers::new(vec![
