@@ -9,6 +9,8 @@ The SD 3 / SD 3.5 MMDiT cases (mmdit_*, ctcal_sd3, sd3*_transformer manifests) l
 scripts/fixtures_sd3.py; the LoRA cases (lora/, on the unet_sd2 and mmdit_sd3 weights) in
 scripts/fixtures_lora.py; the VAE cases (vae_*, *_vae manifests) in scripts/fixtures_vae.py; shared
 helpers in scripts/fixture_common.py.
+scripts/fixtures_lora.py; the tokenizer cases (tokenizers/) in scripts/fixtures_text_tok.py;
+shared helpers in scripts/fixture_common.py.
 
 Run through scripts/make_fixtures.sh (pinned venv). Deterministic: fixed seeds.
     make_fixtures.py                       everything
@@ -17,6 +19,9 @@ Run through scripts/make_fixtures.sh (pinned venv). Deterministic: fixed seeds.
     make_fixtures.py --only sd3            MMDiT cases, ctcal_sd3, SD 3 manifests
     make_fixtures.py --only lora           LoRA files and outputs (reads unet_sd2, mmdit_sd3)
     make_fixtures.py --only vae            VAE cases (AutoencoderKL), SD 2.1 / SD 3 VAE manifests
+    make_fixtures.py --only tok            tokenizer folders (trained tiny CLIP BPE and T5
+                                           unigram vocabularies) and transformers' ids for
+                                           ~300 captions; copies under weights/tiny-sd*/
     make_fixtures.py --full-size DEST      random full-size SD 2.1 UNet (not committed)
     make_fixtures.py --full-size-sd3 DEST  random full-size SD 3 medium transformer (not committed)
 """
@@ -38,6 +43,7 @@ from fixture_common import (EXAMPLE_WORDS, FIX, ROOT, MapAutoEncoder, ctcal_part
 import fixtures_lora
 import fixtures_sd3
 import fixtures_vae
+import fixtures_text_tok
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,6 +410,27 @@ def make_embedded() -> None:
     print(f"embedded tiny SD 2.1 UNet: {sum(p.numel() for p in unet.parameters())} params")
 
 
+def make_unet_part() -> None:
+    for name, spec in UNET_CASES.items():
+        make_unet_case(name, spec)
+    make_schedules()
+    make_ctcal_case()
+    make_manifests()
+    make_embedded()
+
+
+# The parts in the order the plain command runs them (`--only NAME` runs one): later parts read
+# what earlier ones wrote (lora reads unet_sd2/mmdit_sd3, pipeline reads the tiny denoisers and
+# tokenizers under weights/).
+PARTS = {
+    "unet": make_unet_part,
+    "sd3": fixtures_sd3.make_all,
+    "lora": fixtures_lora.make_all,
+    "vae": fixtures_vae.make_all,
+    "tok": fixtures_text_tok.make_all,
+}
+
+
 def main(argv):
     if "--full-size" in argv:
         i = argv.index("--full-size")
@@ -416,23 +443,12 @@ def main(argv):
     only = None
     if "--only" in argv:
         only = argv[argv.index("--only") + 1]
-        if only not in ("unet", "sd3", "lora", "vae"):
-            sys.exit(f"--only takes unet, sd3, lora or vae, not {only!r}")
+        if only not in PARTS:
+            sys.exit(f"--only takes one of {', '.join(PARTS)}, not {only!r}")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    if only in (None, "unet"):
-        for name, spec in UNET_CASES.items():
-            make_unet_case(name, spec)
-        make_schedules()
-        make_ctcal_case()
-        make_manifests()
-        make_embedded()
-    if only in (None, "sd3"):
-        fixtures_sd3.make_all()
-    if only in (None, "lora"):
-        fixtures_lora.make_all()
-    if only in (None, "vae"):
-        fixtures_vae.make_all()
-
+    for name, make in PARTS.items():
+        if only in (None, name):
+            make()
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -2,12 +2,16 @@
 # Regenerates every parity fixture under tests/fixtures and the tiny embedded weights under
 # weights/ from diffusers itself. One command, from the repository root:
 #     bash scripts/make_fixtures.sh
-# Parts: `--only unet` (UNet cases, schedules, ctcal_sd2, UNet manifests, weights/tiny-sd21) or
-# `--only sd3` (MMDiT cases, ctcal_sd3, SD 3 manifests; scripts/fixtures_sd3.py) or `--only lora`
-# (LoRA files and outputs on the unet_sd2 and mmdit_sd3 weights; scripts/fixtures_lora.py) or
-# `--only vae` (AutoencoderKL cases and VAE manifests; scripts/fixtures_vae.py). Not committed:
-# `--full-size DEST` (random SD 2.1 UNet) and `--full-size-sd3 DEST` (random SD 3 medium
-# transformer, about 8 GB). The noun captions are rewritten only by the plain command.
+# `--only PART` regenerates one part (see PARTS in scripts/make_fixtures.py for what each
+# writes): unet (UNet cases, schedules, ctcal_sd2, manifests, weights/tiny-sd21/unet), sd3
+# (scripts/fixtures_sd3.py), lora (fixtures_lora.py), vae (fixtures_vae.py), tok (tokenizer
+# folders trained on generated captions and transformers' ids; copies under weights/tiny-sd*),
+# text (CLIP / T5 text encoders, fixtures_text_enc.py), sched (DDIM and flow Euler samplers,
+# fixtures_samplers.py), pipeline (the tiny pipelines weights/tiny-sd21 and tiny-sd3 and
+# end-to-end generation references, fixtures_pipeline.py).
+# Not committed: `--full-size DEST` (random SD 2.1 UNet) and `--full-size-sd3 DEST` (random SD 3
+# medium transformer, about 8 GB). The noun captions and weights/tiny-data are rewritten only by
+# the plain command.
 # It creates .venv (ignored by git) with the pinned requirements on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."

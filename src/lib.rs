@@ -12,6 +12,8 @@
 //! - [`weights`]: loading diffusers safetensors checkpoints by key name.
 //! - [`data`]: captioned training samples (image folders or cached latents and text
 //!   embeddings), shuffled by seed, batched and prefetched, with a resumable cursor.
+//! - [`text`]: the CLIP and T5 tokenizers of the SD 2.1 and SD 3 pipelines, with each
+//!   caption word's token positions for exact noun groups.
 //! - [`lora`]: low-rank adapters on the attention projections, frozen base weights, merging,
 //!   and export/import in the diffusers/PEFT layout `pipe.load_lora_weights()` reads.
 //!
@@ -29,6 +31,7 @@ pub mod mmdit;
 pub mod nn;
 pub mod pipeline;
 pub mod schedule;
+pub mod text;
 pub mod train;
 pub mod unet;
 pub mod vae;

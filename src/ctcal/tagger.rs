@@ -7,18 +7,30 @@
 //! position marks it as a verb (an `-ing`/`-ed`/`-s` word right after a noun phrase). Measured
 //! against spaCy's `en_core_web_sm` in the test suite (README reports the figure).
 
+use std::ops::Range;
+
 use super::NounGroups;
+use crate::text::CountedTokens;
 
 /// The words of `caption` as the tagger sees them: lower-cased, split on whitespace, with
 /// surrounding punctuation removed and empty pieces dropped.
 pub fn words(caption: &str) -> Vec<String> {
+    word_spans(caption)
+        .into_iter()
+        .map(|span| caption[span].to_lowercase())
+        .collect()
+}
+
+/// The byte span in `caption` of each of its [`words`] (before lower-casing).
+pub fn word_spans(caption: &str) -> Vec<Range<usize>> {
     caption
         .split_whitespace()
-        .map(|w| {
-            w.trim_matches(|c: char| !c.is_alphanumeric())
-                .to_lowercase()
+        .filter_map(|piece| {
+            let word = piece.trim_matches(|c: char| !c.is_alphanumeric());
+            // `piece` and `word` are slices of `caption`: their offsets are pointer distances.
+            let start = word.as_ptr() as usize - caption.as_ptr() as usize;
+            (!word.is_empty()).then(|| start..start + word.len())
         })
-        .filter(|w| !w.is_empty())
         .collect()
 }
 
@@ -283,19 +295,27 @@ pub fn tag_nouns(caption: &str) -> Vec<bool> {
 /// word `w` covers `tokens_of(w)` consecutive positions; relation nouns are skipped.
 ///
 /// `tokens_of` is the tokenizer's count of tokens for one lower-cased word (1 for a
-/// whitespace tokenizer; the BPE piece count for CLIP).
+/// whitespace tokenizer; the BPE piece count for CLIP). Punctuation tokens between words
+/// shift the real positions: [`noun_groups_at`] with a tokenizer's positions is exact.
 pub fn noun_groups(caption: &str, tokens_of: impl Fn(&str) -> usize) -> NounGroups {
+    noun_groups_at(caption, &CountedTokens(tokens_of).positions(caption))
+}
+
+/// Noun token groups of `caption` given the token positions of each of its [`words`]
+/// (`positions[k]` for word `k`, as [`WordTokens`](crate::text::WordTokens) gives them);
+/// relation nouns and nouns without positions (truncated away) are skipped.
+pub fn noun_groups_at(caption: &str, positions: &[Range<usize>]) -> NounGroups {
     let ws = words(caption);
     let tags = tag_nouns(caption);
-    let mut groups = Vec::new();
-    let mut pos = 1; // after the start token
-    for (w, is_noun) in ws.iter().zip(tags) {
-        let count = tokens_of(w).max(1);
-        if is_noun && !RELATION_NOUNS.contains(&w.as_str()) {
-            groups.push((pos..pos + count).collect());
-        }
-        pos += count;
-    }
+    let groups = ws
+        .iter()
+        .zip(tags)
+        .zip(positions)
+        .filter(|((w, is_noun), range)| {
+            *is_noun && !RELATION_NOUNS.contains(&w.as_str()) && !range.is_empty()
+        })
+        .map(|(_, range)| range.clone().collect())
+        .collect();
     NounGroups(groups)
 }
 
@@ -327,6 +347,31 @@ mod tests {
         assert_eq!(
             nouns("a coffee cup on a wooden table"),
             ["coffee", "cup", "table"]
+        );
+    }
+
+    #[test]
+    fn word_spans_are_the_words_before_lower_casing() {
+        let caption = " (A) Red-cat,  über\tX!";
+        let spans = word_spans(caption);
+        let raw: Vec<&str> = spans.iter().map(|s| &caption[s.clone()]).collect();
+        assert_eq!(raw, ["A", "Red-cat", "über", "X"]);
+        assert_eq!(words(caption), ["a", "red-cat", "über", "x"]);
+    }
+
+    #[test]
+    fn exact_positions_skip_relations_and_truncated_nouns() {
+        let caption = "a red giraffe to the left of a cat";
+        let mut positions: Vec<_> = (1..10).map(|p| p..p + 1).collect();
+        positions[2] = 3..6;
+        assert_eq!(
+            noun_groups_at(caption, &positions),
+            NounGroups(vec![vec![3, 4, 5], vec![9]])
+        );
+        positions[8] = 9..9;
+        assert_eq!(
+            noun_groups_at(caption, &positions),
+            NounGroups(vec![vec![3, 4, 5]])
         );
     }
 

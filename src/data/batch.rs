@@ -5,6 +5,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::{BadRows, DataCursor, Features, HostTensor, Nouns, Sample};
 use crate::ctcal::{NounGroups, TextCond, TrainBatch};
 use crate::error::{Error, Result};
+use crate::text::{CountedTokens, WordTokens};
 
 /// The stacked features of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,13 +118,19 @@ impl Batch {
     /// Noun token groups of each sample ([`Nouns::groups`] with the tokenizer's
     /// `tokens_of`).
     pub fn noun_groups(&self, tokens_of: impl Fn(&str) -> usize) -> Result<Vec<NounGroups>> {
+        self.noun_groups_with(&CountedTokens(tokens_of))
+    }
+
+    /// Noun token groups of each sample ([`Nouns::groups_with`]: exact positions with a
+    /// tokenizer such as [`ClipTokenizer`](crate::text::ClipTokenizer)).
+    pub fn noun_groups_with(&self, word_tokens: &dyn WordTokens) -> Result<Vec<NounGroups>> {
         self.nouns
             .iter()
             .zip(&self.captions)
             .zip(&self.lines)
             .map(|((nouns, caption), line)| {
                 nouns
-                    .groups(caption, &tokens_of)
+                    .groups_with(caption, word_tokens)
                     .map_err(|e| at_line(*line, e))
             })
             .collect()
@@ -136,10 +143,20 @@ impl Batch {
         device: &B::Device,
         tokens_of: impl Fn(&str) -> usize,
     ) -> Result<TrainBatch<B>> {
+        self.train_batch_with(device, &CountedTokens(tokens_of))
+    }
+
+    /// [`train_batch`](Self::train_batch) with each word's token positions from
+    /// `word_tokens` ([`noun_groups_with`](Self::noun_groups_with)).
+    pub fn train_batch_with<B: Backend>(
+        &self,
+        device: &B::Device,
+        word_tokens: &dyn WordTokens,
+    ) -> Result<TrainBatch<B>> {
         let latents = self.latents(device)?;
         let cond = self.text_cond(device)?;
         let [_, tokens, _] = cond.hidden.dims();
-        let nouns = self.noun_groups(tokens_of)?;
+        let nouns = self.noun_groups_with(word_tokens)?;
         for (i, groups) in nouns.iter().enumerate() {
             groups
                 .check(i, tokens)

@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 use super::MetadataRow;
 use super::metadata::find_words;
 use crate::ctcal::NounGroups;
-use crate::ctcal::tagger::{noun_groups, words};
+use crate::ctcal::tagger::{noun_groups_at, words};
 use crate::error::{Error, Result};
+use crate::text::{CountedTokens, WordTokens};
 
 /// The nouns of one sample, kept in the form the metadata gives them: only token positions
 /// can be used by the loss, and words need the tokenizer to become positions.
@@ -33,22 +34,33 @@ impl Nouns {
 
     /// Token positions of each noun of `caption`, for a text encoder whose start token sits at
     /// position 0 and which splits a word `w` (as [`words`] gives it) into `tokens_of(w)`
-    /// tokens: the convention of [`noun_groups`], which answers for [`Nouns::Unmarked`].
+    /// tokens: the convention of [`noun_groups`](crate::ctcal::tagger::noun_groups), which answers for [`Nouns::Unmarked`].
     ///
     /// A phrase covers the tokens of all its words, at its first occurrence; a phrase not in
-    /// the caption is an error naming it.
+    /// the caption is an error naming it. [`groups_with`](Self::groups_with) and a tokenizer
+    /// give exact positions where punctuation tokens sit between words.
     pub fn groups(&self, caption: &str, tokens_of: impl Fn(&str) -> usize) -> Result<NounGroups> {
+        self.groups_with(caption, &CountedTokens(tokens_of))
+    }
+
+    /// Token positions of each noun of `caption`, with each word's positions from
+    /// `word_tokens` (a [`ClipTokenizer`](crate::text::ClipTokenizer) for exact ones):
+    /// [`noun_groups_at`] answers for [`Nouns::Unmarked`]; a phrase covers the tokens of all
+    /// its words at its first occurrence, and one not in the caption or with no token left
+    /// after truncation is an error naming it.
+    pub fn groups_with(&self, caption: &str, word_tokens: &dyn WordTokens) -> Result<NounGroups> {
         let phrases = match self {
             Nouns::Tokens(groups) => return Ok(groups.clone()),
-            Nouns::Unmarked => return Ok(noun_groups(caption, tokens_of)),
+            Nouns::Unmarked => {
+                return Ok(noun_groups_at(caption, &word_tokens.word_tokens(caption)?));
+            }
             Nouns::Words(phrases) => phrases,
         };
-        let caption_words = words(caption);
-        // starts[k]: position of word k's first token; starts[n]: one past the last word.
-        let mut starts = vec![1];
-        for w in &caption_words {
-            starts.push(starts[starts.len() - 1] + tokens_of(w).max(1));
+        if phrases.is_empty() {
+            return Ok(NounGroups::none());
         }
+        let caption_words = words(caption);
+        let positions = word_tokens.word_tokens(caption)?;
         let groups = phrases
             .iter()
             .map(|p| {
@@ -58,7 +70,21 @@ impl Nouns {
                     ))
                 })?;
                 let end = first + words(p).len();
-                Ok((starts[first]..starts[end]).collect())
+                let ranges = positions.get(first..end).ok_or_else(|| {
+                    Error::Input(format!(
+                        "{} word positions for the {} words of {caption:?}",
+                        positions.len(),
+                        caption_words.len()
+                    ))
+                })?;
+                let group: Vec<usize> = ranges.iter().cloned().flatten().collect();
+                if group.is_empty() {
+                    return Err(Error::Input(format!(
+                        "noun {p:?} has no text token: the caption {caption:?} is truncated \
+                         before it"
+                    )));
+                }
+                Ok(group)
             })
             .collect::<Result<_>>()?;
         Ok(NounGroups(groups))
@@ -68,6 +94,7 @@ impl Nouns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ctcal::tagger::noun_groups;
 
     fn row(nouns: Option<&[&str]>, tokens: Option<Vec<Vec<usize>>>) -> MetadataRow {
         MetadataRow {

@@ -9,6 +9,7 @@ mod mmdit_naming;
 mod mmdit_parity;
 mod schedule_parity;
 mod tagger_agreement;
+mod tokenizer_parity;
 mod train_resume;
 mod unet_naming;
 mod unet_parity;
