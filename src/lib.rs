@@ -9,6 +9,7 @@
 //!   model threads through its forward, and the [`AttentionStore`](attention::AttentionStore)
 //!   hook.
 //! - [`weights`]: loading diffusers safetensors checkpoints by key name.
+//! - [`text`]: the CLIP and T5 text encoders of SD 2.1 and SD 3 and their prompt embeddings.
 //! - [`data`]: captioned training samples (image folders or cached latents and text
 //!   embeddings), shuffled by seed, batched and prefetched, with a resumable cursor.
 //! - [`lora`]: low-rank adapters on the attention projections, frozen base weights, merging,
@@ -27,6 +28,7 @@ pub mod lora;
 pub mod mmdit;
 pub mod nn;
 pub mod schedule;
+pub mod text;
 pub mod train;
 pub mod unet;
 pub mod viz;
