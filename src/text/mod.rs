@@ -18,5 +18,7 @@ pub mod t5;
 
 pub use clip::{ClipTextConfig, ClipTextModel, ClipTextModelWithProjection, ClipTextOutput};
 pub use load::{TransformersModel, load_transformers, load_transformers_files};
-pub use sd3::{Sd3PromptEmbeds, Sd3TextEncoders, Sd3TokenIds, sd3_prompt_embeds, sd21_prompt_embeds};
+pub use sd3::{
+    Sd3PromptEmbeds, Sd3TextEncoders, Sd3TokenIds, sd3_prompt_embeds, sd21_prompt_embeds,
+};
 pub use t5::{T5Config, T5EncoderModel};

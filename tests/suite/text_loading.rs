@@ -17,7 +17,9 @@ fn scratch(name: &str) -> PathBuf {
 
 fn sd21_ids() -> Tensor<Cpu, 2, Int> {
     let f = TensorFile::read(&fixture("text/inputs.safetensors")).unwrap();
-    f.tensor::<Cpu, 2>("sd21", &Default::default()).unwrap().int()
+    f.tensor::<Cpu, 2>("sd21", &Default::default())
+        .unwrap()
+        .int()
 }
 
 /// SD 2.1's published layout (transformers 4.25): keys under `text_model.` plus the int64
@@ -64,7 +66,10 @@ fn clip_loads_published_layout_with_position_ids() {
     assert_eq!(report.tensors, file.tensors.len());
     let reference = load_clip::<Cpu>("sd21", &device);
     let a = model.forward(sd21_ids(), false).unwrap().last_hidden_state;
-    let b = reference.forward(sd21_ids(), false).unwrap().last_hidden_state;
+    let b = reference
+        .forward(sd21_ids(), false)
+        .unwrap()
+        .last_hidden_state;
     assert_eq!(values(a), values(b));
     std::fs::remove_dir_all(&dest).ok();
 }
@@ -118,7 +123,10 @@ fn bad_checkpoints_name_the_key() {
             && err.contains("[40, 24]"),
         "{err}"
     );
-    assert!(err.contains("missing key(s): text_projection.weight"), "{err}");
+    assert!(
+        err.contains("missing key(s): text_projection.weight"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dest).ok();
 }
 
@@ -134,7 +142,10 @@ fn bad_configs_name_the_field() {
         ClipTextConfig::from_transformers_json(&path)
     };
     let err = clip(r#"{"hidden_size": "1024"}"#).unwrap_err().to_string();
-    assert!(err.contains("`hidden_size`") && err.contains("config.json"), "{err}");
+    assert!(
+        err.contains("`hidden_size`") && err.contains("config.json"),
+        "{err}"
+    );
     let err = clip(r#"{"eos_token_id": [2, 3]}"#).unwrap_err().to_string();
     assert!(err.contains("`eos_token_id`"), "{err}");
     let err = clip(r#"{"hidden_act": "relu"}"#).unwrap_err().to_string();

@@ -64,8 +64,16 @@ pub(crate) fn load_t5<B: Backend>(device: &B::Device) -> T5EncoderModel<B> {
 
 /// Every output transformers gave for `model`.
 fn check_clip_output<B: Backend>(expected: &TensorFile, model: &str, out: ClipTextOutput<B>) {
-    check(expected, &format!("{model}.last_hidden_state"), out.last_hidden_state);
-    check(expected, &format!("{model}.pooler_output"), out.pooler_output);
+    check(
+        expected,
+        &format!("{model}.last_hidden_state"),
+        out.last_hidden_state,
+    );
+    check(
+        expected,
+        &format!("{model}.pooler_output"),
+        out.pooler_output,
+    );
     let hidden = out.hidden_states.expect("hidden states were asked for");
     let count = expected
         .tensors
@@ -134,7 +142,10 @@ fn t5_encoder_matches_transformers_wgpu() {
 #[test]
 fn fixture_configs_parse() {
     assert_eq!(clip_config("sd21"), ClipTextConfig::tiny());
-    assert_eq!(clip_config("clip_eos").hidden_act, ClipActivation::QuickGelu);
+    assert_eq!(
+        clip_config("clip_eos").hidden_act,
+        ClipActivation::QuickGelu
+    );
     assert_eq!(clip_config("clip_eos").eos_token_id, 50);
     let t5 = T5Config::from_transformers_json(&dir("t5").join("config.json")).unwrap();
     assert_eq!(t5, T5Config::tiny());
@@ -174,7 +185,11 @@ fn sd3_and_sd21_conditioning_match_diffusers() {
     let [batch, seq, width] = t5.dims();
     let sd3 = sd3_prompt_embeds(&clip_l, &clip_g, t5).unwrap();
     check(&expected, "sd3.prompt_embeds", sd3.prompt_embeds);
-    check(&expected, "sd3.pooled_prompt_embeds", sd3.pooled_prompt_embeds);
+    check(
+        &expected,
+        "sd3.pooled_prompt_embeds",
+        sd3.pooled_prompt_embeds,
+    );
     let zeros = t5_zeros::<B>(batch, seq, width, &device);
     let no_t5 = sd3_prompt_embeds(&clip_l, &clip_g, zeros).unwrap();
     check(&expected, "sd3_no_t5.prompt_embeds", no_t5.prompt_embeds);
@@ -188,7 +203,9 @@ fn sd3_and_sd21_conditioning_match_diffusers() {
         .forward(ids("clip_l", &device), false)
         .unwrap();
     let t5 = t5_zeros::<B>(batch, seq, width, &device);
-    let err = sd3_prompt_embeds(&bare, &clip_g, t5).unwrap_err().to_string();
+    let err = sd3_prompt_embeds(&bare, &clip_g, t5)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("hidden_states"), "{err}");
 }
 

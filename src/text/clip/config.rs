@@ -167,9 +167,7 @@ impl ClipTextConfig {
         if json.get("attention_dropout", 0.0f64)? != 0.0 {
             return Err(json.error("attention_dropout > 0 is not supported"));
         }
-        config
-            .validate()
-            .map_err(|e| json.error(&e.to_string()))?;
+        config.validate().map_err(|e| json.error(&e.to_string()))?;
         Ok(config)
     }
 
@@ -189,7 +187,7 @@ impl ClipTextConfig {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return bad(format!("CLIP text config: {name} must be positive"));
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "CLIP text config: hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads

@@ -120,19 +120,21 @@ impl T5Config {
             d_ff: json.get("d_ff", d.d_ff)?,
             num_layers: json.get("num_layers", d.num_layers)?,
             num_heads: json.get("num_heads", d.num_heads)?,
-            relative_attention_num_buckets: json
-                .get("relative_attention_num_buckets", d.relative_attention_num_buckets)?,
-            relative_attention_max_distance: json
-                .get("relative_attention_max_distance", d.relative_attention_max_distance)?,
+            relative_attention_num_buckets: json.get(
+                "relative_attention_num_buckets",
+                d.relative_attention_num_buckets,
+            )?,
+            relative_attention_max_distance: json.get(
+                "relative_attention_max_distance",
+                d.relative_attention_max_distance,
+            )?,
             layer_norm_epsilon: json.get("layer_norm_epsilon", d.layer_norm_epsilon)?,
             feed_forward_proj: json.get("feed_forward_proj", d.feed_forward_proj)?,
         };
         if json.get("is_decoder", false)? {
             return Err(json.error("is_decoder = true: only the encoder stack is supported"));
         }
-        config
-            .validate()
-            .map_err(|e| json.error(&e.to_string()))?;
+        config.validate().map_err(|e| json.error(&e.to_string()))?;
         Ok(config)
     }
 
@@ -145,14 +147,18 @@ impl T5Config {
             ("d_ff", self.d_ff),
             ("num_layers", self.num_layers),
             ("num_heads", self.num_heads),
-            ("relative_attention_max_distance", self.relative_attention_max_distance),
+            (
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+            ),
         ];
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(crate::Error::Config(format!(
                 "T5 config: {name} must be positive"
             )));
         }
-        if self.relative_attention_num_buckets < 4 || self.relative_attention_num_buckets % 2 != 0
+        if self.relative_attention_num_buckets < 4
+            || !self.relative_attention_num_buckets.is_multiple_of(2)
         {
             return Err(crate::Error::Config(format!(
                 "T5 config: relative_attention_num_buckets must be even and at least 4, got {}",
