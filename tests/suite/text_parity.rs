@@ -34,6 +34,7 @@ fn check<B: Backend, const D: usize>(expected: &TensorFile, key: &str, actual: T
     let (shape, want) = &expected.tensors[key];
     assert_eq!(&actual.dims().to_vec(), shape, "{key} shape");
     let err = rel_err(&values(actual), want);
+    eprintln!("{key}: relative error {err:.2e}");
     assert!(err < TOL, "{key}: relative error {err}");
 }
 
@@ -89,15 +90,23 @@ fn check_clip_output<B: Backend>(expected: &TensorFile, model: &str, out: ClipTe
     }
 }
 
-fn check_clip_family<B: Backend>(device: &B::Device) {
+/// `models`: which of the four CLIP fixtures (wgpu runs two, for time: shader compilation
+/// per shape dominates on the software driver).
+fn check_clip_family<B: Backend>(device: &B::Device, models: &[&str]) {
     let expected = outputs();
-    for model in ["sd21", "clip_eos"] {
+    for model in ["sd21", "clip_eos"]
+        .into_iter()
+        .filter(|m| models.contains(m))
+    {
         let out = load_clip::<B>(model, device)
             .forward(ids(model, device), true)
             .unwrap();
         check_clip_output(&expected, model, out);
     }
-    for model in ["clip_l", "clip_g"] {
+    for model in ["clip_l", "clip_g"]
+        .into_iter()
+        .filter(|m| models.contains(m))
+    {
         let out = load_clip_proj::<B>(model, device)
             .forward(ids(model, device), true)
             .unwrap();
@@ -118,7 +127,8 @@ fn check_t5<B: Backend>(device: &B::Device) {
 
 #[test]
 fn clip_text_models_match_transformers_ndarray() {
-    check_clip_family::<crate::common::Cpu>(&Default::default());
+    let all = ["sd21", "clip_eos", "clip_l", "clip_g"];
+    check_clip_family::<crate::common::Cpu>(&Default::default(), &all);
 }
 
 #[test]
@@ -129,7 +139,8 @@ fn t5_encoder_matches_transformers_ndarray() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn clip_text_models_match_transformers_wgpu() {
-    check_clip_family::<crate::common::Gpu>(&Default::default());
+    // Non-legacy pooling with quick_gelu; legacy pooling with GELU and the projection.
+    check_clip_family::<crate::common::Gpu>(&Default::default(), &["clip_eos", "clip_g"]);
 }
 
 #[cfg(feature = "wgpu")]
