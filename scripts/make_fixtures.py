@@ -7,10 +7,11 @@ under tests/fixtures/<case>/. Also writes the key manifests of the full-size pub
 
 The SD 3 / SD 3.5 MMDiT cases (mmdit_*, ctcal_sd3, sd3*_transformer manifests) live in
 scripts/fixtures_sd3.py; the LoRA cases (lora/, on the unet_sd2 and mmdit_sd3 weights) in
-scripts/fixtures_lora.py; the VAE cases (vae_*, *_vae manifests) in scripts/fixtures_vae.py; shared
-helpers in scripts/fixture_common.py.
-scripts/fixtures_lora.py; the tokenizer cases (tokenizers/) in scripts/fixtures_text_tok.py;
-shared helpers in scripts/fixture_common.py.
+scripts/fixtures_lora.py; the VAE cases (vae_*, *_vae manifests) in scripts/fixtures_vae.py;
+the tokenizer cases (tokenizers/) in scripts/fixtures_text_tok.py; the text-encoder cases (text/,
+CLIP/T5 manifests) in scripts/fixtures_text_enc.py; the samplers in scripts/fixtures_samplers.py;
+the tiny pipelines and generation references in scripts/fixtures_pipeline.py; shared helpers in
+scripts/fixture_common.py.
 
 Run through scripts/make_fixtures.sh (pinned venv). Deterministic: fixed seeds.
     make_fixtures.py                       everything
@@ -22,6 +23,10 @@ Run through scripts/make_fixtures.sh (pinned venv). Deterministic: fixed seeds.
     make_fixtures.py --only tok            tokenizer folders (trained tiny CLIP BPE and T5
                                            unigram vocabularies) and transformers' ids for
                                            ~300 captions; copies under weights/tiny-sd*/
+    make_fixtures.py --only text           CLIP/T5 text encoders, SD 3 conditioning, their manifests
+    make_fixtures.py --only sched          DDIM and flow Euler sampler trajectories
+    make_fixtures.py --only pipeline       tiny pipelines weights/tiny-sd21, tiny-sd3 (reads the
+                                           tiny denoisers and tokenizers) and generation references
     make_fixtures.py --full-size DEST      random full-size SD 2.1 UNet (not committed)
     make_fixtures.py --full-size-sd3 DEST  random full-size SD 3 medium transformer (not committed)
 """
@@ -44,6 +49,7 @@ import fixtures_lora
 import fixtures_sd3
 import fixtures_vae
 import fixtures_text_tok
+import fixtures_text_enc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,6 +434,7 @@ PARTS = {
     "lora": fixtures_lora.make_all,
     "vae": fixtures_vae.make_all,
     "tok": fixtures_text_tok.make_all,
+    "text": fixtures_text_enc.make_all,
 }
 
 
@@ -449,6 +456,7 @@ def main(argv):
     for name, make in PARTS.items():
         if only in (None, name):
             make()
+
 
 if __name__ == "__main__":
     main(sys.argv[1:])

@@ -10,6 +10,7 @@
 //!   hook.
 //! - [`vae`]: the latent autoencoder of SD 2.1 and SD 3, diffusers' `AutoencoderKL`.
 //! - [`weights`]: loading diffusers safetensors checkpoints by key name.
+//! - [`text`]: the CLIP and T5 text encoders of SD 2.1 and SD 3 and their prompt embeddings.
 //! - [`data`]: captioned training samples (image folders or cached latents and text
 //!   embeddings), shuffled by seed, batched and prefetched, with a resumable cursor.
 //! - [`text`]: the CLIP and T5 tokenizers of the SD 2.1 and SD 3 pipelines, with each

@@ -13,7 +13,8 @@ use crate::error::Error;
 /// path matches itself. `*` stands for exactly one segment
 /// (`"down_blocks.*.attentions.*.transformer_blocks.*.attn2.to_v"`). Only attention
 /// projections carry adapters (`to_q`, `to_k`, `to_v`, `to_out.0`, and in the MMDiT also
-/// `add_q_proj`, `add_k_proj`, `add_v_proj`, `to_add_out`); a pattern that matches none of
+/// `add_q_proj`, `add_k_proj`, `add_v_proj`, `to_add_out`; in the CLIP text encoders
+/// `q_proj`, `k_proj`, `v_proj`, `out_proj`); a pattern that matches none of
 /// them is an error, so typos such as `"to_out"` (diffusers' `ModuleList`) do not pass
 /// silently.
 #[derive(Config, Debug)]
@@ -35,6 +36,9 @@ pub struct LoraConfig {
 /// The attention projections of SD 1.x/2.x UNets (`attn1` and `attn2`).
 const UNET_TARGETS: [&str; 4] = ["to_q", "to_k", "to_v", "to_out.0"];
 
+/// The self-attention projections of the CLIP text encoders.
+const CLIP_TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "out_proj"];
+
 /// The text-stream projections of the MMDiT's joint attention.
 const MMDIT_EXTRA_TARGETS: [&str; 4] = ["add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"];
 
@@ -55,6 +59,13 @@ impl LoraConfig {
                 .map(|s| s.to_string())
                 .collect(),
         )
+    }
+
+    /// The CLIP text encoders' self-attention projections: `q_proj`, `k_proj`, `v_proj`,
+    /// `out_proj` of every layer (the `text_lora_config` targets of diffusers'
+    /// `train_dreambooth_lora.py`), rank 4, scale 1.
+    pub fn clip_default() -> Self {
+        Self::new(CLIP_TARGETS.iter().map(|s| s.to_string()).collect())
     }
 
     /// `alpha / rank`.

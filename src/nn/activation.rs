@@ -36,6 +36,18 @@ pub fn gelu_tanh<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.mul_scalar(0.5) * (inner.tanh() + 1.0)
 }
 
+/// `x * sigmoid(1.702 x)` (transformers' `quick_gelu`, OpenAI CLIP's activation), with the
+/// bounded `sigmoid(z) = (1 + tanh(z / 2)) / 2` of [`silu`].
+pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    let gate = x
+        .clone()
+        .mul_scalar(0.851)
+        .tanh()
+        .mul_scalar(0.5)
+        .add_scalar(0.5);
+    x * gate
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@ mod embeddings;
 mod feed_forward;
 mod norm;
 
-pub use activation::{gelu, gelu_tanh, silu};
+pub use activation::{gelu, gelu_tanh, quick_gelu, silu};
 pub use embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
 pub use norm::layer_norm;

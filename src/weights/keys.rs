@@ -9,7 +9,8 @@
 //!    directly under it disappears (`attn1.to_q.base.weight` is `attn1.to_q.weight`) and its
 //!    adapters `lora_a`/`lora_b` are PEFT's `lora_A`/`lora_B` (`attn1.to_q.lora_A.weight`). The
 //!    rule applies only to a segment right before the tensor name, under one of
-//!    [`LORA_PROJECTIONS`]; other `base` segments are kept.
+//!    [`LORA_PROJECTIONS`] (diffusers' attention projections and the CLIP text encoders'
+//!    `q_proj`, `k_proj`, `v_proj`, `out_proj`); other `base` segments are kept.
 //!
 //! `to_out.0`, `downsamplers.0` and the like come from one-element `Vec`s and need no rule.
 //!
@@ -19,7 +20,7 @@
 
 /// The projections that are [`LoraLinear`](crate::lora::LoraLinear)s, as trailing path
 /// segments (`to_out.0` is two).
-pub const LORA_PROJECTIONS: [&str; 8] = [
+pub const LORA_PROJECTIONS: [&str; 12] = [
     "to_q",
     "to_k",
     "to_v",
@@ -28,6 +29,10 @@ pub const LORA_PROJECTIONS: [&str; 8] = [
     "add_k_proj",
     "add_v_proj",
     "to_add_out",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "out_proj",
 ];
 
 /// Whether `segments` (a module path) ends with one of [`LORA_PROJECTIONS`].
@@ -192,6 +197,14 @@ mod tests {
                 "down_blocks.0.attentions.0.proj_in.base.weight",
             ),
             ("attn1.to_out.1.base.weight", "attn1.to_out.1.base.weight"),
+            (
+                "text_model.encoder.layers.3.self_attn.out_proj.base.bias",
+                "text_model.encoder.layers.3.self_attn.out_proj.bias",
+            ),
+            (
+                "text_model.encoder.layers.0.self_attn.q_proj.lora_a.weight",
+                "text_model.encoder.layers.0.self_attn.q_proj.lora_A.weight",
+            ),
             (
                 "attn1.to_q.base.inner.weight",
                 "attn1.to_q.base.inner.weight",

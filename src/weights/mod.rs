@@ -28,7 +28,7 @@ mod tensor_file;
 pub use expected::{ExpectedTensor, expected_tensors};
 pub use keys::{is_adapter_path, to_diffusers_key};
 pub use reader::CheckpointFiles;
-pub(crate) use reader::read_tensors;
+pub(crate) use reader::{read_tensors, read_tensors_except};
 pub use save::{WEIGHTS_FILE, diffusers_tensors, save_diffusers};
 pub use tensor_file::{TensorEntry, TensorFile, to_entry, write_atomic, write_tensor_file};
 
@@ -68,10 +68,20 @@ pub fn load_module<B: Backend, M: Module<B>>(
 
 /// Loads `module` from explicit checkpoint files (see [`CheckpointFiles`]).
 pub fn load_files<B: Backend, M: Module<B>>(
-    mut module: M,
+    module: M,
     files: &CheckpointFiles,
 ) -> Result<(M, LoadReport)> {
-    let mut tensors = read_tensors(files)?;
+    load_tensors(module, read_tensors(files)?, files)
+}
+
+/// Loads `module` from tensors already read from `files` (keys possibly renamed by a
+/// model-specific rule, e.g. [`crate::text::load_transformers`]); `files` names them in
+/// messages and the report.
+pub(crate) fn load_tensors<B: Backend, M: Module<B>>(
+    mut module: M,
+    mut tensors: std::collections::HashMap<String, LazyTensor>,
+    files: &CheckpointFiles,
+) -> Result<(M, LoadReport)> {
     // Pre-0.14 attention-block names (see `keys`), unless the current name is also present.
     let legacy: Vec<(String, String)> = tensors
         .keys()

@@ -156,6 +156,15 @@ impl LazyTensor {
 /// Truncated or malformed files, non-float dtypes, keys present in two shards and keys the
 /// index promises but the shard lacks are errors naming the file and key.
 pub(crate) fn read_tensors(files: &CheckpointFiles) -> Result<HashMap<String, LazyTensor>> {
+    read_tensors_except(files, &|_| false)
+}
+
+/// [`read_tensors`] leaving out the keys `skip` names (whatever their dtype): buffers such as
+/// the int64 `position_ids` older transformers versions saved into CLIP checkpoints.
+pub(crate) fn read_tensors_except(
+    files: &CheckpointFiles,
+    skip: &dyn Fn(&str) -> bool,
+) -> Result<HashMap<String, LazyTensor>> {
     let mut out = HashMap::new();
     for path in &files.paths {
         let bytes = Rc::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
@@ -166,6 +175,9 @@ pub(crate) fn read_tensors(files: &CheckpointFiles) -> Result<HashMap<String, La
         let base = bytes.as_ptr() as usize;
         let file = path.display().to_string();
         for (name, view) in st.tensors() {
+            if skip(&name) {
+                continue;
+            }
             if !matches!(
                 view.dtype(),
                 Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
@@ -191,12 +203,16 @@ pub(crate) fn read_tensors(files: &CheckpointFiles) -> Result<HashMap<String, La
         }
     }
     if let Some(index) = &files.index {
-        check_index(index, &out)?;
+        check_index(index, &out, skip)?;
     }
     Ok(out)
 }
 
-fn check_index(index: &Path, tensors: &HashMap<String, LazyTensor>) -> Result<()> {
+fn check_index(
+    index: &Path,
+    tensors: &HashMap<String, LazyTensor>,
+    skip: &dyn Fn(&str) -> bool,
+) -> Result<()> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
         path: index.to_path_buf(),
@@ -204,7 +220,7 @@ fn check_index(index: &Path, tensors: &HashMap<String, LazyTensor>) -> Result<()
     })?;
     if let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) {
         for (key, file) in map {
-            if !tensors.contains_key(key) {
+            if !skip(key) && !tensors.contains_key(key) {
                 return Err(Error::Weights(format!(
                     "{}: key {key} is listed for {} but that shard does not hold it",
                     index.display(),

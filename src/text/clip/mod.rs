@@ -1,0 +1,160 @@
+//! CLIP text encoders: transformers' `CLIPTextModel` (SD 1.x/2.x `text_encoder`) and
+//! `CLIPTextModelWithProjection` (SD 3's `text_encoder` and `text_encoder_2`), ported from
+//! `transformers/models/clip/modeling_clip.py` (5.24).
+//!
+//! Module paths follow the published checkpoints' keys (`text_model.embeddings.
+//! token_embedding.weight`, `text_model.encoder.layers.N.self_attn.q_proj.weight`,
+//! `text_projection.weight`), i.e. transformers 4.x's layout, which is also what
+//! transformers 5 writes for `CLIPTextModelWithProjection`; transformers 5 writes
+//! `CLIPTextModel` without the `text_model.` prefix, and
+//! [`load_transformers`](crate::text::load_transformers) adds it back.
+
+mod config;
+mod model;
+
+pub use config::{ClipActivation, ClipTextConfig};
+pub use model::{
+    ClipAttention, ClipEncoder, ClipEncoderLayer, ClipMlp, ClipTextEmbeddings, ClipTextOutput,
+    ClipTextTransformer,
+};
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Int, Tensor, backend::Backend};
+
+use crate::error::Result;
+use crate::lora::{LoraLinear, LoraTarget};
+
+/// transformers' `CLIPTextModel`: the text tower without projection (SD 2.1's text encoder).
+#[derive(Module, Debug)]
+pub struct ClipTextModel<B: Backend> {
+    /// The tower.
+    pub text_model: ClipTextTransformer<B>,
+}
+
+/// transformers' `CLIPTextModelWithProjection`: the tower plus a bias-free projection of the
+/// pooled output (SD 3's CLIP-L and CLIP-G).
+#[derive(Module, Debug)]
+pub struct ClipTextModelWithProjection<B: Backend> {
+    /// The tower.
+    pub text_model: ClipTextTransformer<B>,
+    /// `hidden_size -> projection_dim`, no bias.
+    pub text_projection: Linear<B>,
+}
+
+impl ClipTextConfig {
+    /// Builds a [`ClipTextModel`] with burn's default initialisation.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ClipTextModel<B> {
+        ClipTextModel {
+            text_model: self.init_transformer(device),
+        }
+    }
+
+    /// Builds a [`ClipTextModelWithProjection`] with burn's default initialisation.
+    pub fn init_with_projection<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> ClipTextModelWithProjection<B> {
+        ClipTextModelWithProjection {
+            text_model: self.init_transformer(device),
+            text_projection: LinearConfig::new(self.hidden_size, self.projection_dim)
+                .with_bias(false)
+                .init(device),
+        }
+    }
+}
+
+impl<B: Backend> ClipTextModel<B> {
+    /// See [`ClipTextTransformer::forward`]; `text_embeds` is `None`.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, seq]`
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        output_hidden_states: bool,
+    ) -> Result<ClipTextOutput<B>> {
+        self.text_model.forward(input_ids, output_hidden_states)
+    }
+}
+
+impl<B: Backend> ClipTextModelWithProjection<B> {
+    /// See [`ClipTextTransformer::forward`]; adds `text_embeds = text_projection(pooler_output)`.
+    ///
+    /// # Shapes
+    /// - `input_ids`: `[batch, seq]`
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        output_hidden_states: bool,
+    ) -> Result<ClipTextOutput<B>> {
+        let mut out = self.text_model.forward(input_ids, output_hidden_states)?;
+        out.text_embeds = Some(self.text_projection.forward(out.pooler_output.clone()));
+        Ok(out)
+    }
+}
+
+impl<B: Backend> ClipTextTransformer<B> {
+    fn map_lora(mut self, f: &mut impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
+        let mut layers = Vec::with_capacity(self.encoder.layers.len());
+        for (i, mut layer) in self.encoder.layers.into_iter().enumerate() {
+            let p = format!("text_model.encoder.layers.{i}.self_attn");
+            let a = layer.self_attn;
+            layer.self_attn = ClipAttention {
+                q_proj: f(&format!("{p}.q_proj"), a.q_proj),
+                k_proj: f(&format!("{p}.k_proj"), a.k_proj),
+                v_proj: f(&format!("{p}.v_proj"), a.v_proj),
+                out_proj: f(&format!("{p}.out_proj"), a.out_proj),
+                ..a
+            };
+            layers.push(layer);
+        }
+        self.encoder.layers = layers;
+        self
+    }
+
+    fn visit_lora(&self, f: &mut impl FnMut(&str, &LoraLinear<B>)) {
+        for (i, layer) in self.encoder.layers.iter().enumerate() {
+            let p = format!("text_model.encoder.layers.{i}.self_attn");
+            let a = &layer.self_attn;
+            f(&format!("{p}.q_proj"), &a.q_proj);
+            f(&format!("{p}.k_proj"), &a.k_proj);
+            f(&format!("{p}.v_proj"), &a.v_proj);
+            f(&format!("{p}.out_proj"), &a.out_proj);
+        }
+    }
+}
+
+/// Self-attention projections, with the PEFT names diffusers' text-encoder LoRAs use
+/// (`text_model.encoder.layers.0.self_attn.q_proj`); prefix `text_encoder.`
+/// (`StableDiffusionLoraLoaderMixin.text_encoder_name`).
+impl<B: Backend> LoraTarget<B> for ClipTextModel<B> {
+    const PEFT_PREFIX: &'static str = "text_encoder.";
+
+    fn map_lora(self, f: &mut impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
+        Self {
+            text_model: self.text_model.map_lora(f),
+        }
+    }
+
+    fn visit_lora(&self, f: &mut impl FnMut(&str, &LoraLinear<B>)) {
+        self.text_model.visit_lora(f);
+    }
+}
+
+/// As for [`ClipTextModel`]. The prefix is SD 3's CLIP-L one (`text_encoder.`); pass
+/// `"text_encoder_2."` to [`export_peft`](crate::lora::export_peft) for CLIP-G.
+impl<B: Backend> LoraTarget<B> for ClipTextModelWithProjection<B> {
+    const PEFT_PREFIX: &'static str = "text_encoder.";
+
+    fn map_lora(self, f: &mut impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
+        Self {
+            text_model: self.text_model.map_lora(f),
+            text_projection: self.text_projection,
+        }
+    }
+
+    fn visit_lora(&self, f: &mut impl FnMut(&str, &LoraLinear<B>)) {
+        self.text_model.visit_lora(f);
+    }
+}
