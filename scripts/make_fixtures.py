@@ -7,7 +7,8 @@ under tests/fixtures/<case>/. Also writes the key manifests of the full-size pub
 
 The SD 3 / SD 3.5 MMDiT cases (mmdit_*, ctcal_sd3, sd3*_transformer manifests) live in
 scripts/fixtures_sd3.py; the LoRA cases (lora/, on the unet_sd2 and mmdit_sd3 weights) in
-scripts/fixtures_lora.py; shared helpers in scripts/fixture_common.py.
+scripts/fixtures_lora.py; the inference samplers (samplers/) in scripts/fixtures_samplers.py;
+shared helpers in scripts/fixture_common.py.
 
 Run through scripts/make_fixtures.sh (pinned venv). Deterministic: fixed seeds.
     make_fixtures.py                       everything
@@ -15,6 +16,7 @@ Run through scripts/make_fixtures.sh (pinned venv). Deterministic: fixed seeds.
                                            embedded weights/tiny-sd21
     make_fixtures.py --only sd3            MMDiT cases, ctcal_sd3, SD 3 manifests
     make_fixtures.py --only lora           LoRA files and outputs (reads unet_sd2, mmdit_sd3)
+    make_fixtures.py --only sched          DDIM / flow-matching Euler sampler references
     make_fixtures.py --full-size DEST      random full-size SD 2.1 UNet (not committed)
     make_fixtures.py --full-size-sd3 DEST  random full-size SD 3 medium transformer (not committed)
 """
@@ -34,6 +36,7 @@ from fixture_common import (EXAMPLE_WORDS, FIX, ROOT, MapAutoEncoder, ctcal_part
                             example_context, f32, fresh_dir, randomize, resize,
                             save_file_ordered, write_manifest)
 import fixtures_lora
+import fixtures_samplers
 import fixtures_sd3
 
 
@@ -413,8 +416,8 @@ def main(argv):
     only = None
     if "--only" in argv:
         only = argv[argv.index("--only") + 1]
-        if only not in ("unet", "sd3", "lora"):
-            sys.exit(f"--only takes unet, sd3 or lora, not {only!r}")
+        if only not in ("unet", "sd3", "lora", "sched"):
+            sys.exit(f"--only takes unet, sd3, lora or sched, not {only!r}")
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if only in (None, "unet"):
         for name, spec in UNET_CASES.items():
@@ -427,6 +430,8 @@ def main(argv):
         fixtures_sd3.make_all()
     if only in (None, "lora"):
         fixtures_lora.make_all()
+    if only in (None, "sched"):
+        fixtures_samplers.make_all()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 #     bash scripts/make_fixtures.sh
 # Parts: `--only unet` (UNet cases, schedules, ctcal_sd2, UNet manifests, weights/tiny-sd21) or
 # `--only sd3` (MMDiT cases, ctcal_sd3, SD 3 manifests; scripts/fixtures_sd3.py) or `--only lora`
-# (LoRA files and outputs on the unet_sd2 and mmdit_sd3 weights; scripts/fixtures_lora.py). Not committed:
-# `--full-size DEST` (random SD 2.1 UNet) and `--full-size-sd3 DEST` (random SD 3 medium
+# (LoRA files and outputs on the unet_sd2 and mmdit_sd3 weights; scripts/fixtures_lora.py) or
+# `--only sched` (DDIM / flow-matching Euler sampler references; scripts/fixtures_samplers.py).
+# Not committed: `--full-size DEST` (random SD 2.1 UNet) and `--full-size-sd3 DEST` (random SD 3 medium
 # transformer, about 8 GB). The noun captions are rewritten only by the plain command.
 # It creates .venv (ignored by git) with the pinned requirements on first use.
 set -euo pipefail

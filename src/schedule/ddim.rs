@@ -5,28 +5,13 @@ use std::path::Path;
 
 use burn::config::Config;
 use burn::tensor::{Tensor, backend::Backend};
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::betas::{BetaSchedule, alphas_cumprod};
 use super::json::{JsonSpec, read_config};
+use super::spacing::{TimestepSpacing, spread};
 use super::{PredictionType, Sampler};
 use crate::error::Error;
-
-/// How `set_timesteps` spreads the inference steps over the training timesteps (diffusers
-/// `timestep_spacing`; Lin et al. 2023, table 2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TimestepSpacing {
-    /// `"leading"`: `[0, r, 2r, ...] + steps_offset` with `r = T / n` (SD 2.1's).
-    #[serde(rename = "leading")]
-    Leading,
-    /// `"trailing"`: `round(T, T - r, ..., r) - 1` with `r = T / n` (ends at `T - 1`).
-    #[serde(rename = "trailing")]
-    Trailing,
-    /// `"linspace"`: `round(linspace(0, T - 1, n))`.
-    #[serde(rename = "linspace")]
-    Linspace,
-}
 
 /// DDIM settings with diffusers' `DDIMScheduler` names; `new()` holds diffusers' defaults, so a
 /// `scheduler_config.json` missing a field reads as diffusers reads it.
@@ -121,7 +106,10 @@ impl DdimConfig {
                 "DDPMScheduler",
             ],
             known: KNOWN,
-            fixed: &[("trained_betas", Value::Null), ("thresholding", false.into())],
+            fixed: &[
+                ("trained_betas", Value::Null),
+                ("thresholding", false.into()),
+            ],
         };
         let config = read_config(path, &Self::new(), &spec)?;
         config
@@ -190,20 +178,6 @@ pub struct DdimScheduler {
     timesteps: Vec<usize>,
 }
 
-/// numpy's `np.arange(start, stop, step)` for floats: `ceil((stop - start) / step)` values
-/// `start + i * ((start + step) - start)`.
-fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
-    let len = ((stop - start) / step).ceil().max(0.0) as usize;
-    let delta = (start + step) - start;
-    (0..len)
-        .map(|i| match i {
-            0 => start,
-            1 => start + step,
-            _ => start + i as f64 * delta,
-        })
-        .collect()
-}
-
 impl DdimScheduler {
     /// Chooses `n` inference timesteps, largest first, exactly as diffusers' `set_timesteps`
     /// (numpy's rounding, half to even, included), and returns them.
@@ -218,32 +192,7 @@ impl DdimScheduler {
                 "num_inference_steps = {n} must be in 1..={t} (num_train_timesteps)"
             )));
         }
-        let timesteps: Vec<usize> = match c.timestep_spacing {
-            TimestepSpacing::Leading => {
-                let ratio = t / n;
-                (0..n).rev().map(|i| i * ratio + c.steps_offset).collect()
-            }
-            TimestepSpacing::Trailing => {
-                let ratio = t as f64 / n as f64;
-                np_arange(t as f64, 0.0, -ratio)
-                    .iter()
-                    .map(|v| (v.round_ties_even() as usize).saturating_sub(1))
-                    .collect()
-            }
-            TimestepSpacing::Linspace => {
-                let step = (t - 1) as f64 / (n.max(2) - 1) as f64;
-                (0..n)
-                    .rev()
-                    .map(|i| {
-                        if i + 1 == n && n > 1 {
-                            t - 1 // numpy sets the endpoint exactly
-                        } else {
-                            (i as f64 * step).round_ties_even() as usize
-                        }
-                    })
-                    .collect()
-            }
-        };
+        let timesteps = spread(c.timestep_spacing, t, n, c.steps_offset);
         if let Some(&bad) = timesteps.iter().find(|&&x| x >= t) {
             return Err(Error::Config(format!(
                 "timestep {bad} (steps_offset = {}) is past num_train_timesteps = {t}",

@@ -66,7 +66,7 @@ impl FlowEulerConfig {
         if self.num_train_timesteps == 0 {
             return Err("num_train_timesteps must be positive".into());
         }
-        if !(self.shift > 0.0) {
+        if self.shift.is_nan() || self.shift <= 0.0 {
             return Err(format!("shift = {} must be positive", self.shift));
         }
         Ok(())
@@ -109,7 +109,7 @@ impl FlowEulerScheduler {
         let train_sigma = |s: f32| (k as f32) * s / (1.0 + ((k - 1.0) as f32) * s);
         let t32 = t as f32;
         let (hi, lo) = (
-            train_sigma(t32 / t32) as f64 * t,
+            train_sigma(1.0) as f64 * t, // T / T
             train_sigma(1.0 / t32) as f64 * t,
         );
         let step = (lo - hi) / (n.max(2) - 1) as f64;

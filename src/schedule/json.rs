@@ -32,13 +32,13 @@ pub(crate) fn read_config<T: Serialize + DeserializeOwned>(
     };
     let bad = |msg: String| Error::Config(format!("{}: {msg}", path.display()));
     let map: Map<String, Value> = serde_json::from_str(&text).map_err(json_err)?;
-    if let Some(class) = map.get("_class_name") {
-        if !class.as_str().is_some_and(|c| spec.classes.contains(&c)) {
-            return Err(bad(format!(
-                "field `_class_name` is {class}, expected one of {:?}",
-                spec.classes
-            )));
-        }
+    if let Some(class) = map.get("_class_name")
+        && !class.as_str().is_some_and(|c| spec.classes.contains(&c))
+    {
+        return Err(bad(format!(
+            "field `_class_name` is {class}, expected one of {:?}",
+            spec.classes
+        )));
     }
     for (field, default) in spec.fixed {
         match map.get(*field) {
@@ -64,16 +64,4 @@ pub(crate) fn read_config<T: Serialize + DeserializeOwned>(
         }
     }
     serde_json::from_value(Value::Object(merged)).map_err(json_err)
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    /// Writes `text` to a fresh `scheduler_config.json` in a temporary folder named after `tag`.
-    pub(crate) fn write_temp(tag: &str, text: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("ctcal-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("scheduler_config.json");
-        std::fs::write(&path, text).unwrap();
-        path
-    }
 }

@@ -14,13 +14,15 @@ mod flow;
 mod flow_euler;
 mod json;
 mod sampler;
+mod spacing;
 
 pub use betas::BetaSchedule;
-pub use ddim::{DdimConfig, DdimScheduler, DdimStepOutput, TimestepSpacing};
+pub use ddim::{DdimConfig, DdimScheduler, DdimStepOutput};
 pub use ddpm::{DdpmConfig, DdpmSchedule, PredictionType};
 pub use flow::{FlowConfig, FlowSchedule};
 pub use flow_euler::{FlowEulerConfig, FlowEulerScheduler};
 pub use sampler::{Sampler, cfg, rescale_noise_cfg};
+pub use spacing::TimestepSpacing;
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 

@@ -61,7 +61,10 @@ pub fn rescale_noise_cfg<B: Backend>(
 ) -> Tensor<B, 4> {
     let std = |x: Tensor<B, 4>| {
         let [b, c, h, w] = x.dims();
-        x.reshape([b, c * h * w]).var(1).sqrt().reshape([b, 1, 1, 1])
+        x.reshape([b, c * h * w])
+            .var(1)
+            .sqrt()
+            .reshape([b, 1, 1, 1])
     };
     let rescaled = guided.clone() * (std(cond) / std(guided.clone()));
     rescaled.mul_scalar(guidance_rescale) + guided.mul_scalar(1.0 - guidance_rescale)
