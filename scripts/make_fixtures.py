@@ -46,6 +46,8 @@ from fixture_common import (EXAMPLE_WORDS, FIX, ROOT, MapAutoEncoder, ctcal_part
                             example_context, f32, fresh_dir, randomize, resize,
                             save_file_ordered, write_manifest)
 import fixtures_lora
+import fixtures_pipeline
+import fixtures_samplers
 import fixtures_sd3
 import fixtures_vae
 import fixtures_text_tok
@@ -435,6 +437,8 @@ PARTS = {
     "vae": fixtures_vae.make_all,
     "tok": fixtures_text_tok.make_all,
     "text": fixtures_text_enc.make_all,
+    "sched": fixtures_samplers.make_all,
+    "pipeline": fixtures_pipeline.make_all,
 }
 
 

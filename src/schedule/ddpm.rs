@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
+use super::betas::{BetaSchedule, alphas_cumprod};
 use super::per_sample;
 use crate::error::Error;
 
@@ -16,6 +17,9 @@ pub enum PredictionType {
     /// `"v_prediction"`: `v = sqrt(a) eps - sqrt(1 - a) x0` (SD 2.1, 768 px).
     #[serde(rename = "v_prediction")]
     VPrediction,
+    /// `"sample"`: the clean latent `x0` itself.
+    #[serde(rename = "sample")]
+    Sample,
 }
 
 /// DDPM training schedule settings, with diffusers' `scheduler_config.json` names.
@@ -48,24 +52,16 @@ impl DdpmConfig {
 
     /// Precomputes the cumulative alphas.
     ///
-    /// Betas are `linspace(sqrt(beta_start), sqrt(beta_end), T)^2` computed in f32, as diffusers
-    /// does, then `alphas_cumprod = cumprod(1 - beta)`.
+    /// Betas are `linspace(sqrt(beta_start), sqrt(beta_end), T)^2` and
+    /// `alphas_cumprod = cumprod(1 - beta)`, in float32 as diffusers computes them.
     pub fn init(&self) -> DdpmSchedule {
-        let n = self.num_train_timesteps;
-        let (a, b) = (self.beta_start.sqrt() as f32, self.beta_end.sqrt() as f32);
-        let mut acc = 1.0f32;
-        let alphas_cumprod = (0..n)
-            .map(|i| {
-                let frac = if n > 1 {
-                    i as f32 / (n - 1) as f32
-                } else {
-                    0.0
-                };
-                let s = a + (b - a) * frac;
-                acc *= 1.0 - s * s;
-                acc as f64
-            })
-            .collect();
+        let alphas_cumprod = alphas_cumprod(
+            self.num_train_timesteps,
+            self.beta_start,
+            self.beta_end,
+            BetaSchedule::ScaledLinear,
+            false,
+        );
         DdpmSchedule {
             alphas_cumprod,
             prediction_type: self.prediction_type,
@@ -126,7 +122,7 @@ impl DdpmSchedule {
         Ok(x0 * per_sample::<B>(&sa, &device) + noise * per_sample::<B>(&sb, &device))
     }
 
-    /// The training target: `noise`, or `v = sqrt(a_t) noise - sqrt(1 - a_t) x0`.
+    /// The training target: `noise`, `v = sqrt(a_t) noise - sqrt(1 - a_t) x0`, or `x0`.
     pub fn target<B: Backend>(
         &self,
         x0: Tensor<B, 4>,
@@ -136,6 +132,7 @@ impl DdpmSchedule {
         self.check(timesteps)?;
         Ok(match self.prediction_type {
             PredictionType::Epsilon => noise,
+            PredictionType::Sample => x0,
             PredictionType::VPrediction => {
                 let device = x0.device();
                 let (sa, sb) = self.coefficients(timesteps);
@@ -151,12 +148,14 @@ impl DdpmSchedule {
     }
 
     /// Min-SNR-gamma loss weight (Hang et al. 2023): `min(SNR, gamma) / SNR` for epsilon,
-    /// `min(SNR, gamma) / (SNR + 1)` for v-prediction.
+    /// `min(SNR, gamma) / (SNR + 1)` for v-prediction, `min(SNR, gamma)` for `x0` (the
+    /// paper's weight of the `x0` loss, which the other two rewrite).
     pub fn min_snr_weight(&self, t: usize, gamma: f64) -> f64 {
         let snr = self.snr(t);
         match self.prediction_type {
             PredictionType::Epsilon => snr.min(gamma) / snr,
             PredictionType::VPrediction => snr.min(gamma) / (snr + 1.0),
+            PredictionType::Sample => snr.min(gamma),
         }
     }
 }
@@ -177,6 +176,12 @@ mod tests {
         assert!((w - snr / (snr + 1.0)).abs() < 1e-12);
         let w0 = s.min_snr_weight(0, 5.0);
         assert!((w0 - 5.0 / (s.snr(0) + 1.0)).abs() < 1e-12);
+        let x0 = DdpmSchedule {
+            prediction_type: PredictionType::Sample,
+            ..s.clone()
+        };
+        assert!((x0.min_snr_weight(999, 5.0) - snr).abs() < 1e-12);
+        assert_eq!(x0.min_snr_weight(0, 5.0), 5.0);
         assert!(s.check(&[0, 999]).is_ok());
         let err = s.check(&[3, 1000]).unwrap_err().to_string();
         assert!(

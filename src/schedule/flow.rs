@@ -8,6 +8,12 @@ use rand_distr::{Distribution, StandardNormal};
 use super::per_sample;
 use crate::error::Error;
 
+/// The timestep shift `k s / (1 + (k - 1) s)` of diffusers' flow-matching schedulers (their
+/// `shift`; SD 3 trains and samples with `k = 3`), in diffusers' order of operations.
+pub(crate) fn shift_sigma(k: f64, s: f64) -> f64 {
+    k * s / (1.0 + (k - 1.0) * s)
+}
+
 /// Flow-matching training settings.
 #[derive(Config, Debug, PartialEq)]
 pub struct FlowConfig {
@@ -49,8 +55,7 @@ pub struct FlowSchedule {
 impl FlowSchedule {
     /// `shift * s / (1 + (shift - 1) * s)`.
     pub fn shift(&self, s: f64) -> f64 {
-        let k = self.config.shift;
-        k * s / (1.0 + (k - 1.0) * s)
+        shift_sigma(self.config.shift, s)
     }
 
     /// Draws a shifted sigma: `s = sigmoid(N(mean, std))`, then [`Self::shift`].

@@ -1,14 +1,28 @@
-//! Training noise schedules: SD 2.1's DDPM (epsilon or v targets, optional min-SNR weighting)
-//! and SD 3's rectified flow (logit-normal sigmas with the timestep shift).
+//! Noise schedules. Training: SD 2.1's DDPM (epsilon or v targets, optional min-SNR weighting)
+//! and SD 3's rectified flow (logit-normal sigmas with the timestep shift). Inference: DDIM
+//! (SD 2.1) and flow-matching Euler (SD 3) behind one [`Sampler`] trait, plus classifier-free
+//! guidance.
 //!
 //! Ports the training-time parts of diffusers' `DDPMScheduler` (`add_noise`, `get_velocity`)
-//! and `FlowMatchEulerDiscreteScheduler` (`scale_noise`, the `shift` of its sigmas).
+//! and `FlowMatchEulerDiscreteScheduler` (`scale_noise`, the `shift` of its sigmas), and the
+//! sampling parts of `DDIMScheduler` and `FlowMatchEulerDiscreteScheduler`.
 
+mod betas;
+mod ddim;
 mod ddpm;
 mod flow;
+mod flow_euler;
+mod json;
+mod sampler;
+mod spacing;
 
+pub use betas::BetaSchedule;
+pub use ddim::{DdimConfig, DdimScheduler, DdimStepOutput};
 pub use ddpm::{DdpmConfig, DdpmSchedule, PredictionType};
 pub use flow::{FlowConfig, FlowSchedule};
+pub use flow_euler::{FlowEulerConfig, FlowEulerScheduler};
+pub use sampler::{Sampler, cfg, rescale_noise_cfg};
+pub use spacing::TimestepSpacing;
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 

@@ -7,6 +7,7 @@ mod full_size;
 mod lora_parity;
 mod mmdit_naming;
 mod mmdit_parity;
+mod sampler_parity;
 mod schedule_parity;
 mod tagger_agreement;
 mod tokenizer_parity;
