@@ -9,7 +9,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::attention::NoHook;
 use crate::ctcal::{Denoiser, TextCond};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::schedule::{Sampler, cfg};
 
 /// What to generate: the knobs of diffusers' pipeline `__call__` this crate supports.
@@ -67,7 +67,7 @@ pub fn denoise<B: Backend, M: Denoiser<B>, S: Sampler>(
     cond: &TextCond<B>,
     uncond: Option<&TextCond<B>>,
     guidance_scale: f64,
-) -> Result<Tensor<B, 4>> {
+) -> crate::Result<Tensor<B, 4>> {
     let device = latents.device();
     let batch = latents.dims()[0];
     let doubled = match uncond {
