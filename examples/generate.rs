@@ -88,7 +88,12 @@ fn prompts(cli: &Cli) -> Result<Vec<String>> {
     if let Some(path) = &cli.prompts {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading prompts from {}", path.display()))?;
-        prompts.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+        prompts.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from),
+        );
     }
     if prompts.is_empty() {
         prompts = vec![
@@ -119,7 +124,11 @@ fn run<B: Backend>(cli: &Cli, device: &B::Device) -> Result<()> {
             let config = LoraConfig::unet_default().with_rank(cli.rank);
             pipe.unet = with_lora(pipe.unet, &config, lora)?;
         }
-        println!("loaded {} in {:.1?}", cli.pipeline.display(), started.elapsed());
+        println!(
+            "loaded {} in {:.1?}",
+            cli.pipeline.display(),
+            started.elapsed()
+        );
         pipe.generate(&refs, Some(&negative), &config, None)?
     } else if SD3_CLASSES.contains(&folder.class.as_str()) {
         let mut pipe = StableDiffusion3::<B>::load(&cli.pipeline, variant, device)?;
@@ -127,7 +136,11 @@ fn run<B: Backend>(cli: &Cli, device: &B::Device) -> Result<()> {
             let config = LoraConfig::mmdit_default().with_rank(cli.rank);
             pipe.transformer = with_lora(pipe.transformer, &config, lora)?;
         }
-        println!("loaded {} in {:.1?}", cli.pipeline.display(), started.elapsed());
+        println!(
+            "loaded {} in {:.1?}",
+            cli.pipeline.display(),
+            started.elapsed()
+        );
         pipe.generate(&refs, Some(&negative), &config, None)?
     } else {
         bail!(
@@ -145,7 +158,9 @@ fn run<B: Backend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let images = tensor_to_images(generated.images.mul_scalar(2.0).sub_scalar(1.0))?;
     for (i, image) in images.iter().enumerate() {
         let path = cli.out.join(format!("{i:03}.png"));
-        image.save(&path).with_context(|| format!("writing {}", path.display()))?;
+        image
+            .save(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     std::fs::write(cli.out.join("prompts.txt"), prompts.join("\n") + "\n")?;
     println!(
@@ -164,6 +179,10 @@ where
 {
     let (model, _) = apply_lora(model, config, 0)?;
     let (model, report) = import_peft(model, path, M::PEFT_PREFIX)?;
-    println!("LoRA from {}: {} projections", path.display(), report.paths.len());
+    println!(
+        "LoRA from {}: {} projections",
+        path.display(),
+        report.paths.len()
+    );
     Ok(merge_lora(model))
 }

@@ -14,6 +14,7 @@ Run through `bash scripts/make_fixtures.sh --only pipeline` (after the tok part)
 """
 
 import json
+import shutil
 
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler,
@@ -33,7 +34,7 @@ STEPS = 3
 def tiny_clip(tokenizer, hidden, projection, seed, act="gelu"):
     config = CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-        projection_dim=projection, num_hidden_layers=2, num_attention_heads=4,
+        projection_dim=projection or hidden, num_hidden_layers=2, num_attention_heads=4,
         max_position_embeddings=tokenizer.model_max_length, hidden_act=act,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
@@ -70,6 +71,27 @@ def run_reference(pipe, name, latents, **call):
     print(f"{name}: latents {tuple(out.shape)}, image {tuple(image.shape)}")
 
 
+# The tokenizer folders as scripts/fixtures_text_tok.py writes them (the layouts the published
+# pipelines ship); `save_pretrained` would rewrite them in transformers 5's own layout.
+TOKENIZERS = {"tiny-sd21": [("clip_sd21", "tokenizer")],
+              "tiny-sd3": [("clip_sd3", "tokenizer"), ("clip_sd3_2", "tokenizer_2"),
+                           ("t5", "tokenizer_3")]}
+
+
+def save_pipeline(pipe, name):
+    dest = ROOT / "weights" / name
+    pipe.save_pretrained(dest, safe_serialization=True)
+    # Components loaded with from_pretrained remember where from: an absolute path, which
+    # would differ between checkouts.
+    for path in dest.glob("*/config.json"):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for src, folder in TOKENIZERS[name]:
+        shutil.rmtree(dest / folder)
+        shutil.copytree(FIX / "tokenizers" / src, dest / folder)
+
+
 def make_sd21():
     dest = ROOT / "weights" / "tiny-sd21"
     tokenizer = CLIPTokenizer.from_pretrained(dest / "tokenizer")
@@ -83,7 +105,7 @@ def make_sd21():
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    unet=unet, scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(dest, safe_serialization=True)
+    save_pipeline(pipe, "tiny-sd21")
     g = torch.Generator().manual_seed(35)
     latents = torch.randn((len(PROMPTS), 4, 32, 32), generator=g)
     run_reference(pipe, "pipeline_sd21", latents, guidance_scale=7.5)
@@ -113,7 +135,7 @@ def make_sd3():
         transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
         tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
-    pipe.save_pretrained(dest, safe_serialization=True)
+    save_pipeline(pipe, "tiny-sd3")
     g = torch.Generator().manual_seed(49)
     latents = torch.randn((len(PROMPTS), 4, 32, 32), generator=g)
     run_reference(pipe, "pipeline_sd3", latents, guidance_scale=7.0, max_sequence_length=16)

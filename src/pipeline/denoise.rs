@@ -78,8 +78,7 @@ pub fn denoise<B: Backend, M: Denoiser<B>, S: Sampler>(
                 (None, None) => None,
                 _ => {
                     return Err(Error::Input(
-                        "the negative and positive conditioning differ in pooled embeddings"
-                            .into(),
+                        "the negative and positive conditioning differ in pooled embeddings".into(),
                     ));
                 }
             },

@@ -156,8 +156,13 @@ mod tests {
             f.component("vae", &["AutoencoderKL"]).unwrap(),
             root.join("vae")
         );
-        assert_eq!(f.optional("text_encoder_3", &["T5EncoderModel"]).unwrap(), None);
-        let e = f.component("text_encoder_3", &["T5EncoderModel"]).unwrap_err();
+        assert_eq!(
+            f.optional("text_encoder_3", &["T5EncoderModel"]).unwrap(),
+            None
+        );
+        let e = f
+            .component("text_encoder_3", &["T5EncoderModel"])
+            .unwrap_err();
         assert!(e.to_string().contains("text_encoder_3"), "{e}");
         let e = f.component("vae", &["AutoencoderTiny"]).unwrap_err();
         assert!(e.to_string().contains("is a AutoencoderKL"), "{e}");

@@ -72,7 +72,11 @@ where
         let vae = self.pipeline.vae();
         let posterior = vae.encode(pixels)?;
         let z = if self.sample_posterior {
-            let eps = Tensor::random(posterior.mean.dims(), Distribution::Normal(0.0, 1.0), device);
+            let eps = Tensor::random(
+                posterior.mean.dims(),
+                Distribution::Normal(0.0, 1.0),
+                device,
+            );
             posterior.sample_with_noise(eps)?
         } else {
             posterior.mode()

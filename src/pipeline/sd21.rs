@@ -57,7 +57,15 @@ impl<B: Backend> StableDiffusion<B> {
         let dir = folder.component("vae", &["AutoencoderKL"])?;
         let config = AutoencoderKLConfig::from_diffusers_json(&dir.join("config.json"))?;
         let (vae, _) = load_module(config.init(device)?, &dir, variant)?;
-        let dir = folder.component("scheduler", &["DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler", "DDPMScheduler"])?;
+        let dir = folder.component(
+            "scheduler",
+            &[
+                "DDIMScheduler",
+                "PNDMScheduler",
+                "EulerDiscreteScheduler",
+                "DDPMScheduler",
+            ],
+        )?;
         let scheduler = DdimConfig::from_diffusers_json(&dir.join("scheduler_config.json"))?;
         Ok(Self {
             tokenizer,
@@ -78,7 +86,13 @@ impl<B: Backend> StableDiffusion<B> {
         let truncated = truncated(prompts, &encodings);
         let ids = token_ids::<B>(&encodings, &self.device)?;
         let hidden = self.text_encoder.forward(ids, false)?.last_hidden_state;
-        Ok((TextCond { hidden, pooled: None }, truncated))
+        Ok((
+            TextCond {
+                hidden,
+                pooled: None,
+            },
+            truncated,
+        ))
     }
 
     /// Generates one image per prompt: latents, decoded pixels in `[0, 1]`
@@ -149,13 +163,24 @@ pub fn decode<B: Backend>(vae: &AutoencoderKL<B>, latents: Tensor<B, 4>) -> Resu
 }
 
 /// Token ids `[batch, seq]` of padded encodings.
-pub fn token_ids<B: Backend>(encodings: &[Encoding], device: &B::Device) -> Result<Tensor<B, 2, Int>> {
+pub fn token_ids<B: Backend>(
+    encodings: &[Encoding],
+    device: &B::Device,
+) -> Result<Tensor<B, 2, Int>> {
     let seq = encodings.first().map_or(0, |e| e.ids.len());
     if encodings.iter().any(|e| e.ids.len() != seq) {
-        return Err(Error::Input("encodings of different lengths in one batch".into()));
+        return Err(Error::Input(
+            "encodings of different lengths in one batch".into(),
+        ));
     }
-    let ids: Vec<i64> = encodings.iter().flat_map(|e| e.ids.iter().map(|&i| i as i64)).collect();
-    Ok(Tensor::from_data(TensorData::new(ids, [encodings.len(), seq]), device))
+    let ids: Vec<i64> = encodings
+        .iter()
+        .flat_map(|e| e.ids.iter().map(|&i| i as i64))
+        .collect();
+    Ok(Tensor::from_data(
+        TensorData::new(ids, [encodings.len(), seq]),
+        device,
+    ))
 }
 
 /// The prompts whose encoding was truncated.

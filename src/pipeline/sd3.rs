@@ -58,7 +58,8 @@ impl<B: Backend> StableDiffusion3<B> {
     pub fn load(root: &Path, variant: Option<&str>, device: &B::Device) -> Result<Self> {
         let folder = PipelineFolder::open(root)?;
         folder.expect_class(SD3_CLASSES)?;
-        let tokenizer = ClipTokenizer::from_folder(folder.component("tokenizer", CLIP_TOKENIZERS)?)?;
+        let tokenizer =
+            ClipTokenizer::from_folder(folder.component("tokenizer", CLIP_TOKENIZERS)?)?;
         let tokenizer_2 =
             ClipTokenizer::from_folder(folder.component("tokenizer_2", CLIP_TOKENIZERS)?)?;
         let tokenizer_3 = folder
