@@ -24,6 +24,7 @@ use clap::{Parser, ValueEnum};
 use common::train::{ModelInfo, TrainArgs, fit};
 use ctcal::ctcal::{CtcalConfig, Schedule, TeacherRule};
 use ctcal::lora::LoraConfig;
+use ctcal::pipeline::StableDiffusion;
 use ctcal::schedule::DdpmConfig;
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::load_module;
@@ -40,9 +41,13 @@ enum Prediction {
 /// Fine-tune an SD 2.1 UNet with CTCal.
 #[derive(Parser, Debug)]
 struct Cli {
-    /// A diffusers `unet/` folder.
-    #[arg(long, default_value = "weights/tiny-sd21/unet")]
-    model: PathBuf,
+    /// A diffusers SD 2.x pipeline folder: its tokenizer, text encoder and VAE encode
+    /// image-folder data and render validation images; its `unet/` is trained.
+    #[arg(long, default_value = "weights/tiny-sd21")]
+    pipeline: PathBuf,
+    /// Train this `unet/` folder instead of the pipeline's.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// The teacher's timestep (the method's default is 0: the least noisy).
     #[arg(long, default_value_t = 0)]
     teacher_t: usize,
@@ -59,8 +64,14 @@ fn main() -> Result<()> {
 }
 
 fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
-    let config = UNet2DConditionConfig::from_diffusers_json(&cli.model.join("config.json"))?;
-    let (unet, report) = load_module(config.init::<B>(device), &cli.model, None)?;
+    let pipe = StableDiffusion::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
+    let model_dir = cli
+        .model
+        .clone()
+        .unwrap_or_else(|| cli.pipeline.join("unet"));
+    let config = UNet2DConditionConfig::from_diffusers_json(&model_dir.join("config.json"))?;
+    let resolution = (config.sample_size * pipe.vae.downscale) as u32;
+    let (unet, report) = load_module(config.init::<B>(device), &model_dir, None)?;
     println!(
         "loaded {} tensors from {}",
         report.tensors,
@@ -75,7 +86,7 @@ fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     );
     let ctcal = CtcalConfig::sd21().with_teacher(TeacherRule::FixedTimestep(cli.teacher_t));
     let info = ModelInfo {
-        model_dir: &cli.model,
+        model_dir: &model_dir,
         folder: "unet",
         default_out: "out/train_sd21",
     };
@@ -87,6 +98,8 @@ fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
         LoraConfig::unet_default(),
         config,
         &schedule,
+        &pipe,
+        resolution,
         device,
     )
 }

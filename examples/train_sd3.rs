@@ -26,15 +26,23 @@ use common::train::{ModelInfo, TrainArgs, fit};
 use ctcal::ctcal::{CtcalConfig, Schedule, TeacherRule};
 use ctcal::lora::LoraConfig;
 use ctcal::mmdit::SD3Transformer2DConfig;
+use ctcal::pipeline::StableDiffusion3;
 use ctcal::schedule::FlowConfig;
 use ctcal::weights::load_module;
 
 /// Fine-tune an SD 3 transformer with CTCal.
 #[derive(Parser, Debug)]
 struct Cli {
-    /// A diffusers `transformer/` folder.
-    #[arg(long, default_value = "weights/tiny-sd3/transformer")]
-    model: PathBuf,
+    /// A diffusers SD 3 pipeline folder: its tokenizers, text encoders and VAE encode
+    /// image-folder data and render validation images; its `transformer/` is trained.
+    #[arg(long, default_value = "weights/tiny-sd3")]
+    pipeline: PathBuf,
+    /// Train this `transformer/` folder instead of the pipeline's.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// T5 tokens of each caption (diffusers' SD 3 training scripts default to 77).
+    #[arg(long, default_value_t = 77)]
+    max_sequence_length: usize,
     /// A fixed teacher sigma instead of the smaller of two sigmas drawn like the student's.
     #[arg(long)]
     teacher_sigma: Option<f64>,
@@ -51,8 +59,15 @@ fn main() -> Result<()> {
 }
 
 fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
-    let config = SD3Transformer2DConfig::from_diffusers_json(&cli.model.join("config.json"))?;
-    let (model, report) = load_module(config.init::<B>(device), &cli.model, None)?;
+    let mut pipe = StableDiffusion3::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
+    pipe.max_sequence_length = cli.max_sequence_length;
+    let model_dir = cli
+        .model
+        .clone()
+        .unwrap_or_else(|| cli.pipeline.join("transformer"));
+    let config = SD3Transformer2DConfig::from_diffusers_json(&model_dir.join("config.json"))?;
+    let resolution = (config.sample_size * pipe.vae.downscale) as u32;
+    let (model, report) = load_module(config.init::<B>(device), &model_dir, None)?;
     println!(
         "loaded {} tensors from {}",
         report.tensors,
@@ -64,7 +79,7 @@ fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
         ctcal = ctcal.with_teacher(TeacherRule::FixedSigma(sigma));
     }
     let info = ModelInfo {
-        model_dir: &cli.model,
+        model_dir: &model_dir,
         folder: "transformer",
         default_out: "out/train_sd3",
     };
@@ -76,6 +91,8 @@ fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
         LoraConfig::mmdit_default(),
         config,
         &schedule,
+        &pipe,
+        resolution,
         device,
     )
 }

@@ -9,12 +9,14 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
 use ctcal::ctcal::{CtcalConfig, Denoiser, Schedule};
-use ctcal::data::{BadRowPolicy, CachedFeatures, Dataset};
+use ctcal::data::{BadRowPolicy, BadRows, CachedFeatures, Dataset, ImageFolder};
 use ctcal::lora::{LoraConfig, LoraTarget, apply_lora, export_peft};
+use ctcal::pipeline::{GenerateConfig, ImageInputs, TrainingPipeline};
 use ctcal::train::{
-    LrSchedule, RunDirs, StepLog, TrainConfig, Trained, count_params, loss_plot, map_preview,
-    preview_levels, save_params, train,
+    BatchInputs, CachedInputs, LrSchedule, RunDirs, StepLog, TrainConfig, Trained, count_params,
+    loss_plot, map_preview, preview_levels, save_params, train,
 };
+use ctcal::vae::tensor_to_images;
 use ctcal::viz::save_png;
 use ctcal::weights::save_diffusers;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -33,10 +35,28 @@ pub enum Schedules {
 /// Arguments shared by the training examples.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Training data: a folder with `metadata.jsonl` over cached features (safetensors with
-    /// `latents`, `encoder_hidden_states`, optional `pooled_projections`).
-    #[arg(long, default_value = "weights/tiny-data")]
+    /// Training data: a folder with `metadata.jsonl` (`file_name`, `text`, optional `nouns`)
+    /// over images, encoded on the fly by the pipeline's frozen VAE and text encoders, or over
+    /// cached features (`.safetensors` with `latents`, `encoder_hidden_states`, optional
+    /// `pooled_projections`), e.g. `weights/tiny-data`.
+    #[arg(long, default_value = "weights/tiny-data/images")]
     pub data: PathBuf,
+    /// Image side for image folders (resized and centre-cropped); default: the denoiser's
+    /// native resolution.
+    #[arg(long)]
+    pub resolution: Option<u32>,
+    /// Use the VAE posterior mean instead of a sample (image folders).
+    #[arg(long)]
+    pub latent_mean: bool,
+    /// Render validation images every N steps (and at the start and the end); 0: never.
+    #[arg(long, default_value_t = 10)]
+    pub validate_every: usize,
+    /// A validation prompt (repeat for several); default: the first captions of the data.
+    #[arg(long)]
+    pub validation_prompt: Vec<String>,
+    /// Denoising steps of the validation images.
+    #[arg(long, default_value_t = 20)]
+    pub validation_steps: usize,
     /// Backend to train on.
     #[arg(long, value_enum, default_value = "ndarray")]
     pub backend: BackendKind,
@@ -117,19 +137,26 @@ pub struct ModelInfo<'a> {
 }
 
 /// Trains `model` as `args` say and writes the exports; prints progress and a summary.
-pub fn fit<B, M>(
+///
+/// `pipe` (on the inner backend) encodes image-folder data, places nouns and renders the
+/// validation images; `resolution` is the denoiser's native image side.
+#[allow(clippy::too_many_arguments)]
+pub fn fit<B, M, P>(
     model: M,
     info: ModelInfo<'_>,
     args: &TrainArgs,
     lora: LoraConfig,
     config: TrainConfig,
     schedule: &Schedule,
+    pipe: &P,
+    resolution: u32,
     device: &B::Device,
 ) -> Result<()>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Denoiser<B> + LoraTarget<B> + Clone,
     M::InnerModule: Denoiser<B::InnerBackend>,
+    P: TrainingPipeline<B::InnerBackend, Denoiser = M::InnerModule>,
 {
     let out = args
         .out
@@ -157,114 +184,202 @@ where
     } else {
         BadRowPolicy::Skip
     };
-    let dataset = CachedFeatures::open(&meta, policy)
-        .with_context(|| format!("opening the training data {}", meta.display()))?;
-    if !dataset.skipped().0.is_empty() {
-        eprintln!("{}", dataset.skipped());
-    }
-    if dataset.len() < config.batch_size {
-        bail!(
-            "{} has {} usable samples, fewer than --batch-size {}",
-            meta.display(),
-            dataset.len(),
-            config.batch_size
-        );
-    }
-
-    let dataset = Arc::new(dataset);
-    let preview = Preview::new(&dataset, schedule, &config, device)?;
-    preview.write(&model, schedule, &config, &out.join("maps_start.png"))?;
-
-    let bar = ProgressBar::new(config.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {per_sec} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut logs: Vec<StepLog> = Vec::new();
-    let dirs = RunDirs {
-        out: out.clone(),
-        resume: args.resume,
-    };
-    // Cached features name their nouns by token position; a word maps to one token otherwise.
-    let result = train(
-        model,
-        trained,
-        dataset,
+    let run = Run {
+        args,
+        info,
+        config: &config,
         schedule,
-        &config,
-        &dirs,
-        &|_: &str| 1,
-        device,
-        |log, _| {
-            bar.set_position(log.step as u64);
-            bar.set_message(format!(
-                "loss {:.4} (diffusion {:.4}, ctcal {:.4}) lr {:.1e}",
-                log.loss.total, log.loss.diffusion, log.loss.ctcal, log.lr
-            ));
-            if let Some(skipped) = &log.skipped {
-                bar.println(skipped);
-            }
-            if let Some(dir) = &log.checkpoint {
-                bar.println(format!("step {}: checkpoint {}", log.step, dir.display()));
-            }
-            logs.push(log.clone());
-            Ok(())
-        },
-    )?;
-    bar.finish();
-
-    let final_model = result.ema.as_ref().unwrap_or(&result.model);
-    match trained {
-        Trained::Lora => {
-            let path = out.join("pytorch_lora_weights.safetensors");
-            export_peft(final_model, &path, M::PEFT_PREFIX)?;
-            println!(
-                "LoRA weights for diffusers' pipe.load_lora_weights(\"{}\"): {}",
-                out.display(),
-                path.display()
-            );
-        }
-        Trained::Full => {
-            let folder = out.join(info.folder);
-            let n = save_diffusers(
-                final_model,
-                &info.model_dir.join("config.json"),
-                &folder,
-                |_| false,
-            )?;
-            println!("{n} tensors in diffusers layout: {}", folder.display());
-        }
-    }
-    let ae_path = out.join("autoencoder.safetensors");
-    save_params(&result.ae, &ae_path, |_, _| true)?;
-    preview.write(final_model, schedule, &config, &out.join("maps_end.png"))?;
-    save_png(
-        &loss_plot(&logs, config.ctcal.lambda_ctcal),
-        &out.join("loss.png"),
-    )?;
-    println!(
-        "teacher | student maps per noun: {} (before) and {} (after); loss curves: {}",
-        out.join("maps_start.png").display(),
-        out.join("maps_end.png").display(),
-        out.join("loss.png").display()
-    );
-    if let (Some(first), Some(last)) = (logs.first(), &result.last) {
+        out: &out,
+        trained,
+    };
+    if is_cached(&meta)? {
+        let dataset = CachedFeatures::open(&meta, policy)
+            .with_context(|| format!("opening the training data {}", meta.display()))?;
+        report_skipped(dataset.skipped(), dataset.len(), &meta, config.batch_size)?;
+        run.go(
+            model,
+            Arc::new(dataset),
+            &CachedInputs(pipe.word_tokens()),
+            pipe,
+            device,
+        )
+    } else {
+        let side = args.resolution.unwrap_or(resolution);
+        let dataset = ImageFolder::open(&meta, side, policy)
+            .with_context(|| format!("opening the training images {}", meta.display()))?;
+        report_skipped(dataset.skipped(), dataset.len(), &meta, config.batch_size)?;
         println!(
-            "steps {}..{}: loss {:.4} -> {:.4} (diffusion {:.4} -> {:.4}, ctcal {:.4} -> {:.4}); metrics in {}",
-            result.start_step + 1,
-            last.step,
-            first.loss.total,
-            last.loss.total,
-            first.loss.diffusion,
-            last.loss.diffusion,
-            first.loss.ctcal,
-            last.loss.ctcal,
-            out.join("metrics.jsonl").display()
+            "training on {} images of {side}x{side} from {}",
+            dataset.len(),
+            meta.display()
+        );
+        let inputs = ImageInputs {
+            pipeline: pipe,
+            sample_posterior: !args.latent_mean,
+        };
+        run.go(model, Arc::new(dataset), &inputs, pipe, device)
+    }
+}
+
+/// Whether `metadata.jsonl` lists cached features (its first row names a `.safetensors`).
+fn is_cached(meta: &Path) -> Result<bool> {
+    let text =
+        std::fs::read_to_string(meta).with_context(|| format!("reading {}", meta.display()))?;
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
+    let row: serde_json::Value = serde_json::from_str(first)
+        .with_context(|| format!("{}: line 1 is not JSON", meta.display()))?;
+    Ok(row["file_name"]
+        .as_str()
+        .is_some_and(|f| f.ends_with(".safetensors")))
+}
+
+fn report_skipped(skipped: &BadRows, len: usize, meta: &Path, batch_size: usize) -> Result<()> {
+    if !skipped.0.is_empty() {
+        eprintln!("{skipped}");
+    }
+    if len < batch_size {
+        bail!(
+            "{} has {len} usable samples, fewer than --batch-size {batch_size}",
+            meta.display()
         );
     }
     Ok(())
+}
+
+/// One training run's settings, shared by both data kinds.
+struct Run<'a> {
+    args: &'a TrainArgs,
+    info: ModelInfo<'a>,
+    config: &'a TrainConfig,
+    schedule: &'a Schedule,
+    out: &'a Path,
+    trained: Trained,
+}
+
+impl Run<'_> {
+    fn go<B, M, P, D>(
+        &self,
+        model: M,
+        dataset: Arc<D>,
+        inputs: &dyn BatchInputs<B>,
+        pipe: &P,
+        device: &B::Device,
+    ) -> Result<()>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B> + Denoiser<B> + LoraTarget<B> + Clone,
+        M::InnerModule: Denoiser<B::InnerBackend>,
+        P: TrainingPipeline<B::InnerBackend, Denoiser = M::InnerModule>,
+        D: Dataset + 'static,
+    {
+        let (args, info, config, schedule, out, trained) = (
+            self.args,
+            &self.info,
+            self.config,
+            self.schedule,
+            self.out,
+            self.trained,
+        );
+        let preview = Preview::new(&dataset, inputs, config, device)?;
+        preview.write(&model, schedule, config, &out.join("maps_start.png"))?;
+        let validation = Validation::new(args, &preview.captions);
+        validation.render(pipe, &model.valid(), 0, out)?;
+
+        let bar = ProgressBar::new(config.steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} {per_sec} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let mut logs: Vec<StepLog> = Vec::new();
+        let dirs = RunDirs {
+            out: out.to_path_buf(),
+            resume: args.resume,
+        };
+        let result = train(
+            model,
+            trained,
+            dataset,
+            schedule,
+            config,
+            &dirs,
+            inputs,
+            device,
+            |log, model| {
+                if validation.due(log.step, config.steps) {
+                    validation
+                        .render(pipe, &model.valid(), log.step, out)
+                        .map_err(|e| ctcal::Error::Input(format!("validation images: {e:#}")))?;
+                }
+                bar.set_position(log.step as u64);
+                bar.set_message(format!(
+                    "loss {:.4} (diffusion {:.4}, ctcal {:.4}) lr {:.1e}",
+                    log.loss.total, log.loss.diffusion, log.loss.ctcal, log.lr
+                ));
+                if let Some(skipped) = &log.skipped {
+                    bar.println(skipped);
+                }
+                if let Some(dir) = &log.checkpoint {
+                    bar.println(format!("step {}: checkpoint {}", log.step, dir.display()));
+                }
+                logs.push(log.clone());
+                Ok(())
+            },
+        )?;
+        bar.finish();
+
+        let final_model = result.ema.as_ref().unwrap_or(&result.model);
+        match trained {
+            Trained::Lora => {
+                let path = out.join("pytorch_lora_weights.safetensors");
+                export_peft(final_model, &path, M::PEFT_PREFIX)?;
+                println!(
+                    "LoRA weights for diffusers' pipe.load_lora_weights(\"{}\"): {}",
+                    out.display(),
+                    path.display()
+                );
+            }
+            Trained::Full => {
+                let folder = out.join(info.folder);
+                let n = save_diffusers(
+                    final_model,
+                    &info.model_dir.join("config.json"),
+                    &folder,
+                    |_| false,
+                )?;
+                println!("{n} tensors in diffusers layout: {}", folder.display());
+            }
+        }
+        let ae_path = out.join("autoencoder.safetensors");
+        save_params(&result.ae, &ae_path, |_, _| true)?;
+        preview.write(final_model, schedule, &config, &out.join("maps_end.png"))?;
+        save_png(
+            &loss_plot(&logs, config.ctcal.lambda_ctcal),
+            &out.join("loss.png"),
+        )?;
+        println!(
+            "teacher | student maps per noun: {} (before) and {} (after); loss curves: {}",
+            out.join("maps_start.png").display(),
+            out.join("maps_end.png").display(),
+            out.join("loss.png").display()
+        );
+        if let (Some(first), Some(last)) = (logs.first(), &result.last) {
+            println!(
+                "steps {}..{}: loss {:.4} -> {:.4} (diffusion {:.4} -> {:.4}, ctcal {:.4} -> {:.4}); metrics in {}",
+                result.start_step + 1,
+                last.step,
+                first.loss.total,
+                last.loss.total,
+                first.loss.diffusion,
+                last.loss.diffusion,
+                first.loss.ctcal,
+                last.loss.ctcal,
+                out.join("metrics.jsonl").display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// A fixed validation batch (the first samples of the data) and noise for map previews.
@@ -277,7 +392,7 @@ struct Preview<B: AutodiffBackend> {
 impl<B: AutodiffBackend> Preview<B> {
     fn new<D: Dataset>(
         dataset: &Arc<D>,
-        _schedule: &Schedule,
+        inputs: &dyn BatchInputs<B>,
         config: &TrainConfig,
         device: &B::Device,
     ) -> Result<Self> {
@@ -288,7 +403,7 @@ impl<B: AutodiffBackend> Preview<B> {
             .collect::<Result<Vec<_>>>()?;
         let cursor = ctcal::data::DataCursor::start(config.seed, dataset.len());
         let batch = ctcal::data::Batch::collate(samples, 0, cursor, Default::default())?;
-        let train_batch = batch.train_batch::<B>(device, &|_: &str| 1)?;
+        let train_batch = inputs.train_batch(&batch, device)?;
         let shape = train_batch.latents.dims();
         let noise = burn::tensor::Tensor::random(
             shape,
@@ -326,6 +441,69 @@ impl<B: AutodiffBackend> Preview<B> {
         )?;
         std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
         save_png(&img, path)?;
+        Ok(())
+    }
+}
+
+/// Validation images: the same prompts and seed rendered with the model being trained, one
+/// PNG row per render (`validation/step_NNNNN.png`).
+struct Validation {
+    prompts: Vec<String>,
+    every: usize,
+    config: GenerateConfig,
+}
+
+impl Validation {
+    fn new(args: &TrainArgs, captions: &[String]) -> Self {
+        let prompts = if args.validation_prompt.is_empty() {
+            captions.iter().take(2).cloned().collect()
+        } else {
+            args.validation_prompt.clone()
+        };
+        Self {
+            prompts,
+            every: args.validate_every,
+            config: GenerateConfig::new()
+                .with_steps(args.validation_steps)
+                .with_seed(args.seed),
+        }
+    }
+
+    fn due(&self, step: usize, last: usize) -> bool {
+        self.every > 0 && (step % self.every == 0 || step == last)
+    }
+
+    fn render<B: burn::tensor::backend::Backend, P: TrainingPipeline<B>>(
+        &self,
+        pipe: &P,
+        model: &P::Denoiser,
+        step: usize,
+        out: &Path,
+    ) -> Result<()> {
+        if self.every == 0 || self.prompts.is_empty() {
+            return Ok(());
+        }
+        let prompts: Vec<&str> = self.prompts.iter().map(String::as_str).collect();
+        let generated = pipe.render(model, &prompts, &self.config)?;
+        let images = tensor_to_images(generated.images.mul_scalar(2.0).sub_scalar(1.0))?;
+        let (w, h) = images[0].dimensions();
+        let mut row = image::RgbImage::new(w * images.len() as u32, h);
+        for (i, img) in images.iter().enumerate() {
+            image::imageops::replace(&mut row, img, (i as u32 * w) as i64, 0);
+        }
+        let dir = out.join("validation");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("step_{step:05}.png"));
+        row.save(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        if step == 0 {
+            println!(
+                "validation images of {:?} every {} steps: {}",
+                self.prompts,
+                self.every,
+                dir.display()
+            );
+        }
         Ok(())
     }
 }

@@ -5,16 +5,29 @@
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 
-use super::{StableDiffusion, StableDiffusion3};
+use super::{GenerateConfig, Generated, StableDiffusion, StableDiffusion3};
+use crate::ctcal::Denoiser;
 use crate::ctcal::{TextCond, TrainBatch};
 use crate::data::Batch;
 use crate::error::{Error, Result};
+use crate::mmdit::SD3Transformer2DModel;
 use crate::text::WordTokens;
 use crate::train::BatchInputs;
+use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
 
-/// What training from images needs of a pipeline.
-pub trait PromptEncoder<B: Backend> {
+/// What training needs of a pipeline: encoding images and captions, noun positions, and
+/// rendering validation images with the denoiser being trained.
+pub trait TrainingPipeline<B: Backend> {
+    /// The pipeline's denoiser type (the model a training run fine-tunes).
+    type Denoiser: Denoiser<B>;
+    /// Renders `prompts` with `denoiser` in place of the pipeline's own.
+    fn render(
+        &self,
+        denoiser: &Self::Denoiser,
+        prompts: &[&str],
+        config: &GenerateConfig,
+    ) -> Result<Generated<B>>;
     /// The denoiser's conditioning for `prompts` and the prompts that were truncated.
     fn encode_prompts_for_training(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)>;
     /// Token positions of caption words (the CLIP tokenizer: SD 3's joint sequence starts
@@ -24,7 +37,16 @@ pub trait PromptEncoder<B: Backend> {
     fn vae(&self) -> &AutoencoderKL<B>;
 }
 
-impl<B: Backend> PromptEncoder<B> for StableDiffusion<B> {
+impl<B: Backend> TrainingPipeline<B> for StableDiffusion<B> {
+    type Denoiser = UNet2DConditionModel<B>;
+    fn render(
+        &self,
+        denoiser: &Self::Denoiser,
+        prompts: &[&str],
+        config: &GenerateConfig,
+    ) -> Result<Generated<B>> {
+        self.generate_with(denoiser, prompts, None, config, None)
+    }
     fn encode_prompts_for_training(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)> {
         self.encode_prompts(prompts)
     }
@@ -36,7 +58,16 @@ impl<B: Backend> PromptEncoder<B> for StableDiffusion<B> {
     }
 }
 
-impl<B: Backend> PromptEncoder<B> for StableDiffusion3<B> {
+impl<B: Backend> TrainingPipeline<B> for StableDiffusion3<B> {
+    type Denoiser = SD3Transformer2DModel<B>;
+    fn render(
+        &self,
+        denoiser: &Self::Denoiser,
+        prompts: &[&str],
+        config: &GenerateConfig,
+    ) -> Result<Generated<B>> {
+        self.generate_with(denoiser, prompts, None, config, None)
+    }
     fn encode_prompts_for_training(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)> {
         self.encode_prompts(prompts, self.max_sequence_length)
     }
@@ -65,7 +96,7 @@ pub struct ImageInputs<'a, P> {
 impl<B, P> BatchInputs<B> for ImageInputs<'_, P>
 where
     B: AutodiffBackend,
-    P: PromptEncoder<B::InnerBackend>,
+    P: TrainingPipeline<B::InnerBackend>,
 {
     fn train_batch(&self, batch: &Batch, device: &B::Device) -> Result<TrainBatch<B>> {
         let pixels = batch.pixels::<B::InnerBackend>(device)?;

@@ -15,6 +15,6 @@ mod sd3;
 
 pub use denoise::{GenerateConfig, denoise, initial_latents};
 pub use index::{Component, PipelineFolder};
-pub use inputs::{ImageInputs, PromptEncoder};
+pub use inputs::{ImageInputs, TrainingPipeline};
 pub use sd3::{SD3_CLASSES, StableDiffusion3};
 pub use sd21::{Generated, SD_CLASSES, StableDiffusion, decode, token_ids, truncated};

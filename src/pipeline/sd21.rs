@@ -7,7 +7,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use super::denoise::{GenerateConfig, denoise, initial_latents};
 use super::index::PipelineFolder;
-use crate::ctcal::TextCond;
+use crate::ctcal::{Denoiser, TextCond};
 use crate::error::{Error, Result};
 use crate::schedule::{DdimConfig, DdimScheduler, Sampler};
 use crate::text::{ClipTextConfig, ClipTextModel, ClipTokenizer, Encoding, load_transformers};
@@ -105,6 +105,19 @@ impl<B: Backend> StableDiffusion<B> {
         config: &GenerateConfig,
         latents: Option<Tensor<B, 4>>,
     ) -> Result<Generated<B>> {
+        self.generate_with(&self.unet, prompts, negative, config, latents)
+    }
+
+    /// [`generate`](Self::generate) with another denoiser of the same shape in place of the
+    /// pipeline's own (a model being fine-tuned, rendering validation images).
+    pub fn generate_with<M: Denoiser<B>>(
+        &self,
+        denoiser: &M,
+        prompts: &[&str],
+        negative: Option<&[&str]>,
+        config: &GenerateConfig,
+        latents: Option<Tensor<B, 4>>,
+    ) -> Result<Generated<B>> {
         let (cond, mut truncated) = self.encode_prompts(prompts)?;
         let uncond = if config.guided() {
             let empty = vec![""; prompts.len()];
@@ -129,7 +142,7 @@ impl<B: Backend> StableDiffusion<B> {
             }
         };
         let latents = denoise(
-            &self.unet,
+            denoiser,
             &sampler,
             latents,
             &cond,

@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::denoise::{GenerateConfig, denoise, initial_latents};
 use super::index::PipelineFolder;
 use super::sd21::{Generated, check_len, decode, pixel_size, token_ids, truncated};
-use crate::ctcal::TextCond;
+use crate::ctcal::{Denoiser, TextCond};
 use crate::error::Result;
 use crate::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 use crate::schedule::{FlowEulerConfig, FlowEulerScheduler, Sampler};
@@ -154,6 +154,19 @@ impl<B: Backend> StableDiffusion3<B> {
         config: &GenerateConfig,
         latents: Option<Tensor<B, 4>>,
     ) -> Result<Generated<B>> {
+        self.generate_with(&self.transformer, prompts, negative, config, latents)
+    }
+
+    /// [`generate`](Self::generate) with another denoiser of the same shape in place of the
+    /// pipeline's own (a model being fine-tuned, rendering validation images).
+    pub fn generate_with<M: Denoiser<B>>(
+        &self,
+        denoiser: &M,
+        prompts: &[&str],
+        negative: Option<&[&str]>,
+        config: &GenerateConfig,
+        latents: Option<Tensor<B, 4>>,
+    ) -> Result<Generated<B>> {
         let n = config.max_sequence_length;
         let (cond, mut truncated) = self.encode_prompts(prompts, n)?;
         let uncond = if config.guided() {
@@ -180,7 +193,7 @@ impl<B: Backend> StableDiffusion3<B> {
             }
         };
         let latents = denoise(
-            &self.transformer,
+            denoiser,
             &sampler,
             latents,
             &cond,

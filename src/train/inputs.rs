@@ -28,3 +28,14 @@ impl<B: Backend, F: Fn(&str) -> usize> BatchInputs<B> for F {
         batch.train_batch(device, self)
     }
 }
+
+/// Cached features whose nouns a real tokenizer places ([`crate::text::ClipTokenizer`] gives
+/// exact positions, punctuation included).
+#[derive(Clone, Copy)]
+pub struct CachedInputs<'a>(pub &'a dyn crate::text::WordTokens);
+
+impl<B: Backend> BatchInputs<B> for CachedInputs<'_> {
+    fn train_batch(&self, batch: &Batch, device: &B::Device) -> Result<TrainBatch<B>> {
+        batch.train_batch_with(device, self.0)
+    }
+}

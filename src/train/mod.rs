@@ -23,7 +23,7 @@ pub use checkpoint::{
 };
 pub use config::{LrSchedule, TrainConfig};
 pub use ema::Ema;
-pub use inputs::BatchInputs;
+pub use inputs::{BatchInputs, CachedInputs};
 pub use params::{clip_global_norm, count_params, grad_sq_norm, scale_grads, stable_ids};
 pub use preview::{loss_plot, map_preview, preview_levels};
 pub use trainer::{RunDirs, StepLog, TrainedModels, step_seed, train};
