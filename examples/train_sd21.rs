@@ -19,9 +19,9 @@ mod common;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, ValueEnum};
 use common::train::{ModelInfo, TrainArgs, fit};
+use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{CtcalConfig, Schedule, TeacherRule};
 use ctcal::lora::LoraConfig;
 use ctcal::schedule::DdpmConfig;
@@ -58,7 +58,7 @@ fn main() -> Result<()> {
     dispatch!(cli.train.backend, run, &cli, autodiff)
 }
 
-fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
+fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let config = UNet2DConditionConfig::from_diffusers_json(&cli.model.join("config.json"))?;
     let (unet, report) = load_module(config.init::<B>(device), &cli.model, None)?;
     println!(

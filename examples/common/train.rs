@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
+use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{CtcalConfig, Denoiser, Schedule};
 use ctcal::data::{BadRowPolicy, CachedFeatures, Dataset};
 use ctcal::lora::{LoraConfig, LoraTarget, apply_lora, export_peft};
@@ -127,7 +128,7 @@ pub fn fit<B, M>(
     device: &B::Device,
 ) -> Result<()>
 where
-    B: AutodiffBackend,
+    B: AutodiffAttentionBackend,
     M: AutodiffModule<B> + Denoiser<B> + LoraTarget<B> + Clone,
     M::InnerModule: Denoiser<B::InnerBackend>,
 {
