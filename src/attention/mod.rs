@@ -193,3 +193,6 @@ pub(crate) fn explicit_probs<B: Backend>(
 
 #[cfg(all(test, feature = "ndarray"))]
 mod tests;
+
+#[cfg(all(test, feature = "ndarray"))]
+mod efficient_tests;
