@@ -283,7 +283,7 @@ fn checkpointed_ctcal_step_gives_the_same_gradients() {
         let out = ctcal_step(&unet, &ae, &batch, &draw, schedule, config).unwrap();
         let loss = out.loss.clone().inner().into_scalar();
         let grads = out.loss.backward();
-        (loss.into(), GradientsParams::from_grads(grads, &unet))
+        (loss, GradientsParams::from_grads(grads, &unet))
     }
     let inputs = [latents, noise];
     let (loss, plain) = step::<A>(&unet, &ae, inputs.clone(), ctx.clone(), &schedule, &config);
