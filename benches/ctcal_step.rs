@@ -12,9 +12,9 @@
 mod common;
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
 use common::{arg, flag, time};
+use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{
     CtcalConfig, MapAutoEncoderConfig, NounGroups, Schedule, StepDraw, TextCond, TrainBatch,
     ctcal_step,
@@ -22,7 +22,7 @@ use ctcal::ctcal::{
 use ctcal::schedule::DdpmConfig;
 use ctcal::unet::UNet2DConditionConfig;
 
-fn bench<B: AutodiffBackend>(
+fn bench<B: AutodiffAttentionBackend>(
     name: &str,
     unet_config: UNet2DConditionConfig,
     latent: usize,
@@ -82,7 +82,7 @@ fn main() {
     }
 }
 
-fn bench_all<B: AutodiffBackend>(full: bool, latent: usize, batch: usize, iters: usize) {
+fn bench_all<B: AutodiffAttentionBackend>(full: bool, latent: usize, batch: usize, iters: usize) {
     let device = Default::default();
     bench::<B>(
         "tiny",

@@ -12,9 +12,10 @@
 mod common;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use common::{Opts, compare};
+use ctcal::attention::{AttentionBackend, AutodiffAttentionBackend};
 use ctcal::attention::{AttentionKind, AttentionStore, NoHook, SiteFilter};
 use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 
@@ -22,7 +23,7 @@ type Inputs<B> = (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>, Tensor<B, 2>);
 
 /// One forward; with `joint` the maps are kept and feed the returned scalar (so a backward
 /// pays for them).
-fn step<B: Backend>(
+fn step<B: AttentionBackend>(
     model: &SD3Transformer2DModel<B>,
     inputs: &Inputs<B>,
     hook: &str,
@@ -57,7 +58,7 @@ fn inputs<B: Backend>(
     )
 }
 
-fn bench_config<B: AutodiffBackend>(
+fn bench_config<B: AutodiffAttentionBackend>(
     name: &str,
     config: SD3Transformer2DConfig,
     latent: usize,
@@ -80,7 +81,7 @@ fn bench_config<B: AutodiffBackend>(
     });
 }
 
-fn run<B: AutodiffBackend>(opts: &Opts, device: &B::Device) {
+fn run<B: AutodiffAttentionBackend>(opts: &Opts, device: &B::Device) {
     println!(
         "backend {}, batch {}, median of {} after one warm-up",
         opts.backend, opts.batch, opts.iters

@@ -12,9 +12,10 @@
 mod common;
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use common::{Opts, compare};
+use ctcal::attention::{AttentionBackend, AutodiffAttentionBackend};
 use ctcal::attention::{AttentionHook, AttentionSite, AttentionStore, NoHook, SiteFilter};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 
@@ -30,7 +31,7 @@ impl<B: Backend> AttentionHook<B> for AllSites {
 
 /// Runs the model once with the named hook mode; returns a scalar that depends on the maps
 /// (so a backward pays for keeping them).
-fn step<B: Backend>(
+fn step<B: AttentionBackend>(
     unet: &UNet2DConditionModel<B>,
     inputs: &(Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>),
     hook: &str,
@@ -64,7 +65,7 @@ fn inputs<B: Backend>(
     )
 }
 
-fn bench_config<B: AutodiffBackend>(
+fn bench_config<B: AutodiffAttentionBackend>(
     name: &str,
     config: UNet2DConditionConfig,
     latent: usize,
@@ -91,7 +92,7 @@ fn bench_config<B: AutodiffBackend>(
     });
 }
 
-fn run<B: AutodiffBackend>(opts: &Opts, device: &B::Device) {
+fn run<B: AutodiffAttentionBackend>(opts: &Opts, device: &B::Device) {
     println!(
         "backend {}, batch {}, median of {} after one warm-up",
         opts.backend, opts.batch, opts.iters

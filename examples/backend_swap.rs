@@ -17,8 +17,9 @@ use std::time::Instant;
 use anyhow::Result;
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
+use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{CtcalConfig, Denoiser, LossParts, Schedule, StepDraw, ctcal_step};
 use ctcal::data::{BadRowPolicy, Batch, CachedFeatures, DataCursor, Dataset};
 use ctcal::mmdit::SD3Transformer2DConfig;
@@ -33,7 +34,7 @@ const DRAWS: usize = 3;
 const TOL: f64 = 1e-4;
 
 /// Loss parts of each draw for the UNet then the MMDiT, and the mean step time in ms.
-fn run<B: AutodiffBackend>(device: &B::Device) -> Result<(Vec<LossParts>, f64)> {
+fn run<B: AutodiffAttentionBackend>(device: &B::Device) -> Result<(Vec<LossParts>, f64)> {
     let data = Path::new("weights/tiny-data/metadata.jsonl");
     let dataset = CachedFeatures::open(data, BadRowPolicy::Fail)?;
     let samples = (0..2)
@@ -73,7 +74,7 @@ fn steps<B, M>(
     device: &B::Device,
 ) -> Result<Vec<LossParts>>
 where
-    B: AutodiffBackend,
+    B: AutodiffAttentionBackend,
     M: AutodiffModule<B> + Denoiser<B>,
     M::InnerModule: Denoiser<B::InnerBackend>,
 {

@@ -19,9 +19,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::backend::Backend;
 use clap::Parser;
 use common::BackendKind;
+use ctcal::attention::AttentionBackend;
 use ctcal::lora::{LoraConfig, apply_lora, import_peft, merge_lora};
 use ctcal::pipeline::{
     GenerateConfig, PipelineFolder, SD_CLASSES, SD3_CLASSES, StableDiffusion, StableDiffusion3,
@@ -104,7 +104,7 @@ fn prompts(cli: &Cli) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-fn run<B: Backend>(cli: &Cli, device: &B::Device) -> Result<()> {
+fn run<B: AttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let prompts = prompts(cli)?;
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let negative = vec![cli.negative.as_str(); refs.len()];
@@ -173,7 +173,11 @@ fn run<B: Backend>(cli: &Cli, device: &B::Device) -> Result<()> {
 }
 
 /// Adds LoRA adapters to `model`, loads a PEFT file into them and merges them.
-fn with_lora<B: Backend, M>(model: M, config: &LoraConfig, path: &Path) -> Result<M>
+fn with_lora<B: burn::tensor::backend::Backend, M>(
+    model: M,
+    config: &LoraConfig,
+    path: &Path,
+) -> Result<M>
 where
     M: ctcal::lora::LoraTarget<B>,
 {

@@ -21,9 +21,9 @@ mod common;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::Backend;
 use clap::Parser;
 use common::{BackendKind, write_heatmaps, write_outputs};
+use ctcal::attention::AttentionBackend;
 use ctcal::attention::{AttentionKind, AttentionStore, SiteFilter};
 use ctcal::mmdit::SD3Transformer2DConfig;
 use ctcal::weights::{TensorFile, load_module, to_entry};
@@ -57,7 +57,7 @@ fn main() -> Result<()> {
     dispatch!(args.backend, run, &args)
 }
 
-fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+fn run<B: AttentionBackend>(args: &Args, device: &B::Device) -> Result<()> {
     let start = std::time::Instant::now();
     let config = SD3Transformer2DConfig::from_diffusers_json(&args.model.join("config.json"))?;
     let (model, report) = load_module(

@@ -19,9 +19,9 @@ mod common;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, ValueEnum};
 use common::train::{ModelInfo, TrainArgs, fit};
+use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{CtcalConfig, Schedule, TeacherRule};
 use ctcal::lora::LoraConfig;
 use ctcal::pipeline::StableDiffusion;
@@ -63,7 +63,7 @@ fn main() -> Result<()> {
     dispatch!(cli.train.backend, run, &cli, autodiff)
 }
 
-fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
+fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let pipe = StableDiffusion::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
     let model_dir = cli
         .model

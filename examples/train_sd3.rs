@@ -20,9 +20,9 @@ mod common;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use common::train::{ModelInfo, TrainArgs, fit};
+use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{CtcalConfig, Schedule, TeacherRule};
 use ctcal::lora::LoraConfig;
 use ctcal::mmdit::SD3Transformer2DConfig;
@@ -58,7 +58,7 @@ fn main() -> Result<()> {
     dispatch!(cli.train.backend, run, &cli, autodiff)
 }
 
-fn run<B: AutodiffBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
+fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let mut pipe = StableDiffusion3::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
     pipe.max_sequence_length = cli.max_sequence_length;
     let model_dir = cli

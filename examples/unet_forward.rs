@@ -18,9 +18,9 @@ mod common;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::tensor::backend::Backend;
 use clap::Parser;
 use common::{BackendKind, write_heatmaps, write_outputs};
+use ctcal::attention::AttentionBackend;
 use ctcal::attention::{AttentionStore, SiteFilter};
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::{TensorFile, load_module, to_entry};
@@ -53,7 +53,7 @@ fn main() -> Result<()> {
     dispatch!(args.backend, run, &args)
 }
 
-fn run<B: Backend>(args: &Args, device: &B::Device) -> Result<()> {
+fn run<B: AttentionBackend>(args: &Args, device: &B::Device) -> Result<()> {
     let start = std::time::Instant::now();
     let config = UNet2DConditionConfig::from_diffusers_json(&args.model.join("config.json"))?;
     let (unet, report) = load_module(

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
+use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{CtcalConfig, Denoiser, Schedule};
 use ctcal::data::{BadRowPolicy, BadRows, CachedFeatures, Dataset, ImageFolder};
 use ctcal::lora::{LoraConfig, LoraTarget, apply_lora, export_peft};
@@ -153,7 +154,7 @@ pub fn fit<B, M, P>(
     device: &B::Device,
 ) -> Result<()>
 where
-    B: AutodiffBackend,
+    B: AutodiffAttentionBackend,
     M: AutodiffModule<B> + Denoiser<B> + LoraTarget<B> + Clone,
     M::InnerModule: Denoiser<B::InnerBackend>,
     P: TrainingPipeline<B::InnerBackend, Denoiser = M::InnerModule>,

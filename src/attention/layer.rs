@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::{AttentionHook, AttentionSite, attend};
+use super::{AttentionBackend, AttentionHook, AttentionSite, attend};
 use crate::lora::LoraLinear;
 
 /// Configuration of an [`Attention`] layer (diffusers `Attention.__init__` arguments).
@@ -92,7 +92,7 @@ impl AttentionConfig {
     }
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: AttentionBackend> Attention<B> {
     /// Attends from `x` to `context` (or to `x` itself when `context` is `None`).
     ///
     /// # Shapes

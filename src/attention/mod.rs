@@ -5,21 +5,27 @@
 //! the way llama-burn threads its key-value cache, and every attention layer asks the hook
 //! whether it [`wants`](AttentionHook::wants) its site. Wanted sites compute an explicit softmax
 //! (in f32 when the layer upcasts) whose probabilities stay on the autodiff graph and are handed
-//! to [`on_probs`](AttentionHook::on_probs); every other site takes burn's fused `attention` op.
-//! With [`NoHook`] the branch disappears after monomorphisation.
+//! to [`on_probs`](AttentionHook::on_probs); every other site takes the memory-efficient
+//! attention of [`AttentionBackend`], whose backward recomputes the probabilities in query
+//! chunks instead of keeping them. With [`NoHook`] the branch disappears after
+//! monomorphisation.
 
+mod autodiff;
+pub mod chunked;
+mod efficient;
 mod layer;
 mod site;
 mod store;
 
+pub use efficient::{
+    AttentionBackend, AutodiffAttentionBackend, attention_logsumexp, efficient_attention,
+};
 pub use layer::{Attention, AttentionConfig};
 pub(crate) use layer::{merge_heads, norm_heads, split_heads};
 pub use site::{AttentionKind, AttentionSite, BlockPos, Slot};
 pub use store::{AttentionStore, SiteFilter, StoredMap};
 
 use burn::tensor::activation::softmax;
-use burn::tensor::module::attention as fused_attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor, backend::Backend};
 
 /// Receives the attention probabilities of the layers it asks for.
@@ -63,7 +69,7 @@ pub enum JointView {
     Full,
 }
 
-/// The hook that wants nothing: every attention layer takes the fused path.
+/// The hook that wants nothing: every attention layer takes the memory-efficient path.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoHook;
 
@@ -94,13 +100,14 @@ impl<B: Backend, H: AttentionHook<B> + ?Sized> AttentionHook<B> for &mut H {
 ///
 /// Wanted sites compute `softmax(q k^T * scale)` explicitly; the softmax runs in f32 when
 /// `upcast` is set (diffusers' `upcast_attention` and `upcast_softmax`) and its probabilities are
-/// passed to the hook before multiplying `v`. Other sites call burn's fused attention.
+/// passed to the hook before multiplying `v`. Other sites call [`efficient_attention`] (no
+/// `[batch, heads, queries, keys]` buffer in the forward or, under autodiff, the backward).
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, queries, head_dim]`
 /// - `k`, `v`: `[batch, heads, keys, head_dim]`
 /// - returns `[batch, heads, queries, head_dim]`
-pub fn attend<B: Backend, H: AttentionHook<B>>(
+pub fn attend<B: AttentionBackend, H: AttentionHook<B>>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -112,11 +119,7 @@ pub fn attend<B: Backend, H: AttentionHook<B>>(
     let head_dim = q.dims()[3];
     let scale = (head_dim as f64).powf(-0.5);
     if !hook.wants(site) {
-        let options = AttentionModuleOptions {
-            scale: Some(scale),
-            ..Default::default()
-        };
-        return fused_attention(q, k, v, None, None, options);
+        return efficient_attention(q, k, v, scale, None);
     }
     let probs = explicit_probs(q, k, scale, upcast);
     hook.on_probs(site, grid, probs.clone());
@@ -126,15 +129,17 @@ pub fn attend<B: Backend, H: AttentionHook<B>>(
 
 /// Joint attention over `[image tokens ; text tokens]` (image first, as diffusers orders them).
 ///
-/// A wanted site computes the joint softmax explicitly (in f32 for half-precision inputs) and
-/// hands the hook its image-query to text-key block `P[:, :, :n_image, n_image:]`, or the whole
-/// map if the hook's [`joint_view`](AttentionHook::joint_view) asks; other sites call burn's
-/// fused attention.
+/// Every site computes its output with [`efficient_attention`]. A wanted site with the default
+/// [`JointView::ImageToText`] also gets the image-query to text-key block
+/// `P[:, :, :n_image, n_image:] = exp(q_i k_t^T * scale - L_i)` from the image rows' joint
+/// log-sum-exp `L_i` ([`attention_logsumexp`], differentiable), so the whole joint matrix is
+/// never formed (the block is in f32 for half-precision inputs). Only
+/// [`JointView::Full`] computes the joint softmax explicitly.
 ///
 /// # Shapes
 /// - `q`, `k`, `v`: `[batch, heads, n_image + n_text, head_dim]`
 /// - returns `[batch, heads, n_image + n_text, head_dim]`
-pub fn attend_joint<B: Backend, H: AttentionHook<B>>(
+pub fn attend_joint<B: AttentionBackend, H: AttentionHook<B>>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -146,16 +151,31 @@ pub fn attend_joint<B: Backend, H: AttentionHook<B>>(
     if !hook.wants(site) {
         return attend(q, k, v, site, grid, true, hook);
     }
-    let [b, h, n, _] = q.dims();
-    let scale = (q.dims()[3] as f64).powf(-0.5);
-    let probs = explicit_probs(q, k, scale, true);
-    let view = match hook.joint_view(site) {
-        JointView::ImageToText => probs.clone().slice([0..b, 0..h, 0..n_image, n_image..n]),
-        JointView::Full => probs.clone(),
-    };
-    hook.on_probs(site, grid, view);
-    let dtype = v.dtype();
-    probs.cast(dtype).matmul(v)
+    let [_, _, n, head_dim] = q.dims();
+    let scale = (head_dim as f64).powf(-0.5);
+    if hook.joint_view(site) == JointView::Full {
+        let probs = explicit_probs(q, k, scale, true);
+        hook.on_probs(site, grid, probs.clone());
+        let dtype = v.dtype();
+        return probs.cast(dtype).matmul(v);
+    }
+    let out = efficient_attention(q.clone(), k.clone(), v, scale, None);
+    let (q, k) = upcast_half(q, k);
+    let q_image = q.narrow(2, 0, n_image);
+    let lse = attention_logsumexp(q_image.clone(), k.clone(), scale, None);
+    let k_text = k.narrow(2, n_image, n - n_image);
+    let probs = (q_image.matmul(k_text.swap_dims(2, 3)) * scale - lse).exp();
+    hook.on_probs(site, grid, probs);
+    out
+}
+
+/// Casts half-precision `q`, `k` to f32 (f32 and f64 are left as they are).
+fn upcast_half<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    if matches!(q.dtype(), DType::F16 | DType::BF16) {
+        (q.cast(DType::F32), k.cast(DType::F32))
+    } else {
+        (q, k)
+    }
 }
 
 /// `softmax(q k^T * scale)` over the last axis; with `upcast`, half-precision inputs are cast
@@ -166,14 +186,13 @@ pub(crate) fn explicit_probs<B: Backend>(
     scale: f64,
     upcast: bool,
 ) -> Tensor<B, 4> {
-    let (q, k) = if upcast && matches!(q.dtype(), DType::F16 | DType::BF16) {
-        (q.cast(DType::F32), k.cast(DType::F32))
-    } else {
-        (q, k)
-    };
+    let (q, k) = if upcast { upcast_half(q, k) } else { (q, k) };
     let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
     softmax(scores, 3)
 }
 
 #[cfg(all(test, feature = "ndarray"))]
 mod tests;
+
+#[cfg(all(test, feature = "ndarray"))]
+mod efficient_tests;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     CtcalConfig, MapAutoEncoder, NounGroups, TeacherRule, ctcal_loss, noun_maps, token_maps,
 };
-use crate::attention::{AttentionHook, AttentionKind, AttentionStore, NoHook};
+use crate::attention::{AttentionBackend, AttentionHook, AttentionKind, AttentionStore, NoHook};
 use crate::error::{Error, Result};
 use crate::mmdit::SD3Transformer2DModel;
 use crate::schedule::{DdpmSchedule, FlowSchedule};
@@ -59,7 +59,7 @@ pub trait Denoiser<B: Backend> {
     fn map_kind(&self) -> AttentionKind;
 }
 
-impl<B: Backend> Denoiser<B> for UNet2DConditionModel<B> {
+impl<B: AttentionBackend> Denoiser<B> for UNet2DConditionModel<B> {
     fn denoise<H: AttentionHook<B>>(
         &self,
         x: Tensor<B, 4>,
@@ -76,7 +76,7 @@ impl<B: Backend> Denoiser<B> for UNet2DConditionModel<B> {
     }
 }
 
-impl<B: Backend> Denoiser<B> for SD3Transformer2DModel<B> {
+impl<B: AttentionBackend> Denoiser<B> for SD3Transformer2DModel<B> {
     fn denoise<H: AttentionHook<B>>(
         &self,
         x: Tensor<B, 4>,

@@ -36,21 +36,27 @@ impl<Bk: Backend> ScalarF64 for Tensor<Bk, 1> {
     }
 }
 
-fn unet<Bk: Backend>() -> UNet2DConditionModel<Bk> {
+fn unet<Bk: crate::attention::AttentionBackend>() -> UNet2DConditionModel<Bk> {
     UNet2DConditionConfig::tiny().init(&Default::default())
 }
 
-fn mmdit<Bk: Backend>() -> SD3Transformer2DModel<Bk> {
+fn mmdit<Bk: crate::attention::AttentionBackend>() -> SD3Transformer2DModel<Bk> {
     SD3Transformer2DConfig::tiny().init(&Default::default())
 }
 
-fn run_unet<Bk: Backend>(model: &UNet2DConditionModel<Bk>, seed: u64) -> Tensor<Bk, 4> {
+fn run_unet<Bk: crate::attention::AttentionBackend>(
+    model: &UNet2DConditionModel<Bk>,
+    seed: u64,
+) -> Tensor<Bk, 4> {
     Bk::seed(&Default::default(), seed);
     let t = Tensor::from_floats([500.0], &Default::default());
     model.forward(normal([1, 4, 8, 8]), t, normal([1, 5, 32]))
 }
 
-fn run_mmdit<Bk: Backend>(model: &SD3Transformer2DModel<Bk>, seed: u64) -> Tensor<Bk, 4> {
+fn run_mmdit<Bk: crate::attention::AttentionBackend>(
+    model: &SD3Transformer2DModel<Bk>,
+    seed: u64,
+) -> Tensor<Bk, 4> {
     Bk::seed(&Default::default(), seed);
     let t = Tensor::from_floats([500.0], &Default::default());
     model.forward(normal([1, 4, 8, 6]), t, normal([1, 5, 32]), normal([1, 32]))

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::attention::{AttentionHook, AttentionSite, attend_joint};
+use crate::attention::{AttentionBackend, AttentionHook, AttentionSite, attend_joint};
 use crate::attention::{merge_heads, norm_heads, split_heads};
 use crate::lora::LoraLinear;
 
@@ -76,7 +76,9 @@ impl<B: Backend> JointAttention<B> {
             site,
         }
     }
+}
 
+impl<B: AttentionBackend> JointAttention<B> {
     /// Attends jointly; returns the image stream's output and, unless `context_pre_only`, the
     /// text stream's.
     ///

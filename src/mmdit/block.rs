@@ -6,7 +6,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::attention::JointAttention;
 use super::norm::{AdaLayerNormContinuous, AdaLayerNormZero, NORM_EPS, gated, modulate};
-use crate::attention::{Attention, AttentionHook};
+use crate::attention::{Attention, AttentionBackend, AttentionHook};
 use crate::nn::{FeedForward, layer_norm};
 
 /// The text stream's first norm: adaLN-Zero, or in the last block (which only feeds the text
@@ -36,7 +36,7 @@ pub struct JointTransformerBlock<B: Backend> {
     pub ff_context: Option<FeedForward<B>>,
 }
 
-impl<B: Backend> JointTransformerBlock<B> {
+impl<B: AttentionBackend> JointTransformerBlock<B> {
     /// Runs the block.
     ///
     /// # Shapes

@@ -22,7 +22,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::attention::{
-    AttentionConfig, AttentionHook, AttentionKind, AttentionSite, BlockPos, NoHook, Slot,
+    AttentionBackend, AttentionConfig, AttentionHook, AttentionKind, AttentionSite, BlockPos,
+    NoHook, Slot,
 };
 use crate::error::{Error, Result};
 use crate::nn::{FeedForwardActivation, FeedForwardConfig};
@@ -136,7 +137,7 @@ impl SD3Transformer2DConfig {
     }
 }
 
-impl<B: Backend> SD3Transformer2DModel<B> {
+impl<B: AttentionBackend> SD3Transformer2DModel<B> {
     /// Predicts the flow velocity (`noise - x0`).
     ///
     /// # Shapes
@@ -189,7 +190,9 @@ impl<B: Backend> SD3Transformer2DModel<B> {
             .permute([0, 5, 1, 3, 2, 4])
             .reshape([b, c, height, width])
     }
+}
 
+impl<B: Backend> SD3Transformer2DModel<B> {
     /// Every attention layer (joint `attn`, dual `attn2`), in forward order.
     pub fn sites(&self) -> &[AttentionSite] {
         &self.sites

@@ -6,6 +6,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 
 use super::{GenerateConfig, Generated, StableDiffusion, StableDiffusion3};
+use crate::attention::AttentionBackend;
 use crate::ctcal::Denoiser;
 use crate::ctcal::{TextCond, TrainBatch};
 use crate::data::Batch;
@@ -37,7 +38,7 @@ pub trait TrainingPipeline<B: Backend> {
     fn vae(&self) -> &AutoencoderKL<B>;
 }
 
-impl<B: Backend> TrainingPipeline<B> for StableDiffusion<B> {
+impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion<B> {
     type Denoiser = UNet2DConditionModel<B>;
     fn render(
         &self,
@@ -58,7 +59,7 @@ impl<B: Backend> TrainingPipeline<B> for StableDiffusion<B> {
     }
 }
 
-impl<B: Backend> TrainingPipeline<B> for StableDiffusion3<B> {
+impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion3<B> {
     type Denoiser = SD3Transformer2DModel<B>;
     fn render(
         &self,

@@ -7,6 +7,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 
 use super::denoise::{GenerateConfig, denoise, initial_latents};
 use super::index::PipelineFolder;
+use crate::attention::AttentionBackend;
 use crate::ctcal::{Denoiser, TextCond};
 use crate::error::{Error, Result};
 use crate::schedule::{DdimConfig, DdimScheduler, Sampler};
@@ -37,7 +38,7 @@ pub struct StableDiffusion<B: Backend> {
     pub device: B::Device,
 }
 
-impl<B: Backend> StableDiffusion<B> {
+impl<B: AttentionBackend> StableDiffusion<B> {
     /// Loads every component of a diffusers pipeline folder; `variant` as in
     /// [`load_module`] (`Some("fp16")`). The scheduler must be DDIM-compatible (see
     /// [`DdimConfig::from_diffusers_json`]).

@@ -8,6 +8,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::denoise::{GenerateConfig, denoise, initial_latents};
 use super::index::PipelineFolder;
 use super::sd21::{Generated, check_len, decode, pixel_size, token_ids, truncated};
+use crate::attention::AttentionBackend;
 use crate::ctcal::{Denoiser, TextCond};
 use crate::error::Result;
 use crate::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
@@ -52,7 +53,7 @@ pub struct StableDiffusion3<B: Backend> {
     pub device: B::Device,
 }
 
-impl<B: Backend> StableDiffusion3<B> {
+impl<B: AttentionBackend> StableDiffusion3<B> {
     /// Loads every component of a diffusers SD 3 pipeline folder (`text_encoder_3` and
     /// `tokenizer_3` may be `[null, null]`); `variant` as in [`load_module`].
     pub fn load(root: &Path, variant: Option<&str>, device: &B::Device) -> Result<Self> {

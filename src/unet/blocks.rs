@@ -9,7 +9,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::transformer::Transformer2DModel;
-use crate::attention::AttentionHook;
+use crate::attention::{AttentionBackend, AttentionHook};
 
 /// `CrossAttnDownBlock2D` (with `attentions`) or `DownBlock2D` (without).
 #[derive(Module, Debug)]
@@ -22,7 +22,7 @@ pub struct DownBlock2D<B: Backend> {
     pub downsamplers: Vec<Downsample2D<B>>,
 }
 
-impl<B: Backend> DownBlock2D<B> {
+impl<B: AttentionBackend> DownBlock2D<B> {
     /// Runs the block, pushing every intermediate state onto `skips` for the up path.
     pub fn forward<H: AttentionHook<B>>(
         &self,
@@ -56,7 +56,7 @@ pub struct UNetMidBlock2DCrossAttn<B: Backend> {
     pub attentions: Vec<Transformer2DModel<B>>,
 }
 
-impl<B: Backend> UNetMidBlock2DCrossAttn<B> {
+impl<B: AttentionBackend> UNetMidBlock2DCrossAttn<B> {
     /// # Shapes
     /// - `x`: `[batch, channels, h, w]`, returned with the same shape.
     pub fn forward<H: AttentionHook<B>>(
@@ -86,7 +86,7 @@ pub struct UpBlock2D<B: Backend> {
     pub upsamplers: Vec<Upsample2D<B>>,
 }
 
-impl<B: Backend> UpBlock2D<B> {
+impl<B: AttentionBackend> UpBlock2D<B> {
     /// Runs the block, popping one skip per resnet; the upsampler targets the spatial size of
     /// the next skip (or twice the current size when none is left).
     pub fn forward<H: AttentionHook<B>>(

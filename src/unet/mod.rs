@@ -21,7 +21,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::attention::{AttentionHook, AttentionSite, BlockPos, NoHook};
+use crate::attention::{AttentionBackend, AttentionHook, AttentionSite, BlockPos, NoHook};
 use crate::error::{Error, Result};
 use crate::nn::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 use resnet::conv3x3;
@@ -211,7 +211,7 @@ impl UNet2DConditionConfig {
     }
 }
 
-impl<B: Backend> UNet2DConditionModel<B> {
+impl<B: AttentionBackend> UNet2DConditionModel<B> {
     /// Predicts noise (or v) without hooks: every attention layer takes the fused path.
     ///
     /// # Shapes
@@ -266,7 +266,9 @@ impl<B: Backend> UNet2DConditionModel<B> {
         // 5. Output.
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
+}
 
+impl<B: Backend> UNet2DConditionModel<B> {
     /// Every attention layer, in forward order.
     pub fn sites(&self) -> &[AttentionSite] {
         &self.sites

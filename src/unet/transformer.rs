@@ -7,7 +7,8 @@ use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, L
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::attention::{
-    Attention, AttentionConfig, AttentionHook, AttentionKind, AttentionSite, BlockPos, Slot,
+    Attention, AttentionBackend, AttentionConfig, AttentionHook, AttentionKind, AttentionSite,
+    BlockPos, Slot,
 };
 use crate::nn::{FeedForward, FeedForwardActivation, FeedForwardConfig};
 
@@ -36,7 +37,7 @@ pub struct BasicTransformerBlock<B: Backend> {
     pub ff: FeedForward<B>,
 }
 
-impl<B: Backend> BasicTransformerBlock<B> {
+impl<B: AttentionBackend> BasicTransformerBlock<B> {
     /// # Shapes
     /// - `x`: `[batch, h * w, dim]`, `context`: `[batch, tokens, cross_attention_dim]`
     pub fn forward<H: AttentionHook<B>>(
@@ -147,7 +148,11 @@ impl<B: Backend> Transformer2DModel<B> {
             proj_out: projection(),
         }
     }
+}
 
+impl<B: AttentionBackend> Transformer2DModel<B> {
+    /// Runs the block's transformer layers on the feature map.
+    ///
     /// # Shapes
     /// - `x`: `[batch, channels, h, w]`, `context`: `[batch, tokens, cross_attention_dim]`
     /// - returns `[batch, channels, h, w]`

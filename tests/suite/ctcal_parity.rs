@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{
     CtcalConfig, Denoiser, LossParts, MapAutoEncoderConfig, NounGroups, Schedule, StepDraw,
     TextCond, TrainBatch, ctcal_step,
@@ -70,7 +71,7 @@ where
 }
 
 /// The SD 2 case: tiny UNet, DDPM v-prediction, maps of the two top levels.
-fn run_sd2<B: AutodiffBackend>(device: &B::Device) -> LossParts {
+fn run_sd2<B: AutodiffAttentionBackend>(device: &B::Device) -> LossParts {
     let dir = fixture("unet_sd2/unet");
     let config = UNet2DConditionConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     let (unet, _) = load_module(config.init::<B>(device), &dir, None).unwrap();
@@ -82,7 +83,7 @@ fn run_sd2<B: AutodiffBackend>(device: &B::Device) -> LossParts {
 }
 
 /// The SD 3 case: tiny MMDiT, rectified flow (sigmas given), every joint block's map.
-fn run_sd3<B: AutodiffBackend>(device: &B::Device) -> LossParts {
+fn run_sd3<B: AutodiffAttentionBackend>(device: &B::Device) -> LossParts {
     let dir = fixture("mmdit_sd3/transformer");
     let config = SD3Transformer2DConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     let (model, _) = load_module(config.init::<B>(device), &dir, None).unwrap();

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 
 use crate::common::{Cpu, fixture, rel_err, values};
 use burn::backend::Autodiff;
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::Tensor;
+use ctcal::attention::AttentionBackend;
 use ctcal::lora::{LoraConfig, LoraTarget, apply_lora, export_peft, import_peft, merge_lora};
 use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -29,13 +30,13 @@ fn temp_file(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("ctcal-lora-{}-{name}", std::process::id()))
 }
 
-fn unet<B: Backend>(device: &B::Device) -> UNet2DConditionModel<B> {
+fn unet<B: AttentionBackend>(device: &B::Device) -> UNet2DConditionModel<B> {
     let dir = fixture("unet_sd2").join("unet");
     let config = UNet2DConditionConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     load_module(config.init::<B>(device), &dir, None).unwrap().0
 }
 
-fn run_unet<B: Backend>(model: &UNet2DConditionModel<B>, device: &B::Device) -> Vec<f32> {
+fn run_unet<B: AttentionBackend>(model: &UNet2DConditionModel<B>, device: &B::Device) -> Vec<f32> {
     let f = TensorFile::read(&fixture("unet_sd2").join("inputs.safetensors")).unwrap();
     let sample: Tensor<B, 4> = f.tensor("sample", device).unwrap();
     let t: Tensor<B, 1> = f.tensor("timestep", device).unwrap();
@@ -43,13 +44,16 @@ fn run_unet<B: Backend>(model: &UNet2DConditionModel<B>, device: &B::Device) -> 
     values(model.forward(sample, t, ctx))
 }
 
-fn mmdit<B: Backend>(device: &B::Device) -> SD3Transformer2DModel<B> {
+fn mmdit<B: AttentionBackend>(device: &B::Device) -> SD3Transformer2DModel<B> {
     let dir = fixture("mmdit_sd3").join("transformer");
     let config = SD3Transformer2DConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     load_module(config.init::<B>(device), &dir, None).unwrap().0
 }
 
-fn run_mmdit<B: Backend>(model: &SD3Transformer2DModel<B>, device: &B::Device) -> Vec<f32> {
+fn run_mmdit<B: AttentionBackend>(
+    model: &SD3Transformer2DModel<B>,
+    device: &B::Device,
+) -> Vec<f32> {
     let f = TensorFile::read(&fixture("mmdit_sd3").join("inputs.safetensors")).unwrap();
     let x: Tensor<B, 4> = f.tensor("hidden_states", device).unwrap();
     let t: Tensor<B, 1> = f.tensor("timestep", device).unwrap();

@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so the backends are compiled once.
 
+mod attention_grad;
 mod common;
 mod ctcal_parity;
 mod embedded_default;

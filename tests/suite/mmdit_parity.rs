@@ -4,13 +4,17 @@
 
 use crate::common::{assert_maps, fixture, rel_err, values};
 use burn::tensor::{Tensor, backend::Backend};
-use ctcal::attention::{AttentionKind, AttentionStore, SiteFilter};
+use ctcal::attention::{AttentionBackend, AttentionKind, AttentionStore, SiteFilter};
 use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel, sincos_table};
 use ctcal::weights::{TensorFile, load_module};
 
 const TOL: f32 = 1e-4;
 
-fn load<B: Backend>(case: &str, folder: &str, device: &B::Device) -> SD3Transformer2DModel<B> {
+fn load<B: AttentionBackend>(
+    case: &str,
+    folder: &str,
+    device: &B::Device,
+) -> SD3Transformer2DModel<B> {
     let dir = fixture(case).join(folder);
     let config = SD3Transformer2DConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     let (model, report) = load_module(config.init::<B>(device), &dir, None).unwrap();
@@ -25,7 +29,7 @@ struct Inputs<B: Backend> {
     pooled: Tensor<B, 2>,
 }
 
-fn inputs<B: Backend>(case: &str, device: &B::Device) -> Inputs<B> {
+fn inputs<B: AttentionBackend>(case: &str, device: &B::Device) -> Inputs<B> {
     let f = TensorFile::read(&fixture(case).join("inputs.safetensors")).unwrap();
     Inputs {
         x: f.tensor("hidden_states", device).unwrap(),
@@ -36,7 +40,7 @@ fn inputs<B: Backend>(case: &str, device: &B::Device) -> Inputs<B> {
 }
 
 /// Runs `case` and checks the output and every joint map against diffusers.
-fn check_case<B: Backend>(case: &str, device: &B::Device) {
+fn check_case<B: AttentionBackend>(case: &str, device: &B::Device) {
     let model = load::<B>(case, "transformer", device);
     let expected = TensorFile::read(&fixture(case).join("outputs.safetensors")).unwrap();
     let mut store = AttentionStore::new(SiteFilter::default().with_kinds([AttentionKind::Joint]));

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::backend::Backend;
+use ctcal::attention::AttentionBackend;
 use ctcal::pipeline::{GenerateConfig, Generated, StableDiffusion, StableDiffusion3};
 use ctcal::weights::TensorFile;
 
@@ -51,7 +51,7 @@ fn case(name: &str) -> Case {
     }
 }
 
-fn check(name: &str, case: &Case, got: Generated<impl Backend>) {
+fn check(name: &str, case: &Case, got: Generated<impl burn::tensor::backend::Backend>) {
     for (key, tensor) in [("latents", got.latents), ("image", got.images)] {
         let err = rel_err(&values(tensor), &case.expected.tensors[key].1);
         eprintln!("{name}: {key} relative error {err:.2e}");
@@ -60,7 +60,7 @@ fn check(name: &str, case: &Case, got: Generated<impl Backend>) {
     assert!(got.truncated.is_empty());
 }
 
-fn sd21<B: Backend>(device: &B::Device) {
+fn sd21<B: AttentionBackend>(device: &B::Device) {
     let c = case("pipeline_sd21");
     let pipe = StableDiffusion::<B>::load(&weights("tiny-sd21"), None, device).unwrap();
     let prompts: Vec<&str> = c.prompts.iter().map(String::as_str).collect();
@@ -72,7 +72,7 @@ fn sd21<B: Backend>(device: &B::Device) {
     check("pipeline_sd21", &c, got);
 }
 
-fn sd3<B: Backend>(device: &B::Device) {
+fn sd3<B: AttentionBackend>(device: &B::Device) {
     let c = case("pipeline_sd3");
     let pipe = StableDiffusion3::<B>::load(&weights("tiny-sd3"), None, device).unwrap();
     let prompts: Vec<&str> = c.prompts.iter().map(String::as_str).collect();

@@ -2,14 +2,18 @@
 //! written by `scripts/make_fixtures.py`, within relative error 1e-4 (f32).
 
 use crate::common::{assert_maps, fixture, rel_err, values};
-use burn::tensor::{Tensor, backend::Backend};
-use ctcal::attention::{AttentionKind, AttentionStore, SiteFilter};
+use burn::tensor::Tensor;
+use ctcal::attention::{AttentionBackend, AttentionKind, AttentionStore, SiteFilter};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use ctcal::weights::{TensorFile, load_module};
 
 const TOL: f32 = 1e-4;
 
-fn load_unet<B: Backend>(case: &str, folder: &str, device: &B::Device) -> UNet2DConditionModel<B> {
+fn load_unet<B: AttentionBackend>(
+    case: &str,
+    folder: &str,
+    device: &B::Device,
+) -> UNet2DConditionModel<B> {
     let dir = fixture(case).join(folder);
     let config = UNet2DConditionConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     let (unet, report) = load_module(config.init::<B>(device), &dir, None).unwrap();
@@ -18,7 +22,7 @@ fn load_unet<B: Backend>(case: &str, folder: &str, device: &B::Device) -> UNet2D
 }
 
 /// The `sample`, `timestep` and `encoder_hidden_states` of a fixture's inputs.
-fn inputs<B: Backend>(
+fn inputs<B: AttentionBackend>(
     case: &str,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 3>) {
@@ -31,7 +35,7 @@ fn inputs<B: Backend>(
 }
 
 /// Runs `case` and checks the output and every attn2 map against diffusers.
-fn check_case<B: Backend>(case: &str, device: &B::Device) {
+fn check_case<B: AttentionBackend>(case: &str, device: &B::Device) {
     let unet = load_unet::<B>(case, "unet", device);
     let expected = TensorFile::read(&fixture(case).join("outputs.safetensors")).unwrap();
     let mut store = AttentionStore::new(SiteFilter::cross());

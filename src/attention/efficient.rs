@@ -1,0 +1,159 @@
+//! Memory-efficient attention: a backend extension whose autodiff version has its own backward.
+//!
+//! burn 0.21's `attention` under `Autodiff` falls back to `softmax(q k^T) v` in separate tensor
+//! operations, so the graph keeps the whole `[batch, heads, n_q, n_k]` probability matrix for
+//! the backward (2.7 GB for one SD 2.1 self-attention at 512 px, batch 8). The operation here
+//! keeps only `q`, `k`, `v`, the output and the row log-sum-exp, and its backward recomputes
+//! the probabilities query chunk by query chunk (see [`chunked`](super::chunked)).
+//!
+//! [`AttentionBackend`] is implemented for the backends the crate's features add (ndarray, and
+//! cubecl's `CubeBackend` with or without `Fusion`, which `Wgpu` and `Cuda` are) using the
+//! chunked default forward, and for `Autodiff<B, C>` (any checkpointing strategy) with the
+//! custom backward (in [`autodiff`](super::autodiff)).
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use super::chunked;
+
+/// A backend with memory-efficient attention and a differentiable row log-sum-exp.
+///
+/// The defaults compute in query chunks with plain tensor operations; `Autodiff<B, C>` overrides
+/// both with operations whose backward recomputes the probabilities chunk by chunk. Every model
+/// in this crate that attends needs `B: AttentionBackend`.
+pub trait AttentionBackend: Backend {
+    /// `softmax(q k^T * scale) v` without materialising the whole score matrix.
+    ///
+    /// # Shapes
+    /// - `q`: `[batch, heads, n_q, d]`, `k`: `[batch, heads, n_k, d]`,
+    ///   `v`: `[batch, heads, n_k, d_v]`; returns `[batch, heads, n_q, d_v]`
+    /// - at most `chunk` query rows' scores (`[batch, heads, chunk, n_k]`) exist at a time
+    fn memory_efficient_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+        chunk: usize,
+    ) -> FloatTensor<Self> {
+        let (out, _) = chunked::forward(tensor::<Self>(q), tensor(k), tensor(v), scale, chunk);
+        primitive(out)
+    }
+
+    /// The row log-sum-exp `L_i = log sum_j exp(q_i . k_j * scale)`, chunked like
+    /// [`memory_efficient_attention`](Self::memory_efficient_attention).
+    ///
+    /// # Shapes
+    /// - `q`: `[batch, heads, n_q, d]`, `k`: `[batch, heads, n_k, d]`;
+    ///   returns `[batch, heads, n_q, 1]`
+    fn attention_logsumexp(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        scale: f64,
+        chunk: usize,
+    ) -> FloatTensor<Self> {
+        primitive(chunked::logsumexp(
+            tensor::<Self>(q),
+            tensor(k),
+            scale,
+            chunk,
+        ))
+    }
+}
+
+/// An autodiff backend whose inner backend has memory-efficient attention too: what a training
+/// step needs (the student runs under autodiff, the no-grad teacher on the inner backend).
+/// Implemented for every such backend, e.g. `Autodiff<NdArray>`, `Autodiff<Wgpu, BalancedCheckpointing>`.
+pub trait AutodiffAttentionBackend:
+    AutodiffBackend<InnerBackend: AttentionBackend> + AttentionBackend
+{
+}
+
+impl<B: AutodiffBackend<InnerBackend: AttentionBackend> + AttentionBackend> AutodiffAttentionBackend
+    for B
+{
+}
+
+/// Wraps a float primitive in a rank-4 tensor.
+pub(crate) fn tensor<B: Backend>(p: FloatTensor<B>) -> Tensor<B, 4> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// Unwraps a float tensor's primitive.
+pub(crate) fn primitive<B: Backend>(t: Tensor<B, 4>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+/// `softmax(q k^T * scale) v` through [`AttentionBackend::memory_efficient_attention`], with the
+/// chunk from [`chunked::default_chunk`] unless given.
+///
+/// # Shapes
+/// - `q`: `[batch, heads, n_q, d]`, `k`: `[batch, heads, n_k, d]`, `v`: `[batch, heads, n_k, d_v]`
+/// - returns `[batch, heads, n_q, d_v]`
+pub fn efficient_attention<B: AttentionBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    scale: f64,
+    chunk: Option<usize>,
+) -> Tensor<B, 4> {
+    let [b, h, _, _] = q.dims();
+    let chunk = chunk.unwrap_or_else(|| chunked::default_chunk(b, h, k.dims()[2]));
+    tensor(B::memory_efficient_attention(
+        primitive(q),
+        primitive(k),
+        primitive(v),
+        scale,
+        chunk,
+    ))
+}
+
+/// The row log-sum-exp of `q k^T * scale` through [`AttentionBackend::attention_logsumexp`]
+/// (differentiable under autodiff), chunked like [`efficient_attention`].
+///
+/// # Shapes
+/// - `q`: `[batch, heads, n_q, d]`, `k`: `[batch, heads, n_k, d]`; returns `[batch, heads, n_q, 1]`
+pub fn attention_logsumexp<B: AttentionBackend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    scale: f64,
+    chunk: Option<usize>,
+) -> Tensor<B, 4> {
+    let [b, h, _, _] = q.dims();
+    let chunk = chunk.unwrap_or_else(|| chunked::default_chunk(b, h, k.dims()[2]));
+    tensor(B::attention_logsumexp(
+        primitive(q),
+        primitive(k),
+        scale,
+        chunk,
+    ))
+}
+
+#[cfg(feature = "ndarray")]
+mod ndarray_impl {
+    use burn::backend::NdArray;
+    use burn::backend::ndarray::{
+        FloatNdArrayElement, IntNdArrayElement, NdArrayTensor, QuantElement, SharedArray,
+    };
+
+    impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> super::AttentionBackend
+        for NdArray<E, I, Q>
+    where
+        NdArrayTensor: From<SharedArray<E>>,
+        NdArrayTensor: From<SharedArray<I>>,
+    {
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube_impl {
+    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+    use burn_fusion::{Fusion, FusionBackend};
+
+    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> super::AttentionBackend
+        for CubeBackend<R, F, I, BT>
+    {
+    }
+
+    impl<B: FusionBackend> super::AttentionBackend for Fusion<B> {}
+}
