@@ -376,9 +376,7 @@ def make_all() -> None:
     corpus = training_corpus()
     vocab, merges = train_bpe(corpus, MERGES)
     OUT.mkdir(parents=True, exist_ok=True)
-    folders = {"clip_sd21": None, "clip_sd3": None, "clip_sd3_2": None, "clip_fast": None,
-               "t5": None}
-    for name in folders:
+    for name in ["clip_sd21", "clip_sd3", "clip_sd3_2", "clip_fast", "t5"]:
         if (OUT / name).exists():
             shutil.rmtree(OUT / name)
     write_clip_sd21(OUT / "clip_sd21", vocab, merges)

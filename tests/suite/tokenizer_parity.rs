@@ -343,3 +343,28 @@ fn broken_files_are_named() {
     let msg = T5Tokenizer::from_folder(fixture("tokenizers/clip_fast")).unwrap_err();
     assert!(msg.to_string().contains("not Unigram"), "{msg}");
 }
+
+/// The tiny embedded pipelines' tokenizers (weights/) are the fixture folders.
+#[test]
+fn embedded_tokenizers_are_the_fixture_ones() {
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    let caption = "A red cat, next to a blue dog!!";
+    for (dir, name) in [
+        ("tiny-sd21/tokenizer", "clip_sd21"),
+        ("tiny-sd3/tokenizer", "clip_sd3"),
+        ("tiny-sd3/tokenizer_2", "clip_sd3_2"),
+    ] {
+        let embedded = ClipTokenizer::from_folder(weights.join(dir)).unwrap();
+        assert_eq!(
+            embedded.encode(caption).unwrap(),
+            clip(name).encode(caption).unwrap()
+        );
+        assert_eq!(embedded.pad_id(), clip(name).pad_id(), "{dir}");
+    }
+    let t5 = T5Tokenizer::from_folder(weights.join("tiny-sd3/tokenizer_3")).unwrap();
+    let fixture_t5 = T5Tokenizer::from_folder(fixture("tokenizers/t5")).unwrap();
+    assert_eq!(
+        t5.encode(caption, 256).unwrap(),
+        fixture_t5.encode(caption, 256).unwrap()
+    );
+}
