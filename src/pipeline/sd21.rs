@@ -119,42 +119,15 @@ impl<B: AttentionBackend> StableDiffusion<B> {
         config: &GenerateConfig,
         latents: Option<Tensor<B, 4>>,
     ) -> Result<Generated<B>> {
-        let (cond, mut truncated) = self.encode_prompts(prompts)?;
-        let uncond = if config.guided() {
-            let empty = vec![""; prompts.len()];
-            let negative = negative.unwrap_or(&empty);
-            check_len(prompts.len(), negative.len())?;
-            let (u, t) = self.encode_prompts(negative)?;
-            truncated.extend(t);
-            Some(u)
-        } else {
-            None
+        let sampler: DdimScheduler = self.scheduler.init()?;
+        let run = Generation {
+            vae: &self.vae,
+            sample_size: self.sample_size,
+            size_multiple: 1,
+            device: &self.device,
         };
-        let mut sampler: DdimScheduler = self.scheduler.init()?;
-        sampler.set_timesteps(config.steps)?;
-        let latents = match latents {
-            Some(l) => l,
-            None => {
-                let f = self.vae.downscale;
-                let (h, w) = pixel_size(config, self.sample_size * f, f)?;
-                let shape = [prompts.len(), self.vae.latent_channels, h / f, w / f];
-                initial_latents(shape, config.seed, &self.device)
-                    .mul_scalar(sampler.init_noise_sigma())
-            }
-        };
-        let latents = denoise(
-            denoiser,
-            &sampler,
-            latents,
-            &cond,
-            uncond.as_ref(),
-            config.guidance_scale,
-        )?;
-        let images = decode(&self.vae, latents.clone())?;
-        Ok(Generated {
-            latents,
-            images,
-            truncated,
+        run.generate(denoiser, sampler, prompts, negative, config, latents, |p| {
+            self.encode_prompts(p)
         })
     }
 }
@@ -168,6 +141,71 @@ pub struct Generated<B: Backend> {
     pub images: Tensor<B, 4>,
     /// Prompts cut to the tokenizer's length.
     pub truncated: Vec<String>,
+}
+
+/// What generation needs besides the denoiser, sampler and prompt encoder: shared by both
+/// pipelines.
+pub(crate) struct Generation<'a, B: Backend> {
+    pub vae: &'a AutoencoderKL<B>,
+    /// The denoiser's native latent side.
+    pub sample_size: usize,
+    /// Latent sides must divide by this (the MMDiT's patch size).
+    pub size_multiple: usize,
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> Generation<'_, B> {
+    /// Encodes prompts (and negative prompts under guidance), draws or takes the initial
+    /// latents, denoises with classifier-free guidance and decodes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate<M: Denoiser<B>, S: Sampler>(
+        &self,
+        denoiser: &M,
+        mut sampler: S,
+        prompts: &[&str],
+        negative: Option<&[&str]>,
+        config: &GenerateConfig,
+        latents: Option<Tensor<B, 4>>,
+        encode: impl Fn(&[&str]) -> Result<(TextCond<B>, Vec<String>)>,
+    ) -> Result<Generated<B>> {
+        let (cond, mut truncated) = encode(prompts)?;
+        let uncond = if config.guided() {
+            let empty = vec![""; prompts.len()];
+            let negative = negative.unwrap_or(&empty);
+            check_len(prompts.len(), negative.len())?;
+            let (u, t) = encode(negative)?;
+            truncated.extend(t);
+            Some(u)
+        } else {
+            None
+        };
+        truncated.dedup();
+        sampler.set_timesteps(config.steps)?;
+        let latents = match latents {
+            Some(l) => l,
+            None => {
+                let f = self.vae.downscale;
+                let (h, w) = pixel_size(config, self.sample_size * f, f * self.size_multiple)?;
+                let shape = [prompts.len(), self.vae.latent_channels, h / f, w / f];
+                initial_latents(shape, config.seed, self.device)
+                    .mul_scalar(sampler.init_noise_sigma())
+            }
+        };
+        let latents = denoise(
+            denoiser,
+            &sampler,
+            latents,
+            &cond,
+            uncond.as_ref(),
+            config.guidance_scale,
+        )?;
+        let images = decode(self.vae, latents.clone())?;
+        Ok(Generated {
+            latents,
+            images,
+            truncated,
+        })
+    }
 }
 
 /// Decodes scaled latents to images in `[0, 1]` (diffusers' `postprocess` denormalisation).
@@ -207,7 +245,7 @@ pub fn truncated(prompts: &[&str], encodings: &[Encoding]) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn check_len(prompts: usize, negative: usize) -> Result<()> {
+fn check_len(prompts: usize, negative: usize) -> Result<()> {
     if prompts == negative {
         return Ok(());
     }
@@ -217,11 +255,7 @@ pub(crate) fn check_len(prompts: usize, negative: usize) -> Result<()> {
 }
 
 /// `(height, width)` in pixels: the config's or `default`, which must divide by `multiple`.
-pub(crate) fn pixel_size(
-    config: &GenerateConfig,
-    default: usize,
-    multiple: usize,
-) -> Result<(usize, usize)> {
+fn pixel_size(config: &GenerateConfig, default: usize, multiple: usize) -> Result<(usize, usize)> {
     let (h, w) = (
         config.height.unwrap_or(default),
         config.width.unwrap_or(default),

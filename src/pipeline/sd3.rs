@@ -5,14 +5,14 @@ use std::path::Path;
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::denoise::{GenerateConfig, denoise, initial_latents};
+use super::denoise::GenerateConfig;
 use super::index::PipelineFolder;
-use super::sd21::{Generated, check_len, decode, pixel_size, token_ids, truncated};
+use super::sd21::{Generated, Generation, token_ids, truncated};
 use crate::attention::AttentionBackend;
 use crate::ctcal::{Denoiser, TextCond};
 use crate::error::Result;
 use crate::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
-use crate::schedule::{FlowEulerConfig, FlowEulerScheduler, Sampler};
+use crate::schedule::{FlowEulerConfig, FlowEulerScheduler};
 use crate::text::{
     ClipTextConfig, ClipTokenizer, Sd3TextEncoders, Sd3TokenIds, T5Config, T5Tokenizer,
     load_transformers,
@@ -168,44 +168,16 @@ impl<B: AttentionBackend> StableDiffusion3<B> {
         config: &GenerateConfig,
         latents: Option<Tensor<B, 4>>,
     ) -> Result<Generated<B>> {
+        let sampler: FlowEulerScheduler = self.scheduler.init()?;
+        let run = Generation {
+            vae: &self.vae,
+            sample_size: self.sample_size,
+            size_multiple: self.transformer.patch_size(),
+            device: &self.device,
+        };
         let n = config.max_sequence_length;
-        let (cond, mut truncated) = self.encode_prompts(prompts, n)?;
-        let uncond = if config.guided() {
-            let empty = vec![""; prompts.len()];
-            let negative = negative.unwrap_or(&empty);
-            check_len(prompts.len(), negative.len())?;
-            let (u, t) = self.encode_prompts(negative, n)?;
-            truncated.extend(t);
-            Some(u)
-        } else {
-            None
-        };
-        let mut sampler: FlowEulerScheduler = self.scheduler.init()?;
-        sampler.set_timesteps(config.steps)?;
-        let latents = match latents {
-            Some(l) => l,
-            None => {
-                let f = self.vae.downscale;
-                let patch = self.transformer.patch_size();
-                let (h, w) = pixel_size(config, self.sample_size * f, f * patch)?;
-                let shape = [prompts.len(), self.vae.latent_channels, h / f, w / f];
-                initial_latents(shape, config.seed, &self.device)
-                    .mul_scalar(sampler.init_noise_sigma())
-            }
-        };
-        let latents = denoise(
-            denoiser,
-            &sampler,
-            latents,
-            &cond,
-            uncond.as_ref(),
-            config.guidance_scale,
-        )?;
-        let images = decode(&self.vae, latents.clone())?;
-        Ok(Generated {
-            latents,
-            images,
-            truncated,
+        run.generate(denoiser, sampler, prompts, negative, config, latents, |p| {
+            self.encode_prompts(p, n)
         })
     }
 }
