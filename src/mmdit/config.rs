@@ -5,7 +5,6 @@ use std::path::Path;
 
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 use crate::error::Error;
 
@@ -171,26 +170,12 @@ impl SD3Transformer2DConfig {
     /// defaults, unknown fields are errors naming the field (so a config of another model is
     /// not silently misread).
     pub fn from_diffusers_json(path: &Path) -> crate::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let json_err = |error| Error::Json {
-            path: path.to_path_buf(),
-            error,
-        };
-        let mut map: Map<String, Value> = serde_json::from_str(&text).map_err(json_err)?;
-        map.retain(|k, _| !k.starts_with('_'));
-        if let Some(field) = map.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-            return Err(Error::Config(format!(
-                "{}: field `{field}` is not supported by this SD3Transformer2DModel port",
-                path.display()
-            )));
-        }
-        // Overlay the file on diffusers' defaults, so missing fields take them.
-        let mut merged = match serde_json::to_value(Self::new()).map_err(json_err)? {
-            Value::Object(defaults) => defaults,
-            _ => Map::new(),
-        };
-        merged.extend(map);
-        let config: Self = serde_json::from_value(Value::Object(merged)).map_err(json_err)?;
+        let config = crate::weights::read_diffusers_config(
+            path,
+            &Self::new(),
+            &KNOWN_FIELDS,
+            "SD3Transformer2DModel",
+        )?;
         config
             .validate()
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
