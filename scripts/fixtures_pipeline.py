@@ -15,6 +15,7 @@ Run through `bash scripts/make_fixtures.sh --only pipeline` (after the tok part)
 
 import json
 import shutil
+import time
 
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler,
@@ -145,3 +146,80 @@ def make_all():
     torch.set_num_threads(2)
     make_sd21()
     make_sd3()
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-size random SD 2.1 pipeline (not committed): for the ignored full-size generation test
+# ----------------------------------------------------------------------------------------------
+
+FULL_PROMPT = "a red circle to the left of a blue square"
+FULL_STEPS = 2
+FULL_GUIDANCE = 7.5
+FULL_SIZE = 512  # pixels: 64x64 latents
+
+
+def sd21_text_encoder():
+    """`stabilityai/stable-diffusion-2-1`'s text_encoder config (as `ClipTextConfig::sd21()`
+    in src/text/clip/config.rs mirrors it), default random init."""
+    config = CLIPTextConfig(
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, projection_dim=512,
+        num_hidden_layers=23, num_attention_heads=16, max_position_embeddings=77,
+        hidden_act="gelu", layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    return CLIPTextModel(config).eval()
+
+
+def sd21_vae():
+    """SD 2.1's vae config (as `AutoencoderKLConfig::sd21()` in src/vae/config.rs)."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32,
+        act_fn="silu", sample_size=768, scaling_factor=0.18215).eval()
+
+
+def make_full_size_pipeline(dest, unet_config):
+    """A random full-size SD 2.1 pipeline (about 1.3 B parameters, 5.2 GB f32) in diffusers'
+    save_pretrained layout under `dest` (UNet from `unet_config`, make_fixtures.py's
+    SD21_UNET), and diffusers' own float32 generation from seeded 64x64 latents
+    (`dest/reference.safetensors`). Not committed."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    start = time.time()
+    unet = UNet2DConditionModel(**unet_config).eval()
+    text_encoder = sd21_text_encoder()
+    vae = sd21_vae()
+    tokenizer = CLIPTokenizer.from_pretrained(FIX / "tokenizers" / "clip_sd21")
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1, prediction_type="v_prediction",
+        timestep_spacing="leading")
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(dest, safe_serialization=True)
+    shutil.rmtree(dest / "tokenizer")
+    shutil.copytree(FIX / "tokenizers" / "clip_sd21", dest / "tokenizer")
+    params = sum(p.numel() for m in (unet, text_encoder, vae) for p in m.parameters())
+    print(f"full-size SD 2.1 pipeline ({params / 1e9:.3f} B parameters) written to {dest} "
+          f"in {time.time() - start:.0f} s")
+
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn((1, 4, FULL_SIZE // 8, FULL_SIZE // 8), generator=g)
+    final = {}
+
+    def keep(pipe, step, t, kwargs):
+        final["latents"] = kwargs["latents"].clone()
+        return kwargs
+
+    start = time.time()
+    with torch.no_grad():
+        image = pipe(prompt=[FULL_PROMPT], num_inference_steps=FULL_STEPS,
+                     guidance_scale=FULL_GUIDANCE, height=FULL_SIZE, width=FULL_SIZE,
+                     latents=latents, output_type="pt", callback_on_step_end=keep).images
+    print(f"diffusers float32 generation ({FULL_STEPS} steps, guidance {FULL_GUIDANCE}, "
+          f"{FULL_SIZE}x{FULL_SIZE}) in {time.time() - start:.0f} s")
+    save_file_ordered(
+        f32({"initial": latents, "latents": final["latents"], "image": image}),
+        dest / "reference.safetensors",
+        {"prompts": json.dumps([FULL_PROMPT]), "steps": str(FULL_STEPS),
+         "guidance_scale": str(FULL_GUIDANCE), "size": str(FULL_SIZE)})

@@ -29,6 +29,9 @@ Run through scripts/make_fixtures.sh (pinned venv). Deterministic: fixed seeds.
                                            tiny denoisers and tokenizers) and generation references
     make_fixtures.py --full-size DEST      random full-size SD 2.1 UNet (not committed)
     make_fixtures.py --full-size-sd3 DEST  random full-size SD 3 medium transformer (not committed)
+    make_fixtures.py --full-size-pipeline DEST
+                                           random full-size SD 2.1 pipeline (diffusers layout)
+                                           and diffusers' f32 512x512 generation (not committed)
 """
 
 import json
@@ -446,6 +449,10 @@ def main(argv):
     if "--full-size" in argv:
         i = argv.index("--full-size")
         make_full_size(Path(argv[i + 1]))
+        return
+    if "--full-size-pipeline" in argv:
+        i = argv.index("--full-size-pipeline")
+        fixtures_pipeline.make_full_size_pipeline(Path(argv[i + 1]), SD21_UNET)
         return
     if "--full-size-sd3" in argv:
         i = argv.index("--full-size-sd3")

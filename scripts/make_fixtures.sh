@@ -9,8 +9,9 @@
 # text (CLIP / T5 text encoders, fixtures_text_enc.py), sched (DDIM and flow Euler samplers,
 # fixtures_samplers.py), pipeline (the tiny pipelines weights/tiny-sd21 and tiny-sd3 and
 # end-to-end generation references, fixtures_pipeline.py).
-# Not committed: `--full-size DEST` (random SD 2.1 UNet) and `--full-size-sd3 DEST` (random SD 3
-# medium transformer, about 8 GB). The noun captions and weights/tiny-data are rewritten only by
+# Not committed: `--full-size DEST` (random SD 2.1 UNet), `--full-size-sd3 DEST` (random SD 3
+# medium transformer, about 8 GB) and `--full-size-pipeline DEST` (random SD 2.1 pipeline, about
+# 5.2 GB, with diffusers' f32 512x512 generation as reference). The noun captions and weights/tiny-data are rewritten only by
 # the plain command.
 # It creates .venv (ignored by git) with the pinned requirements on first use.
 set -euo pipefail
