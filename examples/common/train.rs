@@ -354,7 +354,7 @@ impl Run<'_> {
         }
         let ae_path = out.join("autoencoder.safetensors");
         save_params(&result.ae, &ae_path, |_, _| true)?;
-        preview.write(final_model, schedule, &config, &out.join("maps_end.png"))?;
+        preview.write(final_model, schedule, config, &out.join("maps_end.png"))?;
         save_png(
             &loss_plot(&logs, config.ctcal.lambda_ctcal),
             &out.join("loss.png"),
@@ -471,7 +471,7 @@ impl Validation {
     }
 
     fn due(&self, step: usize, last: usize) -> bool {
-        self.every > 0 && (step % self.every == 0 || step == last)
+        self.every > 0 && (step.is_multiple_of(self.every) || step == last)
     }
 
     fn render<B: burn::tensor::backend::Backend, P: TrainingPipeline<B>>(
