@@ -60,7 +60,12 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    dispatch!(cli.train.backend, run, &cli, autodiff)
+    dispatch!(
+        cli.train.backend,
+        run,
+        &cli,
+        autodiff(cli.train.checkpointing)
+    )
 }
 
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {

@@ -25,13 +25,25 @@ pub enum BackendKind {
 }
 
 /// Calls `$run::<Backend>($args, &device)` for the chosen backend (`Autodiff<Backend>` with a
-/// trailing `autodiff`), or fails naming the missing cargo feature.
+/// trailing `autodiff`; with `autodiff($checkpointing)`, burn's `BalancedCheckpointing`
+/// strategy when the boolean is true, which recomputes cheap activations in the backward
+/// instead of keeping them), or fails naming the missing cargo feature.
 macro_rules! dispatch {
     ($kind:expr, $run:ident, $args:expr) => {
         dispatch!(@wrap $kind, $run, $args, |B| B)
     };
     ($kind:expr, $run:ident, $args:expr, autodiff) => {
         dispatch!(@wrap $kind, $run, $args, |B| burn::backend::Autodiff<B>)
+    };
+    ($kind:expr, $run:ident, $args:expr, autodiff($checkpointing:expr)) => {
+        if $checkpointing {
+            dispatch!(@wrap $kind, $run, $args, |B| burn::backend::Autodiff<
+                B,
+                burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+            >)
+        } else {
+            dispatch!(@wrap $kind, $run, $args, |B| burn::backend::Autodiff<B>)
+        }
     };
     (@wrap $kind:expr, $run:ident, $args:expr, |B| $wrap:ty) => {{
         match $kind {

@@ -61,6 +61,10 @@ pub struct TrainArgs {
     /// Backend to train on.
     #[arg(long, value_enum, default_value = "ndarray")]
     pub backend: BackendKind,
+    /// Gradient checkpointing (burn's `BalancedCheckpointing`): recompute cheap activations
+    /// in the backward pass instead of keeping them; same gradients, less memory.
+    #[arg(long)]
+    pub checkpointing: bool,
     /// Optimiser steps.
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
