@@ -1,8 +1,9 @@
-//! The sampling loop both pipelines share: classifier-free guidance around any [`Denoiser`],
-//! stepped by any [`Sampler`].
+//! What both pipelines share: the generation settings, the sampling loop (classifier-free
+//! guidance around any [`Denoiser`], stepped by any [`Sampler`]), the run from prompts to
+//! decoded images, and token-id helpers.
 
 use burn::config::Config;
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -11,6 +12,8 @@ use crate::attention::NoHook;
 use crate::ctcal::{Denoiser, TextCond};
 use crate::error::Error;
 use crate::schedule::{Sampler, cfg};
+use crate::text::Encoding;
+use crate::vae::AutoencoderKL;
 
 /// What to generate: the knobs of diffusers' pipeline `__call__` this crate supports.
 #[derive(Config, Debug)]
@@ -116,4 +119,146 @@ fn halves<B: Backend>(x: Tensor<B, 4>, batch: usize) -> [Tensor<B, 4>; 2] {
         x.clone().slice([0..batch, 0..c, 0..h, 0..w]),
         x.slice([batch..2 * batch, 0..c, 0..h, 0..w]),
     ]
+}
+
+/// What a pipeline generated.
+#[derive(Debug, Clone)]
+pub struct Generated<B: Backend> {
+    /// The denoised latents (scaled, as the denoiser sees them).
+    pub latents: Tensor<B, 4>,
+    /// Decoded images in `[0, 1]`, `[batch, 3, h, w]`.
+    pub images: Tensor<B, 4>,
+    /// Prompts cut to the tokenizer's length.
+    pub truncated: Vec<String>,
+}
+
+/// What generation needs besides the denoiser, sampler and prompt encoder: shared by both
+/// pipelines.
+pub(crate) struct Generation<'a, B: Backend> {
+    pub vae: &'a AutoencoderKL<B>,
+    /// The denoiser's native latent side.
+    pub sample_size: usize,
+    /// Latent sides must divide by this (the MMDiT's patch size).
+    pub size_multiple: usize,
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend> Generation<'_, B> {
+    /// Encodes prompts (and negative prompts under guidance), draws or takes the initial
+    /// latents, denoises with classifier-free guidance and decodes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate<M: Denoiser<B>, S: Sampler>(
+        &self,
+        denoiser: &M,
+        mut sampler: S,
+        prompts: &[&str],
+        negative: Option<&[&str]>,
+        config: &GenerateConfig,
+        latents: Option<Tensor<B, 4>>,
+        encode: impl Fn(&[&str]) -> crate::Result<(TextCond<B>, Vec<String>)>,
+    ) -> crate::Result<Generated<B>> {
+        let (cond, mut truncated) = encode(prompts)?;
+        let uncond = if config.guided() {
+            let empty = vec![""; prompts.len()];
+            let negative = negative.unwrap_or(&empty);
+            check_len(prompts.len(), negative.len())?;
+            let (u, t) = encode(negative)?;
+            truncated.extend(t);
+            Some(u)
+        } else {
+            None
+        };
+        sampler.set_timesteps(config.steps)?;
+        let latents = match latents {
+            Some(l) => l,
+            None => {
+                let f = self.vae.downscale;
+                let (h, w) = pixel_size(config, self.sample_size * f, f * self.size_multiple)?;
+                let shape = [prompts.len(), self.vae.latent_channels, h / f, w / f];
+                initial_latents(shape, config.seed, self.device)
+                    .mul_scalar(sampler.init_noise_sigma())
+            }
+        };
+        let latents = denoise(
+            denoiser,
+            &sampler,
+            latents,
+            &cond,
+            uncond.as_ref(),
+            config.guidance_scale,
+        )?;
+        let images = decode(self.vae, latents.clone())?;
+        Ok(Generated {
+            latents,
+            images,
+            truncated,
+        })
+    }
+}
+
+/// Decodes scaled latents to images in `[0, 1]` (diffusers' `postprocess` denormalisation).
+pub fn decode<B: Backend>(
+    vae: &AutoencoderKL<B>,
+    latents: Tensor<B, 4>,
+) -> crate::Result<Tensor<B, 4>> {
+    let pixels = vae.decode(vae.image_from_latents(latents))?;
+    Ok(pixels.div_scalar(2.0).add_scalar(0.5).clamp(0.0, 1.0))
+}
+
+/// Token ids `[batch, seq]` of padded encodings.
+pub fn token_ids<B: Backend>(
+    encodings: &[Encoding],
+    device: &B::Device,
+) -> crate::Result<Tensor<B, 2, Int>> {
+    let seq = encodings.first().map_or(0, |e| e.ids.len());
+    if encodings.iter().any(|e| e.ids.len() != seq) {
+        return Err(Error::Input(
+            "encodings of different lengths in one batch".into(),
+        ));
+    }
+    let ids: Vec<i64> = encodings
+        .iter()
+        .flat_map(|e| e.ids.iter().map(|&i| i as i64))
+        .collect();
+    Ok(Tensor::from_data(
+        TensorData::new(ids, [encodings.len(), seq]),
+        device,
+    ))
+}
+
+/// The prompts whose encoding was truncated.
+pub fn truncated(prompts: &[&str], encodings: &[Encoding]) -> Vec<String> {
+    prompts
+        .iter()
+        .zip(encodings)
+        .filter(|(_, e)| e.truncated)
+        .map(|(p, _)| p.to_string())
+        .collect()
+}
+
+fn check_len(prompts: usize, negative: usize) -> crate::Result<()> {
+    if prompts == negative {
+        return Ok(());
+    }
+    Err(Error::Input(format!(
+        "{negative} negative prompts for {prompts} prompts: give one per prompt"
+    )))
+}
+
+/// `(height, width)` in pixels: the config's or `default`, which must divide by `multiple`.
+fn pixel_size(
+    config: &GenerateConfig,
+    default: usize,
+    multiple: usize,
+) -> crate::Result<(usize, usize)> {
+    let (h, w) = (
+        config.height.unwrap_or(default),
+        config.width.unwrap_or(default),
+    );
+    if h == 0 || w == 0 || h % multiple != 0 || w % multiple != 0 {
+        return Err(Error::Input(format!(
+            "image size {h}x{w} must be positive multiples of {multiple}"
+        )));
+    }
+    Ok((h, w))
 }

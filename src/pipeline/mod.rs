@@ -13,8 +13,10 @@ mod inputs;
 mod sd21;
 mod sd3;
 
-pub use denoise::{GenerateConfig, denoise, initial_latents};
+pub use denoise::{
+    GenerateConfig, Generated, decode, denoise, initial_latents, token_ids, truncated,
+};
 pub use index::{Component, PipelineFolder};
 pub use inputs::{ImageInputs, TrainingPipeline};
 pub use sd3::{SD3_CLASSES, StableDiffusion3};
-pub use sd21::{Generated, SD_CLASSES, StableDiffusion, decode, token_ids, truncated};
+pub use sd21::{SD_CLASSES, StableDiffusion};

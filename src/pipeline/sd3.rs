@@ -5,9 +5,8 @@ use std::path::Path;
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::denoise::GenerateConfig;
+use super::denoise::{GenerateConfig, Generated, Generation, token_ids};
 use super::index::PipelineFolder;
-use super::sd21::{Generated, Generation, token_ids, truncated};
 use crate::attention::AttentionBackend;
 use crate::ctcal::{Denoiser, TextCond};
 use crate::error::Result;
@@ -119,16 +118,22 @@ impl<B: AttentionBackend> StableDiffusion3<B> {
     ) -> Result<(TextCond<B>, Vec<String>)> {
         let l = self.tokenizer.encode_batch(prompts)?;
         let g = self.tokenizer_2.encode_batch(prompts)?;
-        let mut cut = truncated(prompts, &l);
         let t5 = match &self.tokenizer_3 {
             Some(t) if self.text_encoders.text_encoder_3.is_some() => {
-                let e = t.encode_batch(prompts, max_sequence_length)?;
-                cut.extend(truncated(prompts, &e));
-                Some(token_ids::<B>(&e, &self.device)?)
+                Some(t.encode_batch(prompts, max_sequence_length)?)
             }
             _ => None,
         };
-        cut.dedup();
+        // A prompt is truncated when any of the tokenizers cut it.
+        let cut = (0..prompts.len())
+            .filter(|&i| {
+                l[i].truncated
+                    || g[i].truncated
+                    || t5.as_ref().is_some_and(|e: &Vec<_>| e[i].truncated)
+            })
+            .map(|i| prompts[i].to_string())
+            .collect();
+        let t5 = t5.map(|e| token_ids::<B>(&e, &self.device)).transpose()?;
         let ids = Sd3TokenIds {
             clip_l: token_ids::<B>(&l, &self.device)?,
             clip_g: token_ids::<B>(&g, &self.device)?,

@@ -13,6 +13,15 @@ use super::spacing::{TimestepSpacing, spread};
 use super::{PredictionType, Sampler};
 use crate::error::Error;
 
+/// Scheduler classes whose `scheduler_config.json` [`DdimConfig::from_diffusers_json`] reads
+/// (their shared beta and prediction fields; sampling is DDIM's).
+pub const DDIM_COMPATIBLE: &[&str] = &[
+    "DDIMScheduler",
+    "PNDMScheduler",
+    "EulerDiscreteScheduler",
+    "DDPMScheduler",
+];
+
 /// DDIM settings with diffusers' `DDIMScheduler` names; `new()` holds diffusers' defaults, so a
 /// `scheduler_config.json` missing a field reads as diffusers reads it.
 #[derive(Config, Debug, PartialEq)]
@@ -99,12 +108,7 @@ impl DdimConfig {
     /// Missing fields take diffusers' `DDIMScheduler` defaults.
     pub fn from_diffusers_json(path: &Path) -> crate::Result<Self> {
         let spec = JsonSpec {
-            classes: &[
-                "DDIMScheduler",
-                "PNDMScheduler",
-                "EulerDiscreteScheduler",
-                "DDPMScheduler",
-            ],
+            classes: DDIM_COMPATIBLE,
             known: KNOWN,
             fixed: &[
                 ("trained_betas", Value::Null),

@@ -17,7 +17,7 @@ mod sampler;
 mod spacing;
 
 pub use betas::BetaSchedule;
-pub use ddim::{DdimConfig, DdimScheduler, DdimStepOutput};
+pub use ddim::{DDIM_COMPATIBLE, DdimConfig, DdimScheduler, DdimStepOutput};
 pub use ddpm::{DdpmConfig, DdpmSchedule, PredictionType};
 pub use flow::{FlowConfig, FlowSchedule};
 pub use flow_euler::{FlowEulerConfig, FlowEulerScheduler};
