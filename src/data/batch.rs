@@ -136,6 +136,22 @@ impl Batch {
             .collect()
     }
 
+    /// [`noun_groups_with`](Self::noun_groups_with), each group checked to fall within a text of
+    /// `tokens` tokens; an error names the metadata line.
+    pub fn checked_noun_groups(
+        &self,
+        word_tokens: &dyn WordTokens,
+        tokens: usize,
+    ) -> Result<Vec<NounGroups>> {
+        let nouns = self.noun_groups_with(word_tokens)?;
+        for (i, groups) in nouns.iter().enumerate() {
+            groups
+                .check(i, tokens)
+                .map_err(|e| at_line(self.lines[i], e))?;
+        }
+        Ok(nouns)
+    }
+
     /// The [`TrainBatch`] of a cached-features batch on `device`, noun groups checked against
     /// the number of text tokens.
     pub fn train_batch<B: Backend>(
@@ -156,12 +172,7 @@ impl Batch {
         let latents = self.latents(device)?;
         let cond = self.text_cond(device)?;
         let [_, tokens, _] = cond.hidden.dims();
-        let nouns = self.noun_groups_with(word_tokens)?;
-        for (i, groups) in nouns.iter().enumerate() {
-            groups
-                .check(i, tokens)
-                .map_err(|e| at_line(self.lines[i], e))?;
-        }
+        let nouns = self.checked_noun_groups(word_tokens, tokens)?;
         Ok(TrainBatch {
             latents,
             cond,

@@ -10,7 +10,7 @@ use crate::attention::AttentionBackend;
 use crate::ctcal::Denoiser;
 use crate::ctcal::{TextCond, TrainBatch};
 use crate::data::Batch;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::mmdit::SD3Transformer2DModel;
 use crate::text::WordTokens;
 use crate::train::BatchInputs;
@@ -117,13 +117,7 @@ where
         let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
         let (cond, _) = self.pipeline.encode_prompts_for_training(&captions)?;
         let tokens = cond.hidden.dims()[1];
-        let nouns = batch.noun_groups_with(self.pipeline.word_tokens())?;
-        for (i, groups) in nouns.iter().enumerate() {
-            groups.check(i, tokens).map_err(|e| match e {
-                Error::Input(m) => Error::Input(format!("metadata line {}: {m}", batch.lines[i])),
-                other => other,
-            })?;
-        }
+        let nouns = batch.checked_noun_groups(self.pipeline.word_tokens(), tokens)?;
         Ok(TrainBatch {
             latents: Tensor::from_inner(latents),
             cond: TextCond {
