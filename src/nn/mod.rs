@@ -1,11 +1,14 @@
-//! Layers shared by the UNet and the MMDiT (diffusers `embeddings.py`, `attention.py`).
+//! Layers shared by the UNet and the MMDiT (diffusers `embeddings.py`, `attention.py`), and
+//! host-drawn Gaussian noise.
 
 pub mod activation;
 mod embeddings;
 mod feed_forward;
+mod noise;
 mod norm;
 
 pub use activation::{gelu, gelu_tanh, quick_gelu, silu};
 pub use embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
+pub use noise::normal_tensor;
 pub use norm::layer_norm;

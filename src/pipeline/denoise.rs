@@ -2,11 +2,11 @@
 //! guidance around any [`Denoiser`], stepped by any [`Sampler`]), the run from prompts to
 //! decoded images, and token-id helpers.
 
+use crate::nn::normal_tensor;
 use burn::config::Config;
 use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand_distr::{Distribution, StandardNormal};
 
 use crate::attention::NoHook;
 use crate::ctcal::{Denoiser, TextCond};
@@ -52,10 +52,7 @@ pub fn initial_latents<B: Backend>(
     seed: u64,
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let n: usize = shape.iter().product();
-    let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut rng)).collect();
-    Tensor::from_data(TensorData::new(values, shape), device)
+    normal_tensor(&mut StdRng::seed_from_u64(seed), shape, device)
 }
 
 /// Denoises `latents` from the sampler's first step to its last.

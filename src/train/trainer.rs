@@ -1,6 +1,7 @@
 //! The training loop: CTCal steps with gradient accumulation, global-norm clipping, AdamW,
 //! an optional EMA, metrics and crash-safe checkpoints; written once for every [`Denoiser`].
 
+use crate::nn::normal_tensor;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,10 +9,8 @@ use std::sync::Arc;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
 use serde::Serialize;
 
 use super::checkpoint::{
@@ -235,10 +234,8 @@ fn draw_step<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<StepDraw<B>> {
     let (student, teacher) = schedule.sample_levels(rng, shape[0], config.ctcal.teacher)?;
-    let n: usize = shape.iter().product();
-    let noise: Vec<f32> = (0..n).map(|_| rng.sample(StandardNormal)).collect();
     Ok(StepDraw {
-        noise: Tensor::from_data(TensorData::new(noise, shape), device),
+        noise: normal_tensor(rng, shape, device),
         student,
         teacher,
     })

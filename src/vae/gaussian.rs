@@ -1,9 +1,9 @@
 //! [`DiagonalGaussian`]: the encoder's posterior (diffusers `DiagonalGaussianDistribution`).
 
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use crate::nn::normal_tensor;
+use burn::tensor::{Tensor, backend::Backend};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
 
 use crate::error::{Error, Result};
 
@@ -61,11 +61,7 @@ impl<B: Backend> DiagonalGaussian<B> {
     /// the same rng state. Torch's generator differs, so it does not reproduce diffusers'
     /// `latent_dist.sample(generator)` draw for draw.
     pub fn sample_with_rng(&self, rng: &mut impl Rng) -> Tensor<B, 4> {
-        let shape = self.mean.dims();
-        let values: Vec<f32> = (0..shape.iter().product::<usize>())
-            .map(|_| rng.sample(StandardNormal))
-            .collect();
-        let eps = Tensor::from_data(TensorData::new(values, shape), &self.mean.device());
+        let eps = normal_tensor(rng, self.mean.dims(), &self.mean.device());
         self.mean.clone() + self.std() * eps
     }
 
@@ -92,6 +88,7 @@ impl<B: Backend> DiagonalGaussian<B> {
 mod tests {
     use super::*;
     use crate::TestBackend;
+    use burn::tensor::TensorData;
 
     type T = Tensor<TestBackend, 4>;
 
