@@ -12,10 +12,10 @@
 
 use burn::module::Module;
 use burn::nn::{GroupNorm, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::{DType, Tensor, backend::Backend};
 
 use super::blocks::group_norm;
+use crate::attention::chunked;
 
 /// The largest score block (`batch * query_chunk * keys` elements) computed at once: 16 Mi
 /// elements, 64 MiB in f32.
@@ -79,32 +79,27 @@ impl<B: Backend> Attention<B> {
 
 /// `softmax(q k^T / sqrt(d)) v` for `[b, n, d]` inputs, with the queries split into chunks whose
 /// score block `[b, chunk, n_keys]` holds at most `max_scores` elements (at least one query per
-/// chunk). The softmax runs in f32 for half-precision inputs.
+/// chunk): the crate's query-chunked attention ([`crate::attention::chunked::forward`]) with
+/// one head. Half-precision inputs are computed in f32 (diffusers upcasts this softmax).
 pub(crate) fn attend_chunked<B: Backend>(
     q: Tensor<B, 3>,
     k: Tensor<B, 3>,
     v: Tensor<B, 3>,
     max_scores: usize,
 ) -> Tensor<B, 3> {
-    let [b, n, d] = q.dims();
+    let [b, _, d] = q.dims();
     let keys = k.dims()[1];
-    let kt = k.swap_dims(1, 2).mul_scalar((d as f64).powf(-0.5));
-    let chunk = (max_scores / (b * keys).max(1)).clamp(1, n.max(1));
-    let parts: Vec<Tensor<B, 3>> = (0..n)
-        .step_by(chunk)
-        .map(|start| {
-            let end = (start + chunk).min(n);
-            let scores = q.clone().slice([0..b, start..end, 0..d]).matmul(kt.clone());
-            let dtype = scores.dtype();
-            let probs = if matches!(dtype, DType::F16 | DType::BF16) {
-                softmax(scores.cast(DType::F32), 2).cast(dtype)
-            } else {
-                softmax(scores, 2)
-            };
-            probs.matmul(v.clone())
-        })
-        .collect();
-    Tensor::cat(parts, 1)
+    let chunk = (max_scores / (b * keys).max(1)).max(1);
+    let dtype = q.dtype();
+    let half = matches!(dtype, DType::F16 | DType::BF16);
+    let prep = |t: Tensor<B, 3>| {
+        let t = t.unsqueeze_dim::<4>(1);
+        if half { t.cast(DType::F32) } else { t }
+    };
+    let scale = (d as f64).powf(-0.5);
+    let (out, _) = chunked::forward(prep(q), prep(k), prep(v), scale, chunk);
+    let out = out.squeeze_dim::<3>(1);
+    if half { out.cast(dtype) } else { out }
 }
 
 #[cfg(test)]
