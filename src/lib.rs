@@ -32,6 +32,7 @@ pub mod mmdit;
 pub mod nn;
 pub mod pipeline;
 pub mod schedule;
+pub mod shapes;
 pub mod text;
 pub mod train;
 pub mod unet;

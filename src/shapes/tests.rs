@@ -1,0 +1,263 @@
+use super::*;
+use crate::data::test_util::TempDir;
+use std::f32::consts::PI;
+
+fn config() -> ShapesConfig {
+    ShapesConfig::new()
+}
+
+fn c_size() -> usize {
+    config().size
+}
+
+#[test]
+fn same_seed_same_scenes_other_seed_other_scenes() {
+    let c = config();
+    let a = c.generate(Split::Train, 50, 7).unwrap();
+    assert_eq!(a, c.generate(Split::Train, 50, 7).unwrap());
+    assert_ne!(a, c.generate(Split::Train, 50, 8).unwrap());
+    assert_ne!(a, c.generate(Split::HeldOut, 50, 7).unwrap());
+}
+
+#[test]
+fn held_out_combinations_only_in_the_held_out_split() {
+    let c = config();
+    let held = |s: &Scene| {
+        s.claim
+            .combinations()
+            .iter()
+            .any(|x| c.held_out.contains(x))
+    };
+    let train = c.generate(Split::Train, 400, 1).unwrap();
+    let test = c.generate(Split::HeldOut, 400, 1).unwrap();
+    assert!(train.iter().all(|s| !held(s)));
+    assert!(test.iter().all(held));
+    // Every template occurs in both splits.
+    for split in [&train, &test] {
+        for cat in ["shape", "colour_binding", "counting", "spatial"] {
+            let n = split.iter().filter(|s| s.claim.category() == cat).count();
+            assert!(n > 50, "{cat}: {n} of 400");
+        }
+    }
+}
+
+#[test]
+fn captions_name_their_objects() {
+    let scenes = config().generate(Split::Train, 300, 2).unwrap();
+    for s in &scenes {
+        let caption = s.caption();
+        let words: Vec<&str> = caption.split(' ').collect();
+        for noun in s.claim.nouns() {
+            assert_eq!(words.iter().filter(|w| **w == noun).count(), 1, "{caption}");
+        }
+        for (noun, objects) in s.noun_objects() {
+            assert!(!objects.is_empty(), "{caption}: no object for {noun}");
+            for &o in &objects {
+                assert!(noun.starts_with(s.objects[o].shape.word()));
+            }
+        }
+        match s.claim {
+            Claim::Count { count, .. } => assert_eq!(s.objects.len(), count),
+            Claim::Spatial { relation, .. } => {
+                assert!(relation.holds(s.objects[0].center, s.objects[1].center))
+            }
+            Claim::Single { .. } => assert_eq!(s.objects.len(), 1),
+            Claim::Pair { .. } => assert_eq!(s.objects.len(), 2),
+        }
+    }
+    let caption = Claim::Spatial {
+        first: (Colour::Red, Shape::Circle),
+        relation: Relation::LeftOf,
+        second: (Colour::Blue, Shape::Square),
+    }
+    .caption();
+    assert_eq!(caption, "a red circle to the left of a blue square");
+    let count = Claim::Count {
+        count: 2,
+        colour: Colour::Yellow,
+        shape: Shape::Triangle,
+    };
+    assert_eq!(count.caption(), "two yellow triangles");
+    assert_eq!(count.nouns(), vec!["triangles".to_string()]);
+}
+
+/// Rendered areas against the closed forms (circle pi r^2, square 4 r^2, triangle 2 r^2), and
+/// pure fill colour at the centre.
+#[test]
+fn rendered_areas_match_closed_forms() {
+    for (shape, area) in [
+        (Shape::Circle, PI),
+        (Shape::Square, 4.0),
+        (Shape::Triangle, 2.0),
+    ] {
+        for r in [4.0f32, 5.5, 7.0] {
+            let o = Object {
+                shape,
+                colour: Colour::Green,
+                center: [16.3, 15.8],
+                radius: r,
+            };
+            let scene = Scene {
+                claim: Claim::Single {
+                    colour: Colour::Green,
+                    shape,
+                },
+                objects: vec![o],
+            };
+            let img = render(&scene, 32);
+            let covered: f32 = img.coverage[0].iter().sum();
+            let exact = area * r * r;
+            // 4x4 supersampling: the error is a fraction of the perimeter's pixels.
+            assert!(
+                (covered - exact).abs() < 0.02 * exact + 1.0,
+                "{shape:?} r {r}: {covered} vs {exact}"
+            );
+            let centre = (18 * 32 + 16) * 3; // a pixel well inside every shape
+            assert_eq!(&img.rgb[centre..centre + 3], &Colour::Green.rgb());
+            assert_eq!(&img.rgb[0..3], &BACKGROUND);
+        }
+    }
+}
+
+/// The detector against the generator's own images: the accuracy the README reports.
+#[test]
+fn detector_on_ground_truth() {
+    let c = config();
+    let det = Detector::default();
+    let mut total = 0usize;
+    let mut claims_ok = 0usize;
+    let mut objects = 0usize;
+    let mut objects_ok = 0usize;
+    for split in [Split::Train, Split::HeldOut] {
+        for s in c.generate(split, 300, 3).unwrap() {
+            let img = render(&s, c.size);
+            let found = det.detect(&img.rgb, c.size);
+            total += 1;
+            claims_ok += satisfies(&s.claim, &found) as usize;
+            for (k, o) in s.objects.iter().enumerate() {
+                // The object's area centroid (a triangle's lies r/3 below its box centre).
+                let cov = &img.coverage[k];
+                let m: f32 = cov.iter().sum();
+                let moment = |axis: usize| -> f32 {
+                    cov.iter()
+                        .enumerate()
+                        .map(|(i, c)| c * ([i % c_size(), i / c_size()][axis] as f32 + 0.5))
+                        .sum::<f32>()
+                        / m
+                };
+                let centroid = [moment(0), moment(1)];
+                objects += 1;
+                objects_ok += found.iter().any(|d| {
+                    d.colour == o.colour
+                        && d.shape == o.shape
+                        && (d.center[0] - centroid[0]).abs() < 1.0
+                        && (d.center[1] - centroid[1]).abs() < 1.0
+                }) as usize;
+            }
+        }
+    }
+    let claim_acc = claims_ok as f64 / total as f64;
+    let object_acc = objects_ok as f64 / objects as f64;
+    println!(
+        "detector on ground truth: claims {claim_acc:.4} ({total}), objects {object_acc:.4} ({objects})"
+    );
+    assert!(claim_acc >= 0.97, "claims {claim_acc}");
+    assert!(object_acc >= 0.97, "objects {object_acc}");
+}
+
+/// The checks reject wrong captions: swapped colours, wrong counts, reversed relations.
+#[test]
+fn detector_rejects_wrong_claims() {
+    let c = config();
+    let det = Detector::default();
+    let (mut n, mut rejected) = (0usize, 0usize);
+    for s in c.generate(Split::Train, 300, 4).unwrap() {
+        let found = det.detect(&render(&s, c.size).rgb, c.size);
+        let wrong = match s.claim {
+            Claim::Pair { objects: [a, b] } if a.0 != b.0 => Claim::Pair {
+                objects: [(b.0, a.1), (a.0, b.1)],
+            },
+            Claim::Count {
+                count,
+                colour,
+                shape,
+            } => Claim::Count {
+                count: 5 - count,
+                colour,
+                shape,
+            },
+            Claim::Spatial {
+                first,
+                relation,
+                second,
+            } => Claim::Spatial {
+                first: second,
+                relation,
+                second: first,
+            },
+            _ => continue,
+        };
+        n += 1;
+        rejected += !satisfies(&wrong, &found) as usize;
+    }
+    assert!(n > 150);
+    assert!(rejected as f64 / n as f64 >= 0.97, "{rejected} of {n}");
+}
+
+#[test]
+fn agreement_closed_forms() {
+    // 8x8 mask, left half covered; 4x4 map.
+    let mask: Vec<f32> = (0..64).map(|i| ((i % 8) < 4) as u8 as f32).collect();
+    let uniform = vec![1.0f32; 16];
+    let a = agreement(&uniform, [4, 4], &mask, [8, 8], 0.5).unwrap();
+    assert!((a.mass_inside - 0.5).abs() < 1e-6);
+    assert!((a.iou - 0.5).abs() < 1e-6); // everything selected, half of it the mask
+    let on: Vec<f32> = (0..16).map(|i| ((i % 4) < 2) as u8 as f32 * 3.0).collect();
+    let a = agreement(&on, [4, 4], &mask, [8, 8], 0.5).unwrap();
+    assert_eq!((a.mass_inside, a.iou), (1.0, 1.0));
+    let off: Vec<f32> = on.iter().map(|v| 3.0 - v).collect();
+    let a = agreement(&off, [4, 4], &mask, [8, 8], 0.5).unwrap();
+    assert_eq!((a.mass_inside, a.iou), (0.0, 0.0));
+    // A mask cell covered a quarter counts a quarter of the mass, and not in the IoU.
+    let mut quarter = vec![0.0f32; 4];
+    quarter[0] = 1.0;
+    let a = agreement(&[2.0], [1, 1], &quarter, [2, 2], 0.5).unwrap();
+    assert!((a.mass_inside - 0.25).abs() < 1e-6);
+    assert_eq!(a.iou, 0.0);
+    let err = agreement(&uniform, [4, 4], &mask[..60], [8, 8], 0.5).unwrap_err();
+    assert!(err.to_string().contains("60"), "{err}");
+    let err = agreement(&[1.0; 9], [3, 3], &mask, [8, 8], 0.5).unwrap_err();
+    assert!(err.to_string().contains("8x8"), "{err}");
+}
+
+#[test]
+fn dataset_round_trip_and_image_folder() {
+    let dir = TempDir::new("shapes");
+    let c = config();
+    let scenes = c.generate(Split::HeldOut, 6, 5).unwrap();
+    let root = dir.path("data");
+    let rows = write_dataset(&root, &scenes, c.size).unwrap();
+    assert_eq!(read_rows(&root).unwrap(), rows);
+    // The trainer's image folder reads it (extra fields ignored), nouns included.
+    let folder = crate::data::ImageFolder::open(
+        &root.join("metadata.jsonl"),
+        32,
+        crate::data::BadRowPolicy::Fail,
+    )
+    .unwrap();
+    assert_eq!(crate::data::Dataset::len(&folder), 6);
+    // The mask image marks object k with k + 1 exactly where it covers half a pixel or more.
+    let img = render(&scenes[0], c.size);
+    let mask = image::open(root.join(&rows[0].mask)).unwrap().to_luma8();
+    for k in 0..scenes[0].objects.len() {
+        let from_png: Vec<bool> = mask.pixels().map(|p| p.0[0] as usize == k + 1).collect();
+        assert_eq!(from_png, img.mask(k));
+    }
+    // A corrupt line is named.
+    std::fs::write(root.join("metadata.jsonl"), "{\"file_name\": 1}\n").unwrap();
+    let err = read_rows(&root).unwrap_err().to_string();
+    assert!(
+        err.contains("metadata.jsonl") && err.contains(":1"),
+        "{err}"
+    );
+}
