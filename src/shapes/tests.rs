@@ -261,3 +261,115 @@ fn dataset_round_trip_and_image_folder() {
         "{err}"
     );
 }
+
+#[test]
+fn vocabulary_encodes_every_template() {
+    let vocab = Vocab::default();
+    let ids = vocab
+        .encode("a red circle to the left of a blue square")
+        .unwrap();
+    assert_eq!(ids.len(), SEQ_LEN);
+    assert_eq!(ids[0], vocab.bos());
+    assert_eq!(ids[11], vocab.eos());
+    assert!(ids[12..].iter().all(|&i| i == vocab.pad()));
+    let nouns = ["circle".to_string(), "square".to_string()];
+    let pos = vocab
+        .noun_positions("a red circle to the left of a blue square", &nouns)
+        .unwrap();
+    assert_eq!(pos, vec![vec![3], vec![10]]);
+    for split in [Split::Train, Split::HeldOut] {
+        for s in config().generate(split, 200, 9).unwrap() {
+            vocab.encode(&s.caption()).unwrap();
+        }
+    }
+    let err = vocab.encode("a purple circle").unwrap_err().to_string();
+    assert!(err.contains("purple"), "{err}");
+}
+
+type Nd = crate::TestBackend;
+type Ad = burn::backend::Autodiff<Nd>;
+
+#[test]
+fn sets_batch_pixels_captions_and_masks() {
+    let vocab = Vocab::default();
+    let scenes = config().generate(Split::Train, 5, 11).unwrap();
+    let set = ShapesSet::new(scenes.clone(), 32, &vocab).unwrap();
+    let device = Default::default();
+    let b = set.batch::<Nd>(&[3, 1], &[false, true], &device).unwrap();
+    assert_eq!(b.pixels.dims(), [2, 3, 32, 32]);
+    // Background pixel (0, 0) of scene 3, channel 0: 235 / 127.5 - 1.
+    let first: Vec<f32> = b
+        .pixels
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap();
+    assert!((first[0] - (235.0 / 127.5 - 1.0)).abs() < 1e-6);
+    assert_eq!(b.ids[0], vocab.encode(&scenes[3].caption()).unwrap());
+    assert_eq!(b.ids[1], vocab.encode("").unwrap());
+    assert!(b.nouns[1].is_empty());
+    // Each noun's mask is the union of the objects it names.
+    let img = render(&scenes[3], 32);
+    for (k, (_, objects)) in scenes[3].noun_objects().iter().enumerate() {
+        assert_eq!(set.masks[3][k], img.union_coverage(objects));
+    }
+    let err = set
+        .batch::<Nd>(&[5], &[], &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("index 5"), "{err}");
+}
+
+#[test]
+fn model_round_trips_and_maps_are_measured() {
+    let device = Default::default();
+    let config = ShapesModelConfig::tiny();
+    let model: ShapesModel<Ad> = config.init(&device).unwrap();
+    let dir = TempDir::new("shapes-model");
+    let path = dir.path("base.safetensors");
+    model.save(&path).unwrap();
+    let loaded: ShapesModel<Ad> = config.init::<Ad>(&device).unwrap().load(&path).unwrap();
+    let vocab = Vocab::default();
+    let set = ShapesSet::new(
+        ShapesConfig::new().generate(Split::HeldOut, 3, 1).unwrap(),
+        32,
+        &vocab,
+    )
+    .unwrap();
+    let schedule =
+        crate::ctcal::Schedule::Flow(crate::schedule::FlowConfig::new().with_shift(1.0).init());
+    let measure = |m: &ShapesModel<Ad>| {
+        agreement_by_level(
+            m,
+            &set,
+            &[0.1, 0.9],
+            &schedule,
+            &crate::ctcal::CtcalConfig::sd3(),
+            2,
+            0,
+            &device,
+        )
+        .unwrap()
+    };
+    let a = measure(&model);
+    assert_eq!(a, measure(&loaded));
+    let nouns: usize = set.nouns.iter().map(|n| n.0.len()).sum();
+    let chance: f32 = set
+        .masks
+        .iter()
+        .flatten()
+        .map(|m| m.iter().sum::<f32>() / m.len() as f32)
+        .sum::<f32>()
+        / nouns as f32;
+    for level in &a {
+        assert_eq!(level.maps, nouns);
+        assert!((level.chance - chance).abs() < 1e-6);
+        assert!((0.0..=1.0).contains(&level.mass_inside) && (0.0..=1.0).contains(&level.iou));
+    }
+    // A width mismatch between the halves is refused.
+    let bad = ShapesModelConfig::new(config.text.clone().with_hidden_size(32), config.denoiser);
+    let err = bad.init::<Nd>(&device).err().unwrap().to_string();
+    assert!(err.contains("joint_attention_dim"), "{err}");
+}
