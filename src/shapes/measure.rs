@@ -28,21 +28,39 @@ pub struct LevelAgreement {
     pub maps: usize,
 }
 
-/// For each level, the agreement of every noun map of `set` (maps collected as CTCal's teacher
-/// collects them under `config`), with the same images and noise at every level.
+/// What to measure: the levels, how maps are collected (CTCal's teacher rules under `config`),
+/// and the batch and noise seed (the same images and noise at every level).
+#[derive(Debug, Clone)]
+pub struct AgreementProbe {
+    /// Noise levels (flow sigmas or DDPM timesteps).
+    pub levels: Vec<f64>,
+    /// The noise process.
+    pub schedule: Schedule,
+    /// Which layers' maps, on which grid.
+    pub config: CtcalConfig,
+    /// Scenes per forward.
+    pub batch: usize,
+    /// Seed of the noise.
+    pub seed: u64,
+}
+
+/// For each of `probe.levels`, the agreement of every noun map of `set` with its mask.
 pub fn agreement_by_level<B: AutodiffAttentionBackend>(
     model: &ShapesModel<B>,
     set: &ShapesSet,
-    levels: &[f64],
-    schedule: &Schedule,
-    config: &CtcalConfig,
-    batch: usize,
-    seed: u64,
+    probe: &AgreementProbe,
     device: &B::Device,
 ) -> crate::Result<Vec<LevelAgreement>>
 where
     ShapesModel<B>: AutodiffModule<B>,
 {
+    let (levels, schedule, config, batch, seed) = (
+        &probe.levels[..],
+        &probe.schedule,
+        &probe.config,
+        probe.batch,
+        probe.seed,
+    );
     let mut sums = vec![(0.0f64, 0.0f64, 0.0f64, 0usize); levels.len()];
     let s = set.size;
     let mut rng = StdRng::seed_from_u64(seed);

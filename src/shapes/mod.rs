@@ -13,23 +13,27 @@
 //! ```
 
 mod agreement;
+mod bench;
 mod data;
 mod detect;
 mod generate;
 mod measure;
 mod model;
 mod render;
+mod sample;
 mod scene;
 mod vocab;
 mod write;
 
 pub use agreement::{Agreement, agreement};
+pub use bench::{Finetune, compbench, finetune, heldout_loss};
 pub use data::{ShapesBatch, ShapesSet};
 pub use detect::{Detection, Detector, satisfies};
 pub use generate::{ShapesConfig, Split};
-pub use measure::{LevelAgreement, agreement_by_level};
+pub use measure::{AgreementProbe, LevelAgreement, agreement_by_level};
 pub use model::{ShapesModel, ShapesModelConfig};
 pub use render::{Rendered, contains, render};
+pub use sample::{flow_euler, linear_sigmas, sample_images};
 pub use scene::{BACKGROUND, Claim, Colour, Object, Relation, Scene, Shape};
 pub use vocab::{SEQ_LEN, Vocab};
 pub use write::{ShapesRow, read_rows, write_dataset};

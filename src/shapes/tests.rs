@@ -1,5 +1,6 @@
 use super::*;
 use crate::data::test_util::TempDir;
+use burn::tensor::Tensor;
 use std::f32::consts::PI;
 
 fn config() -> ShapesConfig {
@@ -340,19 +341,14 @@ fn model_round_trips_and_maps_are_measured() {
     .unwrap();
     let schedule =
         crate::ctcal::Schedule::Flow(crate::schedule::FlowConfig::new().with_shift(1.0).init());
-    let measure = |m: &ShapesModel<Ad>| {
-        agreement_by_level(
-            m,
-            &set,
-            &[0.1, 0.9],
-            &schedule,
-            &crate::ctcal::CtcalConfig::sd3(),
-            2,
-            0,
-            &device,
-        )
-        .unwrap()
+    let probe = AgreementProbe {
+        levels: vec![0.1, 0.9],
+        schedule,
+        config: crate::ctcal::CtcalConfig::sd3(),
+        batch: 2,
+        seed: 0,
     };
+    let measure = |m: &ShapesModel<Ad>| agreement_by_level(m, &set, &probe, &device).unwrap();
     let a = measure(&model);
     assert_eq!(a, measure(&loaded));
     let nouns: usize = set.nouns.iter().map(|n| n.0.len()).sum();
@@ -372,4 +368,21 @@ fn model_round_trips_and_maps_are_measured() {
     let bad = ShapesModelConfig::new(config.text.clone().with_hidden_size(32), config.denoiser);
     let err = bad.init::<Nd>(&device).err().unwrap().to_string();
     assert!(err.contains("joint_attention_dim"), "{err}");
+}
+
+/// With the exact velocity of one data point, `(x - x0) / sigma`, Euler steps land on it: the
+/// flow's straight paths make every step exact.
+#[test]
+fn flow_euler_reaches_the_data_point_of_an_exact_velocity() {
+    let device = Default::default();
+    let x0 = Tensor::<Nd, 4>::from_floats([[[[0.5, -0.25], [1.0, 0.0]]]], &device);
+    let noise = Tensor::<Nd, 4>::from_floats([[[[-1.0, 2.0], [0.3, 0.7]]]], &device);
+    let target = x0.clone();
+    let out = flow_euler(noise, &linear_sigmas(7), |x, sigma| {
+        Ok((x - target.clone()).div_scalar(sigma))
+    })
+    .unwrap();
+    let diff: f64 = (out - x0).abs().max().into_scalar();
+    assert!(diff < 1e-12, "{diff}");
+    assert_eq!(linear_sigmas(4), vec![1.0, 0.75, 0.5, 0.25, 0.0]);
 }
