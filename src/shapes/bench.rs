@@ -21,52 +21,87 @@ use crate::ctcal::{
 use crate::lora::{LoraConfig, apply_lora, merge_lora};
 use crate::nn::normal_tensor;
 
-/// One fine-tuning run.
+/// One training run of a shapes model: the base model's pretraining (all parameters, plain
+/// loss, caption dropout) or a fine-tune (LoRA adapters, with or without CTCal).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Finetune {
+pub struct TrainRun {
     /// Optimiser steps.
     pub steps: usize,
     /// Batch size.
     pub batch: usize,
-    /// Learning rate of the adapters and the map auto-encoder (constant).
+    /// Peak learning rate (the model and the map auto-encoder).
     pub lr: f64,
-    /// LoRA rank on the MMDiT's attention projections (text encoder frozen).
-    pub rank: usize,
-    /// Loss config: `lambda_ctcal = 0` is the plain baseline.
+    /// Linear warm-up steps (0: constant from the start).
+    pub warmup_steps: usize,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// `Some(rank)`: freeze the model and train LoRA adapters of this rank on the MMDiT's
+    /// attention projections (merged at the end); `None`: train every parameter.
+    pub lora_rank: Option<usize>,
+    /// Share of captions replaced by the empty one (for classifier-free guidance).
+    pub caption_dropout: f64,
+    /// Loss config: `lambda_ctcal = 0` is the plain diffusion loss.
     pub ctcal: CtcalConfig,
-    /// Seed of the adapters, the batches and the noise.
+    /// Seed of the adapters, the auto-encoder, the batches and the noise.
     pub seed: u64,
 }
 
-/// Fine-tunes `base` on `set` and returns it with the adapters merged, plus the loss parts of
-/// every step. The text encoder and the MMDiT's base weights stay frozen.
-pub fn finetune<B: AutodiffAttentionBackend>(
-    base: ShapesModel<B>,
+impl TrainRun {
+    /// A fine-tune: LoRA of `rank` on the MMDiT, text encoder frozen, constant `lr`, CTCal or
+    /// plain by `ctcal`.
+    pub fn finetune(steps: usize, batch: usize, lr: f64, rank: usize, ctcal: CtcalConfig) -> Self {
+        TrainRun {
+            steps,
+            batch,
+            lr,
+            warmup_steps: 0,
+            weight_decay: 1e-4,
+            lora_rank: Some(rank),
+            caption_dropout: 0.0,
+            ctcal,
+            seed: 0,
+        }
+    }
+}
+
+/// Trains `model` on `set` as `run` says and returns it (adapters merged), calling
+/// `on_step(step, parts)` after every step.
+pub fn train_shapes<B: AutodiffAttentionBackend>(
+    model: ShapesModel<B>,
     set: &ShapesSet,
     schedule: &Schedule,
-    run: &Finetune,
+    run: &TrainRun,
     device: &B::Device,
-) -> crate::Result<(ShapesModel<B>, Vec<LossParts>)> {
-    let (denoiser, _) = apply_lora(
-        base.denoiser,
-        &LoraConfig::mmdit_default().with_rank(run.rank),
-        run.seed,
-    )?;
-    let mut model = ShapesModel {
-        text: burn::module::Module::no_grad(base.text),
-        denoiser,
+    mut on_step: impl FnMut(usize, &LossParts),
+) -> crate::Result<ShapesModel<B>> {
+    let mut model = match run.lora_rank {
+        Some(rank) => {
+            let config = LoraConfig::mmdit_default().with_rank(rank);
+            ShapesModel {
+                text: burn::module::Module::no_grad(model.text),
+                denoiser: apply_lora(model.denoiser, &config, run.seed)?.0,
+            }
+        }
+        None => model,
     };
     B::seed(device, run.seed);
     let mut ae = run.ctcal.autoencoder.init::<B>(device);
-    let mut optim = AdamWConfig::new().init::<B, ShapesModel<B>>();
-    let mut optim_ae = AdamWConfig::new().init();
-    let mut rng = StdRng::seed_from_u64(run.seed ^ 0xf17e);
-    let mut log = Vec::with_capacity(run.steps);
-    for _ in 0..run.steps {
+    let adamw = AdamWConfig::new().with_weight_decay(run.weight_decay as f32);
+    let mut optim = adamw.init::<B, ShapesModel<B>>();
+    let mut optim_ae = adamw.init();
+    let mut rng = StdRng::seed_from_u64(run.seed);
+    for step in 0..run.steps {
         let index: Vec<usize> = (0..run.batch)
             .map(|_| rng.random_range(0..set.len()))
             .collect();
-        let b = set.batch::<B>(&index, &[], device)?;
+        let dropped: Vec<bool> = if run.caption_dropout > 0.0 {
+            (0..run.batch)
+                .map(|_| rng.random_bool(run.caption_dropout))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let b = set.batch::<B>(&index, &dropped, device)?;
         let cond = model.encode(&b.ids, device)?;
         let (student, teacher) = schedule.sample_levels(&mut rng, run.batch, run.ctcal.teacher)?;
         let draw = StepDraw {
@@ -83,17 +118,19 @@ pub fn finetune<B: AutodiffAttentionBackend>(
         let mut grads = out.loss.backward();
         let g_model = GradientsParams::from_module(&mut grads, &model);
         let g_ae = GradientsParams::from_module(&mut grads, &ae);
-        model = optim.step(run.lr, model, g_model);
-        ae = optim_ae.step(run.lr, ae, g_ae);
-        log.push(out.parts);
+        let lr = if run.warmup_steps == 0 {
+            run.lr
+        } else {
+            run.lr * ((step + 1) as f64 / run.warmup_steps as f64).min(1.0)
+        };
+        model = optim.step(lr, model, g_model);
+        ae = optim_ae.step(lr, ae, g_ae);
+        on_step(step, &out.parts);
     }
-    Ok((
-        ShapesModel {
-            text: model.text,
-            denoiser: merge_lora(model.denoiser),
-        },
-        log,
-    ))
+    Ok(ShapesModel {
+        text: model.text,
+        denoiser: merge_lora(model.denoiser),
+    })
 }
 
 /// Mean flow loss of `model` on `set` at each of `levels` (same noise for every model given the

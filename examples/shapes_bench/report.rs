@@ -1,0 +1,277 @@
+//! The `bench` stage: the base model and paired fine-tunes measured for the method's three
+//! claims, reported as a table (mean and standard deviation over seeds) and a plot.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use ctcal::attention::AutodiffAttentionBackend;
+use ctcal::ctcal::{CtcalConfig, LossParts};
+use ctcal::shapes::{
+    AgreementProbe, LevelAgreement, ShapesConfig, ShapesModel, ShapesModelConfig, ShapesSet, Split,
+    TrainRun, Vocab, agreement_by_level, train_shapes,
+};
+use ctcal::viz::{COLOURS, Series, line_plot};
+
+use super::{BASE, flow_schedule, write_json};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// The base model.
+    #[arg(long, default_value = BASE)]
+    base: PathBuf,
+    /// Fine-tuning steps per run.
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    /// Seeds (runs per arm).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Batch size.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Learning rate (adapters and map auto-encoder).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Held-out scenes for every measurement.
+    #[arg(long, default_value_t = 128)]
+    eval_scenes: usize,
+    /// Euler steps per sample.
+    #[arg(long, default_value_t = 16)]
+    sample_steps: usize,
+    /// Classifier-free guidance scale of the samples.
+    #[arg(long, default_value_t = 3.0)]
+    guidance: f64,
+}
+
+/// Sigmas of the agreement curves; "large t" for claim 2 is the mean over sigma >= 0.7.
+pub const LEVELS: [f64; 9] = [0.02, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.98];
+
+/// One model's measurements.
+#[derive(serde::Serialize, Clone)]
+struct Measured {
+    curve: Vec<LevelAgreement>,
+    large_t_mass: f64,
+    large_t_iou: f64,
+    heldout_loss: f64,
+    compbench: BTreeMap<String, f64>,
+}
+
+fn measure<B: AutodiffAttentionBackend>(
+    model: &ShapesModel<B>,
+    eval: &ShapesSet,
+    o: &BenchArgs,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Measured> {
+    let probe = AgreementProbe {
+        levels: LEVELS.to_vec(),
+        schedule: flow_schedule(),
+        config: CtcalConfig::sd3(),
+        batch: 32,
+        seed: seed + 7,
+    };
+    let curve = agreement_by_level(model, eval, &probe, device)?;
+    let large: Vec<_> = curve.iter().filter(|c| c.level >= 0.7).collect();
+    let mean = |f: &dyn Fn(&LevelAgreement) -> f32| {
+        large.iter().map(|c| f(c) as f64).sum::<f64>() / large.len() as f64
+    };
+    let heldout_loss = ctcal::shapes::heldout_loss(
+        model,
+        eval,
+        &flow_schedule(),
+        &[0.1, 0.3, 0.5, 0.7, 0.9],
+        seed + 8,
+        device,
+    )?;
+    let compbench = ctcal::shapes::compbench(
+        &burn::module::AutodiffModule::valid(model),
+        eval,
+        o.sample_steps,
+        o.guidance,
+        seed + 9,
+        device,
+    )?;
+    Ok(Measured {
+        large_t_mass: mean(&|c| c.mass_inside),
+        large_t_iou: mean(&|c| c.iou),
+        curve,
+        heldout_loss,
+        compbench,
+    })
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, var.sqrt())
+}
+
+/// Measures the base model, fine-tunes it `o.seeds` times per arm (plain, CTCal) and reports.
+pub fn bench<B: AutodiffAttentionBackend>(
+    out: &Path,
+    o: &BenchArgs,
+    seed: u64,
+    device: &B::Device,
+) -> Result<()> {
+    let base_path = &o.base;
+    let start = Instant::now();
+    let vocab = Vocab::default();
+    let shapes = ShapesConfig::new();
+    let model_config = ShapesModelConfig::tiny();
+    let load =
+        || -> Result<ShapesModel<B>> { Ok(model_config.init::<B>(device)?.load(base_path)?) };
+    let eval = ShapesSet::new(
+        shapes.generate(Split::HeldOut, o.eval_scenes, seed + 1000)?,
+        shapes.size,
+        &vocab,
+    )?;
+    let base = measure(&load()?, &eval, o, seed, device)?;
+    println!(
+        "base: large-t mass {:.3}, held-out loss {:.4}, compbench {:?} ({:.0} s)",
+        base.large_t_mass,
+        base.heldout_loss,
+        base.compbench,
+        start.elapsed().as_secs_f64()
+    );
+    let mut runs: Vec<(String, u64, Measured, Vec<LossParts>)> = Vec::new();
+    for k in 0..o.seeds {
+        let data = ShapesSet::new(
+            shapes.generate(Split::Train, 2000, seed + 100 + k)?,
+            shapes.size,
+            &vocab,
+        )?;
+        for (arm, lambda) in [("plain", 0.0), ("ctcal", 1.0)] {
+            let mut run = TrainRun::finetune(
+                o.steps,
+                o.batch,
+                o.lr,
+                o.rank,
+                CtcalConfig::sd3().with_lambda_ctcal(lambda),
+            );
+            run.seed = seed + k;
+            let mut log = Vec::with_capacity(o.steps);
+            let model = train_shapes(
+                load()?,
+                &data,
+                &flow_schedule(),
+                &run,
+                device,
+                |_, parts| log.push(*parts),
+            )?;
+            let m = measure(&model, &eval, o, seed, device)?;
+            println!(
+                "seed {k} {arm:<5}: large-t mass {:.3}, iou {:.3}, held-out loss {:.4}, compbench {:?} ({:.0} s)",
+                m.large_t_mass,
+                m.large_t_iou,
+                m.heldout_loss,
+                m.compbench,
+                start.elapsed().as_secs_f64()
+            );
+            runs.push((arm.to_string(), k, m, log));
+        }
+    }
+    // Table: mean and standard deviation over seeds.
+    let mut table = String::from(
+        "| model | large-t mass inside | large-t IoU | held-out flow loss | colour binding | counting | spatial | shape | overall |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let cell = |v: Vec<f64>| {
+        let (m, s) = mean_std(&v);
+        if v.len() > 1 {
+            format!("{m:.3} ± {s:.3}")
+        } else {
+            format!("{m:.3}")
+        }
+    };
+    let row = |name: &str, ms: Vec<&Measured>| {
+        let cb = |k: &str| {
+            cell(
+                ms.iter()
+                    .map(|m| m.compbench.get(k).copied().unwrap_or(0.0))
+                    .collect(),
+            )
+        };
+        format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            cell(ms.iter().map(|m| m.large_t_mass).collect()),
+            cell(ms.iter().map(|m| m.large_t_iou).collect()),
+            cell(ms.iter().map(|m| m.heldout_loss).collect()),
+            cb("colour_binding"),
+            cb("counting"),
+            cb("spatial"),
+            cb("shape"),
+            cb("overall"),
+        )
+    };
+    table += &row("base", vec![&base]);
+    for arm in ["plain", "ctcal"] {
+        let ms: Vec<&Measured> = runs.iter().filter(|r| r.0 == arm).map(|r| &r.2).collect();
+        table += &row(&format!("{arm} fine-tune ({} seeds)", ms.len()), ms);
+    }
+    println!("\n{table}");
+    ctcal::weights::write_atomic(&out.join("table.md"), table.as_bytes())?;
+    // Agreement curves: base, and each arm's mean over seeds.
+    let mean_curve = |arm: &str| -> Vec<(f64, f64)> {
+        LEVELS
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter(|r| r.0 == arm)
+                    .map(|r| r.2.curve[i].mass_inside as f64)
+                    .collect();
+                (l, mean_std(&v).0)
+            })
+            .collect()
+    };
+    let series = vec![
+        Series {
+            label: "base".into(),
+            points: base
+                .curve
+                .iter()
+                .map(|c| (c.level, c.mass_inside as f64))
+                .collect(),
+            colour: COLOURS[0],
+        },
+        Series {
+            label: "plain".into(),
+            points: mean_curve("plain"),
+            colour: COLOURS[1],
+        },
+        Series {
+            label: "ctcal".into(),
+            points: mean_curve("ctcal"),
+            colour: COLOURS[2],
+        },
+        Series {
+            label: "chance".into(),
+            points: base
+                .curve
+                .iter()
+                .map(|c| (c.level, c.chance as f64))
+                .collect(),
+            colour: COLOURS[3],
+        },
+    ];
+    let plot = line_plot(
+        "map mass inside the noun's mask vs sigma",
+        &series,
+        480,
+        320,
+    );
+    ctcal::viz::save_png(&plot, &out.join("agreement.png"))?;
+    let runs_json: Vec<_> = runs
+        .iter()
+        .map(|(arm, seed, m, log)| serde_json::json!({"arm": arm, "seed": seed, "measured": m, "loss": log}))
+        .collect();
+    write_json(
+        &out.join("results.json"),
+        &serde_json::json!({"base": base, "runs": runs_json, "seconds": start.elapsed().as_secs_f64()}),
+    )
+}
