@@ -1,6 +1,7 @@
 use super::*;
 use crate::data::test_util::TempDir;
 use burn::tensor::Tensor;
+use std::collections::BTreeMap;
 use std::f32::consts::PI;
 
 fn config() -> ShapesConfig {
@@ -330,7 +331,9 @@ fn model_round_trips_and_maps_are_measured() {
     let model: ShapesModel<Ad> = config.init(&device).unwrap();
     let dir = TempDir::new("shapes-model");
     let path = dir.path("base.safetensors");
+    std::fs::write(path.with_extension("safetensors.tmp"), b"stale").unwrap();
     model.save(&path).unwrap();
+    model.save(&path).unwrap(); // over an existing file too
     let loaded: ShapesModel<Ad> = config.init::<Ad>(&device).unwrap().load(&path).unwrap();
     let vocab = Vocab::default();
     let set = ShapesSet::new(
@@ -385,4 +388,65 @@ fn flow_euler_reaches_the_data_point_of_an_exact_velocity() {
     let diff: f64 = (out - x0).abs().max().into_scalar();
     assert!(diff < 1e-12, "{diff}");
     assert_eq!(linear_sigmas(4), vec![1.0, 0.75, 0.5, 0.25, 0.0]);
+}
+
+/// A LoRA fine-tune changes the denoiser and leaves the text encoder bit for bit; the paired
+/// arms (plain, CTCal) see the same first batch (same diffusion loss) and only the CTCal arm
+/// has a CTCal loss.
+#[test]
+fn fine_tunes_freeze_the_text_encoder_and_pair_the_arms() {
+    let device = Default::default();
+    let vocab = Vocab::default();
+    let set = ShapesSet::new(config().generate(Split::Train, 8, 3).unwrap(), 32, &vocab).unwrap();
+    let schedule =
+        crate::ctcal::Schedule::Flow(crate::schedule::FlowConfig::new().with_shift(1.0).init());
+    // burn initialises parameters lazily, each clone on its own: saved and loaded, the base's
+    // values are fixed before it is cloned.
+    let dir = TempDir::new("shapes-ft");
+    let fixed = dir.path("base.safetensors");
+    let init = || ShapesModelConfig::tiny().init::<Ad>(&device).unwrap();
+    init().save(&fixed).unwrap();
+    let base = init().load(&fixed).unwrap();
+    // Every tensor's bytes by name (the file's header order is not fixed).
+    let params = |m: &ShapesModel<Ad>, text: bool| -> BTreeMap<String, Vec<u8>> {
+        let path = dir.path("p.safetensors");
+        let _ = std::fs::remove_file(&path);
+        if text {
+            crate::train::save_params(&m.text, &path, |_, _| true).unwrap();
+        } else {
+            crate::train::save_params(&m.denoiser, &path, |_, _| true).unwrap();
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        file.tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.data().to_vec()))
+            .collect()
+    };
+    let (text_before, denoiser_before) = (params(&base, true), params(&base, false));
+    let mut logs = Vec::new();
+    for lambda in [0.0, 1.0] {
+        let run = TrainRun::finetune(
+            2,
+            2,
+            1e-2,
+            2,
+            crate::ctcal::CtcalConfig::sd3().with_lambda_ctcal(lambda),
+        );
+        let mut log = Vec::new();
+        let after = train_shapes(base.clone(), &set, &schedule, &run, &device, |_, p| {
+            log.push(*p)
+        })
+        .unwrap();
+        // (assert!, not assert_eq!: the operands are whole weight files)
+        assert!(params(&after, true) == text_before, "text encoder changed");
+        assert!(
+            params(&after, false) != denoiser_before,
+            "denoiser unchanged"
+        );
+        logs.push(log);
+    }
+    assert_eq!(logs[0][0].diffusion, logs[1][0].diffusion);
+    assert_eq!(logs[0][0].ctcal, 0.0);
+    assert!(logs[1][0].ctcal > 0.0);
 }
