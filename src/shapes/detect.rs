@@ -1,7 +1,8 @@
 //! A rule-based detector for shapes images and the caption checks built on it (the
 //! benchmark's mini-CompBench): each pixel takes the nearest palette colour or the background,
-//! same-colour 4-connected components become objects, and the share of its bounding box a
-//! component fills names its shape (square about 1, circle about pi/4, triangle about 1/2).
+//! same-colour 4-connected components become objects; a component with a quarter of its pixels
+//! in the upper half of its bounding box is a triangle; otherwise one that fills three corners
+//! of its box (or almost all of it) is a square, and the rest are circles.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,8 @@ pub struct Detection {
     pub colour: Colour,
     /// Shape read from the fill ratio.
     pub shape: Shape,
-    /// Centroid `[x, y]` in pixels (pixel `i`'s centre at `i + 0.5`).
+    /// Centre of the bounding box `[x, y]` in pixels (the generator places objects by their
+    /// box centre; a triangle's centroid lies lower).
     pub center: [f32; 2],
     /// Pixels in the component.
     pub area: usize,
@@ -27,20 +29,22 @@ pub struct Detection {
 pub struct Detector {
     /// Components smaller than this many pixels are noise.
     pub min_area: usize,
-    /// Fill ratio at or above which a component is a square.
+    /// Fill ratio at or above which a component is a square even with fewer than three box
+    /// corners filled.
     pub square_fill: f32,
-    /// Fill ratio at or above which (below `square_fill`) a component is a circle; below it, a
-    /// triangle.
-    pub circle_fill: f32,
+    /// Share of a component's pixels in the upper half of its bounding box below which it is a
+    /// triangle (ideal: 1/4 for a triangle, 1/2 for circles and squares).
+    pub triangle_top_share: f32,
 }
 
 impl Default for Detector {
-    /// Thresholds halfway between the ideal ratios (1, pi/4 = 0.785, 0.5); 8 px minimum area.
+    /// Thresholds halfway between the ideal values (fill: square 1, circle pi/4 = 0.785; upper
+    /// share: triangle 1/4, others 1/2); 8 px minimum area.
     fn default() -> Self {
         Detector {
             min_area: 8,
-            square_fill: 0.89,
-            circle_fill: 0.64,
+            square_fill: 0.95,
+            triangle_top_share: 0.375,
         }
     }
 }
@@ -62,13 +66,13 @@ impl Detector {
             // Flood fill one component.
             seen[start] = true;
             stack.push(start);
-            let (mut area, mut sx, mut sy) = (0usize, 0.0f64, 0.0f64);
+            let mut pixels = Vec::new();
+            let mut area = 0usize;
             let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
             while let Some(i) = stack.pop() {
                 let (x, y) = (i % size, i / size);
+                pixels.push((x, y));
                 area += 1;
-                sx += x as f64 + 0.5;
-                sy += y as f64 + 0.5;
                 (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
                 let mut visit = |j: usize| {
                     if !seen[j] && labels[j] == Some(colour) {
@@ -93,17 +97,28 @@ impl Detector {
                 continue;
             }
             let fill = area as f32 / ((x1 - x0 + 1) * (y1 - y0 + 1)) as f32;
-            let shape = if fill >= self.square_fill {
-                Shape::Square
-            } else if fill >= self.circle_fill {
-                Shape::Circle
-            } else {
+            // An upward triangle keeps a quarter of its area in the upper half of its box;
+            // circles and squares keep half.
+            let mid = (y0 + y1 + 1) as f32 / 2.0;
+            let upper = pixels.iter().filter(|p| (p.1 as f32 + 0.5) < mid).count() as f32
+                + pixels.iter().filter(|p| (p.1 as f32 + 0.5) == mid).count() as f32 / 2.0;
+            // A square fills the corners of its box; a disc leaves them empty.
+            let corners = [(x0, y0), (x1, y0), (x0, y1), (x1, y1)]
+                .iter()
+                .filter(|c| pixels.contains(c))
+                .count();
+            let top_share = upper / area as f32;
+            let shape = if top_share < self.triangle_top_share {
                 Shape::Triangle
+            } else if corners >= 3 || fill >= self.square_fill {
+                Shape::Square
+            } else {
+                Shape::Circle
             };
             out.push(Detection {
                 colour,
                 shape,
-                center: [(sx / area as f64) as f32, (sy / area as f64) as f32],
+                center: [(x0 + x1 + 1) as f32 / 2.0, (y0 + y1 + 1) as f32 / 2.0],
                 area,
                 fill,
             });
