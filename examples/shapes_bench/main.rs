@@ -61,6 +61,10 @@ enum Stage {
         /// Held-out scenes measured.
         #[arg(long, default_value_t = 200)]
         scenes: usize,
+        /// Only these attention layers' maps (diffusers paths such as
+        /// `transformer_blocks.0.attn`; default: every joint attention).
+        #[arg(long)]
+        layer: Vec<String>,
     },
 }
 
@@ -99,9 +103,11 @@ fn main() -> Result<()> {
         Stage::Data { scenes } => data(&args.out, *scenes, args.seed),
         Stage::Pretrain(p) => pretrain::<B>(&args.out, p, args.seed, &device),
         Stage::Bench(b) => report::bench::<B>(&args.out, b, args.seed, &device),
-        Stage::Agreement { model, scenes } => {
-            agreement::<B>(&args.out, model, *scenes, args.seed, &device)
-        }
+        Stage::Agreement {
+            model,
+            scenes,
+            layer,
+        } => agreement::<B>(&args.out, model, *scenes, layer, args.seed, &device),
     }
 }
 
@@ -218,6 +224,7 @@ fn agreement<B: AutodiffAttentionBackend>(
     out: &Path,
     path: &Path,
     n: usize,
+    layers: &[String],
     seed: u64,
     device: &B::Device,
 ) -> Result<()> {
@@ -231,7 +238,7 @@ fn agreement<B: AutodiffAttentionBackend>(
         let probe = AgreementProbe {
             levels: report::LEVELS.to_vec(),
             schedule: flow_schedule(),
-            config: CtcalConfig::sd3(),
+            config: CtcalConfig::sd3().with_layer_paths(layers.to_vec()),
             batch: 32,
             seed,
         };
