@@ -22,7 +22,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = BASE)]
     base: PathBuf,
     /// Fine-tuning steps per run.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 80)]
     steps: usize,
     /// Seeds (runs per arm).
     #[arg(long, default_value_t = 3)]
@@ -37,10 +37,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 8)]
     rank: usize,
     /// Held-out scenes for every measurement.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     eval_scenes: usize,
     /// Euler steps per sample.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 12)]
     sample_steps: usize,
     /// Classifier-free guidance scale of the samples.
     #[arg(long, default_value_t = 3.0)]
