@@ -19,7 +19,11 @@ use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn_store::{ModuleSnapshot, SafetensorsStore};
+use std::rc::Rc;
+
+use burn::module::ParamId;
+use burn::tensor::DType;
+use burn_store::{ModuleAdapter, ModuleSnapshot, SafetensorsStore, TensorSnapshot};
 use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
@@ -99,8 +103,10 @@ pub fn load_params<B: Backend, M: Module<B>>(
             path.display()
         )));
     }
+    let target = <B::FloatElem as burn::tensor::Element>::dtype();
     let mut store = SafetensorsStore::from_file(path)
         .with_predicate(filter)
+        .with_from_adapter(FloatCast(target))
         .allow_partial(true);
     let result = module
         .load_from(&mut store)
@@ -120,6 +126,33 @@ pub fn load_params<B: Backend, M: Module<B>>(
         )));
     }
     Ok(module)
+}
+
+/// Converts float tensors to the backend's float type as they load (a file saved from an f32
+/// run read into an f64 or bf16 backend; burn-store keeps the file's dtype otherwise).
+#[derive(Clone)]
+struct FloatCast(DType);
+
+impl ModuleAdapter for FloatCast {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        let target = self.0;
+        if !snapshot.dtype.is_float() || snapshot.dtype == target {
+            return snapshot.clone();
+        }
+        let source = snapshot.clone();
+        TensorSnapshot::from_closure(
+            Rc::new(move || source.to_data().map(|d| d.convert_dtype(target))),
+            target,
+            snapshot.shape.clone(),
+            snapshot.path_stack.clone().unwrap_or_default(),
+            snapshot.container_stack.clone().unwrap_or_default(),
+            snapshot.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
 }
 
 /// What a checkpoint holds besides its state.
