@@ -22,7 +22,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
-use common::{arg, flag};
+use common::{arg, flag, time_with_warmup};
 use ctcal::attention::{
     AttentionBackend, AttentionConfig, AttentionKind, AttentionSite, AttentionStore,
     AutodiffAttentionBackend, BlockPos, NoHook, SiteFilter, Slot,
@@ -35,7 +35,6 @@ use ctcal::mmdit::SD3Transformer2DConfig;
 use ctcal::nn::{FeedForwardActivation, FeedForwardConfig};
 use ctcal::schedule::{DdpmConfig, FlowConfig};
 use ctcal::unet::{BasicTransformerBlock, UNet2DConditionConfig};
-use std::time::Instant;
 
 struct Opts {
     workload: String,
@@ -44,26 +43,6 @@ struct Opts {
     latent: usize,
     iters: usize,
     tiny: bool,
-}
-
-fn median<F: FnMut()>(warmup: usize, iters: usize, mut f: F) -> (f64, f64) {
-    let t0 = Instant::now();
-    for i in 0..warmup {
-        f();
-        // On a GPU the first calls compile and autotune kernels (tens of seconds on CUDA);
-        // progress on stderr says where a run that hit its time limit got to.
-        eprintln!("warm-up {i}: {:.1} s", t0.elapsed().as_secs_f64());
-    }
-    let first = t0.elapsed().as_secs_f64();
-    let mut v: Vec<f64> = (0..iters.max(1))
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    (v[v.len() / 2], first)
 }
 
 fn report(o: &Opts, case: &str, (t, warm): (f64, f64)) {
@@ -124,7 +103,7 @@ fn block<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
     report(
         o,
         "fwd",
-        median(4, o.iters, || {
+        time_with_warmup(4, o.iters, || {
             let y = eval.forward(xi.clone(), ci.clone(), grid, &mut NoHook);
             let _ = y.mean().into_data();
         }),
@@ -132,7 +111,7 @@ fn block<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
     report(
         o,
         "fwd+bwd",
-        median(4, o.iters, || {
+        time_with_warmup(4, o.iters, || {
             let y = blk.forward(x.clone(), ctx.clone(), grid, &mut NoHook);
             let _g = y.mean().backward();
             let _ = B::sync(device);
@@ -141,7 +120,7 @@ fn block<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
     report(
         o,
         "fwd+bwd, cross probs",
-        median(4, o.iters, || {
+        time_with_warmup(4, o.iters, || {
             let mut store =
                 AttentionStore::new(SiteFilter::default().with_kinds([AttentionKind::Cross]));
             let y = blk.forward(x.clone(), ctx.clone(), grid, &mut store);
@@ -170,7 +149,7 @@ fn attn<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
     report(
         o,
         "burn attention (scale None)",
-        median(4, o.iters, || {
+        time_with_warmup(4, o.iters, || {
             let out = attention(
                 q.clone(),
                 k.clone(),
@@ -186,7 +165,7 @@ fn attn<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
     report(
         o,
         "crate chunked forward",
-        median(4, o.iters, || {
+        time_with_warmup(4, o.iters, || {
             let out =
                 ctcal::attention::efficient_attention(q.clone(), k.clone(), v.clone(), scale, None);
             let _ = B::InnerBackend::sync(device);
@@ -204,7 +183,7 @@ fn attn<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
         report(
             o,
             "burn attention fwd+bwd",
-            median(2, o.iters, || {
+            time_with_warmup(2, o.iters, || {
                 let out = attention(
                     qa.clone(),
                     ka.clone(),
@@ -227,7 +206,7 @@ fn attn<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
     report(
         o,
         "crate op fwd+bwd",
-        median(4, o.iters, || {
+        time_with_warmup(4, o.iters, || {
             let out = ctcal::attention::efficient_attention(
                 qa.clone(),
                 ka.clone(),
@@ -281,10 +260,10 @@ where
     report(
         o,
         "plain step",
-        median(2, o.iters, || run(&base.clone().with_lambda_ctcal(0.0))),
+        time_with_warmup(2, o.iters, || run(&base.clone().with_lambda_ctcal(0.0))),
     );
     if !flag("--plain-only") {
-        report(o, "ctcal step", median(2, o.iters, || run(&base)));
+        report(o, "ctcal step", time_with_warmup(2, o.iters, || run(&base)));
     }
 }
 

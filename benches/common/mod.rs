@@ -5,8 +5,21 @@ use std::time::Instant;
 
 /// Runs `f` once to warm up (kernel compilation, autotune), then `iters` times; returns the
 /// median wall time in seconds. `f` must synchronise the device itself.
-pub fn time<F: FnMut()>(iters: usize, mut f: F) -> f64 {
-    f();
+pub fn time<F: FnMut()>(iters: usize, f: F) -> f64 {
+    time_with_warmup(1, iters, f).0
+}
+
+/// Runs `f` `warmup` times, then `iters` times; returns the median of the timed runs and the
+/// seconds the warm-up took. On a GPU the first calls compile and autotune kernels (tens of
+/// seconds on CUDA), so each warm-up call's progress goes to stderr: a run cut off by a time
+/// limit still says how far it got.
+pub fn time_with_warmup<F: FnMut()>(warmup: usize, iters: usize, mut f: F) -> (f64, f64) {
+    let t0 = Instant::now();
+    for i in 0..warmup {
+        f();
+        eprintln!("warm-up {i}: {:.1} s", t0.elapsed().as_secs_f64());
+    }
+    let first = t0.elapsed().as_secs_f64();
     let mut v: Vec<f64> = (0..iters.max(1))
         .map(|_| {
             let t = Instant::now();
@@ -15,7 +28,7 @@ pub fn time<F: FnMut()>(iters: usize, mut f: F) -> f64 {
         })
         .collect();
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    (v[v.len() / 2], first)
 }
 
 /// The value after `flag` on the command line.
