@@ -139,6 +139,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
         start.elapsed().as_secs_f64()
     );
     let mut runs: Vec<(String, u64, Measured, Vec<LossParts>)> = Vec::new();
+    let mut shown: Vec<(String, ShapesModel<B>)> = vec![("base".into(), load()?)];
     for k in 0..o.seeds {
         let data = ShapesSet::new(
             shapes.generate(Split::Train, 2000, seed + 100 + k)?,
@@ -173,6 +174,9 @@ pub fn bench<B: AutodiffAttentionBackend>(
                 start.elapsed().as_secs_f64()
             );
             runs.push((arm.to_string(), k, m, log));
+            if k == 0 {
+                shown.push((format!("{arm} seed 0"), model));
+            }
         }
     }
     // Table: mean and standard deviation over seeds.
@@ -266,6 +270,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
         320,
     );
     ctcal::viz::save_png(&plot, &out.join("agreement.png"))?;
+    figures(out, &eval, &shown, o, seed, device)?;
     let runs_json: Vec<_> = runs
         .iter()
         .map(|(arm, seed, m, log)| serde_json::json!({"arm": arm, "seed": seed, "measured": m, "loss": log}))
@@ -274,4 +279,89 @@ pub fn bench<B: AutodiffAttentionBackend>(
         &out.join("results.json"),
         &serde_json::json!({"base": base, "runs": runs_json, "seconds": start.elapsed().as_secs_f64()}),
     )
+}
+
+/// `samples.png`: the first eight held-out captions drawn by each shown model (first row: the
+/// generator's own images), and `maps_<model>.png`: teacher (sigma 0.02) | student (sigma 0.9)
+/// noun maps of the first four held-out scenes.
+fn figures<B: AutodiffAttentionBackend>(
+    out: &Path,
+    eval: &ShapesSet,
+    shown: &[(String, ShapesModel<B>)],
+    o: &BenchArgs,
+    seed: u64,
+    device: &B::Device,
+) -> Result<()> {
+    use burn::module::AutodiffModule;
+    use ctcal::viz::{draw_text, save_png, stack_rows};
+    use image::{Rgb, RgbImage};
+    let n = eval.len().min(8);
+    let s = eval.size;
+    let tile = |rgb: Vec<u8>| -> Result<RgbImage> {
+        let img = RgbImage::from_raw(s as u32, s as u32, rgb)
+            .ok_or_else(|| anyhow::anyhow!("sample of the wrong size"))?;
+        Ok(image::imageops::resize(
+            &img,
+            3 * s as u32,
+            3 * s as u32,
+            image::imageops::FilterType::Nearest,
+        ))
+    };
+    let row = |label: &str, images: Vec<Vec<u8>>| -> Result<RgbImage> {
+        let w = 3 * s as u32;
+        let mut img = RgbImage::from_pixel(n as u32 * (w + 4), w + 12, Rgb([255, 255, 255]));
+        draw_text(&mut img, 2, 2, label, 1, Rgb([0, 0, 0]));
+        for (i, rgb) in images.into_iter().enumerate() {
+            image::imageops::replace(&mut img, &tile(rgb)?, i as i64 * (w as i64 + 4), 12);
+        }
+        Ok(img)
+    };
+    let truth: Vec<Vec<u8>> = (0..n)
+        .map(|i| ctcal::shapes::render(&eval.scenes[i], s).rgb)
+        .collect();
+    let mut rows = vec![row("held-out captions, ground truth", truth)?];
+    let ids: Vec<Vec<usize>> = eval.ids[..n].to_vec();
+    for (name, model) in shown {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed + 11);
+        let noise = ctcal::nn::normal_tensor(&mut rng, [n, 3, s, s], device);
+        let images = ctcal::shapes::sample_images(
+            &model.valid(),
+            &ids,
+            eval,
+            noise,
+            o.sample_steps,
+            o.guidance,
+        )?;
+        rows.push(row(name, images)?);
+    }
+    save_png(&stack_rows(&rows), &out.join("samples.png"))?;
+    // Teacher | student maps.
+    let k = eval.len().min(4);
+    let index: Vec<usize> = (0..k).collect();
+    let b = eval.batch::<B>(&index, &[], device)?;
+    let captions: Vec<String> = eval.scenes[..k].iter().map(|sc| sc.caption()).collect();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed + 12);
+    let noise = ctcal::nn::normal_tensor(&mut rng, [k, 3, s, s], device);
+    for (name, model) in shown {
+        let data = ctcal::ctcal::TrainBatch {
+            latents: b.pixels.clone(),
+            cond: model.encode(&b.ids, device)?,
+            nouns: b.nouns.clone(),
+        };
+        let img = ctcal::train::map_preview(
+            &model.denoiser,
+            &data,
+            &captions,
+            noise.clone(),
+            &flow_schedule(),
+            &CtcalConfig::sd3(),
+            0.02,
+            0.9,
+        )?;
+        save_png(
+            &img,
+            &out.join(format!("maps_{}.png", name.replace(' ', "_"))),
+        )?;
+    }
+    Ok(())
 }
