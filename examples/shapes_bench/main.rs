@@ -19,11 +19,10 @@ use burn::module::Module;
 use clap::{Parser, Subcommand};
 
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::{CtcalConfig, Schedule};
-use ctcal::schedule::FlowConfig;
+use ctcal::ctcal::CtcalConfig;
 use ctcal::shapes::{
     AgreementProbe, Detector, ShapesConfig, ShapesModel, ShapesModelConfig, ShapesSet, Split,
-    TrainRun, Vocab, agreement_by_level, render, satisfies, train_shapes,
+    TrainRun, Vocab, agreement_by_level, flow_schedule, render, satisfies, train_shapes,
 };
 
 #[derive(Parser)]
@@ -116,11 +115,6 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     ctcal::weights::write_atomic(path, text.as_bytes())?;
     println!("wrote {}", path.display());
     Ok(())
-}
-
-/// 32x32 pixels: no resolution shift of the flow schedule.
-fn flow_schedule() -> Schedule {
-    Schedule::Flow(FlowConfig::new().with_shift(1.0).init())
 }
 
 fn data(out: &Path, n: usize, seed: u64) -> Result<()> {

@@ -10,11 +10,11 @@ use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{CtcalConfig, LossParts};
 use ctcal::shapes::{
     AgreementProbe, LevelAgreement, ShapesConfig, ShapesModel, ShapesModelConfig, ShapesSet, Split,
-    TrainRun, Vocab, agreement_by_level, train_shapes,
+    TrainRun, Vocab, agreement_by_level, flow_schedule, train_shapes,
 };
 use ctcal::viz::{COLOURS, Series, line_plot};
 
-use super::{BASE, flow_schedule, write_json};
+use super::{BASE, write_json};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {

@@ -21,6 +21,11 @@ use crate::ctcal::{
 use crate::lora::{LoraConfig, apply_lora, merge_lora};
 use crate::nn::normal_tensor;
 
+/// The benchmark's noise process: rectified flow without a resolution shift (32x32 pixels).
+pub fn flow_schedule() -> Schedule {
+    Schedule::Flow(crate::schedule::FlowConfig::new().with_shift(1.0).init())
+}
+
 /// One training run of a shapes model: the base model's pretraining (all parameters, plain
 /// loss, caption dropout) or a fine-tune (LoRA adapters, with or without CTCal).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,8 +159,7 @@ where
     let config = CtcalConfig::sd3().with_lambda_ctcal(0.0);
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut sum, mut n) = (0.0, 0usize);
-    for start in (0..set.len()).step_by(32) {
-        let index: Vec<usize> = (start..(start + 32).min(set.len())).collect();
+    for index in set.chunks(32) {
         let b = set.batch::<B::InnerBackend>(&index, &[], device)?;
         let cond = inner.encode(&b.ids, device)?;
         let noise = normal_tensor(&mut rng, b.pixels.dims(), device);
@@ -193,8 +197,7 @@ pub fn compbench<B: AttentionBackend>(
     let mut rng = StdRng::seed_from_u64(seed);
     let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let s = set.size;
-    for start in (0..set.len()).step_by(32) {
-        let index: Vec<usize> = (start..(start + 32).min(set.len())).collect();
+    for index in set.chunks(32) {
         let ids: Vec<Vec<usize>> = index.iter().map(|&i| set.ids[i].clone()).collect();
         let noise = normal_tensor(&mut rng, [index.len(), 3, s, s], device);
         let images = sample_images(model, &ids, set, noise, steps, guidance)?;

@@ -78,6 +78,14 @@ impl ShapesSet {
         Ok(set)
     }
 
+    /// The scene indices in consecutive batches of at most `size` (the last may be shorter).
+    pub fn chunks(&self, size: usize) -> impl Iterator<Item = Vec<usize>> + '_ {
+        let size = size.max(1);
+        (0..self.len())
+            .step_by(size)
+            .map(move |start| (start..(start + size).min(self.len())).collect())
+    }
+
     /// Number of scenes.
     pub fn len(&self) -> usize {
         self.scenes.len()

@@ -67,12 +67,10 @@ impl Detector {
             seen[start] = true;
             stack.push(start);
             let mut pixels = Vec::new();
-            let mut area = 0usize;
             let (mut x0, mut x1, mut y0, mut y1) = (usize::MAX, 0, usize::MAX, 0);
             while let Some(i) = stack.pop() {
                 let (x, y) = (i % size, i / size);
                 pixels.push((x, y));
-                area += 1;
                 (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
                 let mut visit = |j: usize| {
                     if !seen[j] && labels[j] == Some(colour) {
@@ -93,6 +91,7 @@ impl Detector {
                     visit(i + size);
                 }
             }
+            let area = pixels.len();
             if area < self.min_area {
                 continue;
             }

@@ -64,8 +64,7 @@ where
     let mut sums = vec![(0.0f64, 0.0f64, 0.0f64, 0usize); levels.len()];
     let s = set.size;
     let mut rng = StdRng::seed_from_u64(seed);
-    for start in (0..set.len()).step_by(batch.max(1)) {
-        let index: Vec<usize> = (start..(start + batch).min(set.len())).collect();
+    for index in set.chunks(batch) {
         let b = set.batch::<B>(&index, &[], device)?;
         let cond = model.encode(&b.ids, device)?;
         let noise = normal_tensor::<B, 4>(&mut rng, [index.len(), 3, s, s], device);

@@ -26,7 +26,7 @@ mod vocab;
 mod write;
 
 pub use agreement::{Agreement, agreement};
-pub use bench::{TrainRun, compbench, heldout_loss, train_shapes};
+pub use bench::{TrainRun, compbench, flow_schedule, heldout_loss, train_shapes};
 pub use data::{ShapesBatch, ShapesSet};
 pub use detect::{Detection, Detector, satisfies};
 pub use generate::{ShapesConfig, Split};

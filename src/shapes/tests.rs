@@ -327,8 +327,7 @@ fn model_round_trips_and_maps_are_measured() {
         &vocab,
     )
     .unwrap();
-    let schedule =
-        crate::ctcal::Schedule::Flow(crate::schedule::FlowConfig::new().with_shift(1.0).init());
+    let schedule = flow_schedule();
     let probe = AgreementProbe {
         levels: vec![0.1, 0.9],
         schedule,
@@ -383,8 +382,7 @@ fn fine_tunes_freeze_the_text_encoder_and_pair_the_arms() {
     let device = Default::default();
     let vocab = Vocab::default();
     let set = ShapesSet::new(config().generate(Split::Train, 8, 3).unwrap(), 32, &vocab).unwrap();
-    let schedule =
-        crate::ctcal::Schedule::Flow(crate::schedule::FlowConfig::new().with_shift(1.0).init());
+    let schedule = flow_schedule();
     // burn initialises parameters lazily, each clone on its own: saved and loaded, the base's
     // values are fixed before it is cloned.
     let dir = TempDir::new("shapes-ft");
@@ -454,8 +452,7 @@ fn shipped_base_model_is_trained() {
         &Vocab::default(),
     )
     .unwrap();
-    let schedule =
-        crate::ctcal::Schedule::Flow(crate::schedule::FlowConfig::new().with_shift(1.0).init());
+    let schedule = flow_schedule();
     let loss = heldout_loss(&model, &set, &schedule, &[0.3, 0.6], 0, &device).unwrap();
     assert!(loss < 0.3, "held-out flow loss {loss}");
     let fresh: ShapesModel<Ad> = ShapesModelConfig::tiny().init(&device).unwrap();
