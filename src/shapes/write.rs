@@ -43,7 +43,7 @@ pub fn write_dataset(dir: &Path, scenes: &[Scene], size: usize) -> Result<Vec<Sh
         let img = RgbImage::from_raw(size as u32, size as u32, r.rgb.clone())
             .ok_or_else(|| Error::Input(format!("shapes: bad image buffer for scene {i}")))?;
         save_png(&img, &dir.join(&file_name))?;
-        save_gray(&mask_image(&r), &dir.join(&mask))?;
+        save_png(&mask_image(&r), &dir.join(&mask))?;
         let row = ShapesRow {
             file_name,
             text: scene.caption(),
@@ -91,14 +91,4 @@ fn mask_image(r: &Rendered) -> GrayImage {
         }
     }
     m
-}
-
-fn save_gray(img: &GrayImage, path: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    img.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )
-    .map_err(|e| Error::Input(format!("{}: PNG encoding failed: {e}", path.display())))?;
-    write_atomic(path, &bytes)
 }

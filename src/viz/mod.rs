@@ -80,8 +80,12 @@ pub fn stack_rows(rows: &[RgbImage]) -> RgbImage {
     img
 }
 
-/// Saves `img` as PNG at `path` (through a temporary file and a rename).
-pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
+/// Saves `img` (RGB, grey, ...) as PNG at `path` (through a temporary file and a rename).
+pub fn save_png<P>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>, path: &Path) -> Result<()>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
     let mut bytes = Vec::new();
     img.write_to(
         &mut std::io::Cursor::new(&mut bytes),
