@@ -170,16 +170,13 @@ impl SD3Transformer2DConfig {
     /// defaults, unknown fields are errors naming the field (so a config of another model is
     /// not silently misread).
     pub fn from_diffusers_json(path: &Path) -> crate::Result<Self> {
-        let config = crate::weights::read_diffusers_config(
+        crate::weights::read_diffusers_config(
             path,
             &Self::new(),
             &KNOWN_FIELDS,
             "SD3Transformer2DModel",
-        )?;
-        config
-            .validate()
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        Ok(config)
+            Self::validate,
+        )
     }
 }
 

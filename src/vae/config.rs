@@ -190,16 +190,13 @@ impl AutoencoderKLConfig {
     /// defaults, unknown fields are errors naming the field (so a config of another
     /// autoencoder is not silently misread).
     pub fn from_diffusers_json(path: &Path) -> crate::Result<Self> {
-        let config = crate::weights::read_diffusers_config(
+        crate::weights::read_diffusers_config(
             path,
             &Self::new(),
             &KNOWN_FIELDS,
             "AutoencoderKL",
-        )?;
-        config
-            .validate()
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        Ok(config)
+            Self::validate,
+        )
     }
 }
 

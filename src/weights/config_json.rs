@@ -12,12 +12,13 @@ use crate::error::Error;
 /// (`_class_name`, `_diffusers_version`) is dropped, missing fields keep the defaults (which
 /// should be diffusers' own), and a field outside `known` is an error naming it and `model`,
 /// so a config of another architecture is not silently misread. Values of the wrong type are
-/// JSON errors naming the file.
+/// JSON errors naming the file; `validate`'s error comes back prefixed with the file.
 pub fn read_diffusers_config<C: Serialize + DeserializeOwned>(
     path: &Path,
     defaults: &C,
     known: &[&str],
     model: &str,
+    validate: impl Fn(&C) -> crate::Result<()>,
 ) -> crate::Result<C> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let json_err = |error| Error::Json {
@@ -37,5 +38,7 @@ pub fn read_diffusers_config<C: Serialize + DeserializeOwned>(
         _ => Map::new(),
     };
     merged.extend(map);
-    serde_json::from_value(Value::Object(merged)).map_err(json_err)
+    let config = serde_json::from_value(Value::Object(merged)).map_err(json_err)?;
+    validate(&config).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+    Ok(config)
 }
