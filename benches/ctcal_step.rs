@@ -76,7 +76,7 @@ fn main() {
         "ndarray" => bench_all::<Autodiff<burn::backend::NdArray<f32>>>(full, latent, batch, iters),
         #[cfg(feature = "wgpu")]
         "wgpu" => bench_all::<Autodiff<burn::backend::Wgpu<f32>>>(full, latent, batch, iters),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "cuda-untuned")]
         "cuda" => bench_all::<Autodiff<burn::backend::Cuda<f32>>>(full, latent, batch, iters),
         other => eprintln!("backend {other} is not compiled in (see --features)"),
     }

@@ -354,7 +354,7 @@ fn main() {
         tiny: flag("--tiny"),
     };
     let backend = arg("--backend").unwrap_or_else(|| {
-        if cfg!(feature = "cuda") {
+        if cfg!(feature = "cuda-untuned") {
             "cuda".into()
         } else {
             "ndarray".into()
@@ -364,9 +364,11 @@ fn main() {
     match (backend.as_str(), o.dtype.as_str()) {
         #[cfg(feature = "ndarray")]
         ("ndarray", "f32") => run::<Autodiff<burn::backend::NdArray<f32>>>(&o),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "wgpu")]
+        ("wgpu", "f32") => run::<Autodiff<burn::backend::Wgpu<f32>>>(&o),
+        #[cfg(feature = "cuda-untuned")]
         ("cuda", "f32") => run::<Autodiff<burn::backend::Cuda<f32>>>(&o),
-        #[cfg(feature = "cuda")]
+        #[cfg(feature = "cuda-untuned")]
         ("cuda", "bf16") => run::<Autodiff<burn::backend::Cuda<half::bf16>>>(&o),
         (b, d) => eprintln!("backend {b} with dtype {d} is not compiled in (see --features)"),
     }

@@ -135,7 +135,7 @@ fn main() -> Result<ExitCode> {
         let (p, ms) = run::<Autodiff<burn::backend::Wgpu<f32>>>(&Default::default())?;
         results.push(("wgpu", p, ms));
     }
-    #[cfg(feature = "cuda")]
+    #[cfg(feature = "cuda-untuned")]
     {
         let (p, ms) = run::<Autodiff<burn::backend::Cuda<f32>>>(&Default::default())?;
         results.push(("cuda", p, ms));

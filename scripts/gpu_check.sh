@@ -4,7 +4,7 @@
 # nvidia-smi, so both sides are measured the same way).
 #
 # Prepare here (the GPU machine has no Rust toolchain and no internet):
-#   cargo bench --features cuda --bench gpu_step --no-run
+#   cargo bench --features cuda-untuned --bench gpu_step --no-run   (or cuda: with autotuning)
 #   mkdir -p local/carry && cp ../shared/bench/torch_anchor.py ../shared/bench/torch_block.py local/carry/
 #   strip -o local/carry/gpu_step target/release/deps/gpu_step-<hash> && xz -T2 local/carry/gpu_step
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diffusers==0.42.1 importlib_metadata
@@ -52,14 +52,23 @@ item() { # name timeout command...: runs one workload under its own limit, logs 
   grep -E '^\{|^torch|^sd21 |^sd3 |warm-up|rror|panicked' $OUT/$name.log | head -20 | tee -a $S
 }
 
-item torch_block 70 python3 local/carry/torch_block.py
-item torch_anchor 150 python3 local/carry/torch_anchor.py --iters 5 --out $OUT/torch_anchor.json
-item block_f32 120 $BIN --workload block --dtype f32 --iters 5
-item attn_f32 60 $BIN --workload attn --dtype f32 --iters 10
-item sd21_f32 180 $BIN --workload sd21 --dtype f32 --iters 3
-item sd3_f32 150 $BIN --workload sd3 --dtype f32 --iters 3 --plain-only
-item block_bf16 90 $BIN --workload block --dtype bf16 --iters 5
-item sd21_bf16 150 $BIN --workload sd21 --dtype bf16 --iters 3
-item repro_burn_attention 40 $BIN --workload attn --dtype f32 --iters 3 --burn-autodiff
+# ITEMS picks and orders the checks (default: all, in this order).
+ITEMS=${ITEMS:-"torch_block torch_anchor block_f32 attn_f32 sd21_f32 sd3_f32 block_bf16 sd21_bf16 sd21_mixed sd3_mixed repro_burn_attention"}
+for it in $ITEMS; do
+  case $it in
+  torch_block) item torch_block 70 python3 local/carry/torch_block.py ;;
+  torch_anchor) item torch_anchor 150 python3 local/carry/torch_anchor.py --iters 5 --out $OUT/torch_anchor.json ;;
+  block_f32) item block_f32 120 $BIN --workload block --dtype f32 --iters 5 ;;
+  attn_f32) item attn_f32 60 $BIN --workload attn --dtype f32 --iters 10 ;;
+  sd21_f32) item sd21_f32 180 $BIN --workload sd21 --dtype f32 --iters 3 ;;
+  sd3_f32) item sd3_f32 150 $BIN --workload sd3 --dtype f32 --iters 3 --plain-only ;;
+  block_bf16) item block_bf16 90 $BIN --workload block --dtype bf16 --iters 5 ;;
+  sd21_bf16) item sd21_bf16 150 $BIN --workload sd21 --dtype bf16 --iters 3 ;;
+  sd21_mixed) item sd21_mixed 180 $BIN --workload sd21 --dtype mixed --iters 3 ;;
+  sd3_mixed) item sd3_mixed 180 $BIN --workload sd3 --dtype mixed --iters 3 --plain-only ;;
+  repro_burn_attention) item repro_burn_attention 40 $BIN --workload attn --dtype f32 --iters 3 --burn-autodiff ;;
+  *) echo "unknown item $it" | tee -a $S ;;
+  esac
+done
 tar -cf $OUT/cubecl-cache.tar -C local/carry cubecl-cache
 echo "total ${SECONDS}s" | tee -a $S

@@ -117,7 +117,7 @@ macro_rules! dispatch {
                 &$opts,
                 &Default::default(),
             ),
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "cuda-untuned")]
             "cuda" => $run::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
                 &$opts,
                 &Default::default(),

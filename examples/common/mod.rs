@@ -57,7 +57,7 @@ macro_rules! dispatch {
                 type B = burn::backend::Wgpu<f32>;
                 $run::<$wrap>($args, &Default::default())
             }
-            #[cfg(feature = "cuda")]
+            #[cfg(feature = "cuda-untuned")]
             common::BackendKind::Cuda => {
                 type B = burn::backend::Cuda<f32>;
                 $run::<$wrap>($args, &Default::default())
