@@ -12,16 +12,18 @@
 //! `--backend ndarray` (the default when cuda is not compiled in) runs the same code on the CPU
 //! at `--latent 8 --tiny` as a smoke test. Prints one JSON line per measured case.
 //!
-//! `--dtype bf16` runs the whole model on `Cuda<bf16>` (parameters and optimiser state in bf16
-//! too): a measure of the bf16 compute path, not the mixed-precision recipe with f32 master
-//! weights that PyTorch's autocast uses.
+//! `--dtype mixed` is the training recipe of `torch_anchor.py`'s autocast: parameters and AdamW
+//! state in f32 on `Cuda<f32>`, each step on a bf16 copy made by `precision::cast_params`
+//! (norms kept f32, softmax and losses in f32). `--dtype bf16` runs the whole model on
+//! `Cuda<bf16>` (parameters and optimiser state in bf16 too), a measure of the bf16 compute
+//! path alone.
 
 mod common;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{DType, Distribution, Element, FloatDType, Tensor};
 use common::{arg, flag, time_with_warmup};
 use ctcal::attention::{
     AttentionBackend, AttentionConfig, AttentionKind, AttentionSite, AttentionStore,
@@ -33,6 +35,7 @@ use ctcal::ctcal::{
 };
 use ctcal::mmdit::SD3Transformer2DConfig;
 use ctcal::nn::{FeedForwardActivation, FeedForwardConfig};
+use ctcal::precision::{cast_params, upcast};
 use ctcal::schedule::{DdpmConfig, FlowConfig};
 use ctcal::unet::{BasicTransformerBlock, UNet2DConditionConfig};
 
@@ -55,6 +58,15 @@ fn report(o: &Opts, case: &str, (t, warm): (f64, f64)) {
         t * 1e3,
         warm
     );
+}
+
+/// The compute type of `--dtype mixed`: bf16 under f32 masters; f32 under f64 masters (the
+/// CPU smoke run, ndarray has no bf16).
+fn compute_dtype<B: Backend>() -> FloatDType {
+    match B::FloatElem::dtype() {
+        DType::F64 => FloatDType::F32,
+        _ => FloatDType::BF16,
+    }
 }
 
 fn site(kind: AttentionKind, index: usize) -> AttentionSite {
@@ -85,7 +97,7 @@ fn block<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
             .init(site(kind, i), device)
     };
     let norm = || burn::nn::LayerNormConfig::new(c).init(device);
-    let blk = BasicTransformerBlock::<B> {
+    let mut blk = BasicTransformerBlock::<B> {
         norm1: norm(),
         attn1: attn(None, AttentionKind::SelfAttention, 0),
         norm2: norm(),
@@ -95,8 +107,15 @@ fn block<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
     };
     let n = o.latent * o.latent;
     let normal = Distribution::Normal(0.0, 1.0);
-    let x = Tensor::<B, 3>::random([o.batch, n, c], normal, device).require_grad();
-    let ctx = Tensor::<B, 3>::random([o.batch, 77, ctx_dim], normal, device);
+    let mut x = Tensor::<B, 3>::random([o.batch, n, c], normal, device).require_grad();
+    let mut ctx = Tensor::<B, 3>::random([o.batch, 77, ctx_dim], normal, device);
+    if o.dtype == "mixed" {
+        // As autocast would run it: bf16 weights and activations, norms and softmax in f32
+        // (here the casts are made once, outside the timed calls).
+        blk = cast_params(&blk, compute_dtype::<B>());
+        x = x.cast(compute_dtype::<B>());
+        ctx = ctx.cast(compute_dtype::<B>());
+    }
     let grid = [o.latent, o.latent];
     let eval = blk.valid();
     let (xi, ci) = (x.clone().inner(), ctx.clone().inner());
@@ -124,10 +143,9 @@ fn block<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
             let mut store =
                 AttentionStore::new(SiteFilter::default().with_kinds([AttentionKind::Cross]));
             let y = blk.forward(x.clone(), ctx.clone(), grid, &mut store);
-            let loss = store
-                .take()
-                .into_iter()
-                .fold(y.mean(), |acc, m| acc + m.probs.powi_scalar(2).mean());
+            let loss = store.take().into_iter().fold(upcast(y.mean()), |acc, m| {
+                acc + m.probs.powi_scalar(2).mean()
+            });
             let _g = loss.backward();
             let _ = B::sync(device);
         }),
@@ -245,9 +263,16 @@ where
     };
     let mut optim = AdamWConfig::new().init::<B, M>();
     let mut model = Some(model);
+    let mixed = o.dtype == "mixed";
     let mut run = |config: &CtcalConfig| {
         let m = model.take().expect("model");
-        let out = ctcal_step(&m, &ae, &data, &draw, &schedule, config).expect("step");
+        let out = if mixed {
+            let compute = cast_params(&m, compute_dtype::<B>());
+            ctcal_step(&compute, &ae, &data, &draw, &schedule, config)
+        } else {
+            ctcal_step(&m, &ae, &data, &draw, &schedule, config)
+        }
+        .expect("step");
         let grads = GradientsParams::from_grads(out.loss.backward(), &m);
         model = Some(optim.step(1e-5, m, grads));
         let _ = B::sync(&device);
@@ -364,10 +389,12 @@ fn main() {
     match (backend.as_str(), o.dtype.as_str()) {
         #[cfg(feature = "ndarray")]
         ("ndarray", "f32") => run::<Autodiff<burn::backend::NdArray<f32>>>(&o),
+        // f32 compute under f64 masters: the mixed code path on the CPU (smoke test).
+        ("ndarray", "mixed") => run::<Autodiff<burn::backend::NdArray<f64>>>(&o),
         #[cfg(feature = "wgpu")]
         ("wgpu", "f32") => run::<Autodiff<burn::backend::Wgpu<f32>>>(&o),
         #[cfg(feature = "cuda-untuned")]
-        ("cuda", "f32") => run::<Autodiff<burn::backend::Cuda<f32>>>(&o),
+        ("cuda", "f32" | "mixed") => run::<Autodiff<burn::backend::Cuda<f32>>>(&o),
         #[cfg(feature = "cuda-untuned")]
         ("cuda", "bf16") => run::<Autodiff<burn::backend::Cuda<half::bf16>>>(&o),
         (b, d) => eprintln!("backend {b} with dtype {d} is not compiled in (see --features)"),

@@ -31,6 +31,7 @@ pub mod lora;
 pub mod mmdit;
 pub mod nn;
 pub mod pipeline;
+pub mod precision;
 pub mod schedule;
 pub mod shapes;
 pub mod text;

@@ -16,6 +16,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::chunked;
+use crate::precision::{cast_to, upcast};
 
 /// A backend with memory-efficient attention and a differentiable row log-sum-exp.
 ///
@@ -99,13 +100,17 @@ pub fn efficient_attention<B: AttentionBackend>(
 ) -> Tensor<B, 4> {
     let [b, h, _, _] = q.dims();
     let chunk = chunk.unwrap_or_else(|| chunked::default_chunk(b, h, k.dims()[2]));
-    tensor(B::memory_efficient_attention(
-        primitive(q),
-        primitive(k),
-        primitive(v),
+    // Narrow inputs (bf16 under autocast) are computed wide: the chunked softmax statistics
+    // and the saved log-sum-exp need f32.
+    let dtype = v.dtype();
+    let out = tensor(B::memory_efficient_attention(
+        primitive(upcast(q)),
+        primitive(upcast(k)),
+        primitive(upcast(v)),
         scale,
         chunk,
-    ))
+    ));
+    cast_to(out, dtype)
 }
 
 /// The row log-sum-exp of `q k^T * scale` through [`AttentionBackend::attention_logsumexp`]
@@ -122,8 +127,8 @@ pub fn attention_logsumexp<B: AttentionBackend>(
     let [b, h, _, _] = q.dims();
     let chunk = chunk.unwrap_or_else(|| chunked::default_chunk(b, h, k.dims()[2]));
     tensor(B::attention_logsumexp(
-        primitive(q),
-        primitive(k),
+        primitive(upcast(q)),
+        primitive(upcast(k)),
         scale,
         chunk,
     ))

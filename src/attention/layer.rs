@@ -1,5 +1,6 @@
 //! diffusers' `Attention` (self- or cross-attention with `to_q`, `to_k`, `to_v`, `to_out.0`).
 
+use crate::precision::in_accumulation;
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
@@ -119,7 +120,7 @@ impl<B: AttentionBackend> Attention<B> {
 /// Applies an optional per-head norm over the last (head) axis of `[batch, heads, n, d]`.
 pub(crate) fn norm_heads<B: Backend>(norm: &Option<RmsNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     match norm {
-        Some(norm) => norm.forward(x),
+        Some(norm) => in_accumulation(x, |x| norm.forward(x)),
         None => x,
     }
 }

@@ -25,8 +25,9 @@ pub(crate) use layer::{merge_heads, norm_heads, split_heads};
 pub use site::{AttentionKind, AttentionSite, BlockPos, Slot};
 pub use store::{AttentionStore, SiteFilter, StoredMap};
 
+use crate::precision::upcast;
 use burn::tensor::activation::softmax;
-use burn::tensor::{DType, Tensor, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
 /// Receives the attention probabilities of the layers it asks for.
 ///
@@ -160,7 +161,7 @@ pub fn attend_joint<B: AttentionBackend, H: AttentionHook<B>>(
         return probs.cast(dtype).matmul(v);
     }
     let out = efficient_attention(q.clone(), k.clone(), v, scale, None);
-    let (q, k) = upcast_half(q, k);
+    let (q, k) = (upcast(q), upcast(k));
     let q_image = q.narrow(2, 0, n_image);
     let lse = attention_logsumexp(q_image.clone(), k.clone(), scale, None);
     let k_text = k.narrow(2, n_image, n - n_image);
@@ -169,25 +170,24 @@ pub fn attend_joint<B: AttentionBackend, H: AttentionHook<B>>(
     out
 }
 
-/// Casts half-precision `q`, `k` to f32 (f32 and f64 are left as they are).
-fn upcast_half<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    if matches!(q.dtype(), DType::F16 | DType::BF16) {
-        (q.cast(DType::F32), k.cast(DType::F32))
-    } else {
-        (q, k)
-    }
-}
-
-/// `softmax(q k^T * scale)` over the last axis; with `upcast`, half-precision inputs are cast
-/// to f32 first (f32 and f64 inputs are left as they are).
+/// `softmax(q k^T * scale)` over the last axis, in [`accumulation_dtype`]; with `upcast_qk`,
+/// `q` and `k` narrower than that are cast up before their product too (diffusers'
+/// `upcast_attention`).
+///
+/// [`accumulation_dtype`]: crate::precision::accumulation_dtype
 pub(crate) fn explicit_probs<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     scale: f64,
-    upcast: bool,
+    upcast_qk: bool,
 ) -> Tensor<B, 4> {
-    let (q, k) = if upcast { upcast_half(q, k) } else { (q, k) };
-    let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+    let (q, k) = if upcast_qk {
+        (upcast(q), upcast(k))
+    } else {
+        (q, k)
+    };
+    // The softmax itself always runs wide (autocast keeps softmax in f32 too).
+    let scores = upcast(q.matmul(k.swap_dims(2, 3))).mul_scalar(scale);
     softmax(scores, 3)
 }
 

@@ -18,6 +18,7 @@ use super::{
 use crate::attention::{AttentionBackend, AttentionHook, AttentionKind, AttentionStore, NoHook};
 use crate::error::{Error, Result};
 use crate::mmdit::SD3Transformer2DModel;
+use crate::precision::{cast_to, upcast};
 use crate::schedule::{DdpmSchedule, FlowSchedule};
 use crate::unet::UNet2DConditionModel;
 
@@ -68,7 +69,10 @@ impl<B: AttentionBackend> Denoiser<B> for UNet2DConditionModel<B> {
         hook: &mut H,
     ) -> Result<Tensor<B, 4>> {
         self.check_inputs(x.dims(), timesteps.dims(), cond.hidden.dims())?;
-        Ok(self.forward_with_hook(x, timesteps, cond.hidden.clone(), hook))
+        // Inputs in the parameters' type (bf16 for a `cast_params` copy), prediction wide.
+        let dtype = self.conv_in.weight.val().dtype();
+        let (x, hidden) = (cast_to(x, dtype), cast_to(cond.hidden.clone(), dtype));
+        Ok(upcast(self.forward_with_hook(x, timesteps, hidden, hook)))
     }
 
     fn map_kind(&self) -> AttentionKind {
@@ -95,7 +99,12 @@ impl<B: AttentionBackend> Denoiser<B> for SD3Transformer2DModel<B> {
             cond.hidden.dims(),
             pooled.dims(),
         )?;
-        Ok(self.forward_with_hook(x, timesteps, cond.hidden.clone(), pooled, hook))
+        let dtype = self.pos_embed.proj.weight.val().dtype();
+        let (x, hidden) = (cast_to(x, dtype), cast_to(cond.hidden.clone(), dtype));
+        let pooled = cast_to(pooled, dtype);
+        Ok(upcast(
+            self.forward_with_hook(x, timesteps, hidden, pooled, hook),
+        ))
     }
 
     fn map_kind(&self) -> AttentionKind {

@@ -4,7 +4,7 @@
 use burn::module::{Module, Param, ParamId};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::tensor::{Tensor, TensorData, backend::Backend};
+use burn::tensor::{FloatDType, Tensor, TensorData, backend::Backend};
 
 use crate::nn::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 
@@ -128,7 +128,8 @@ impl<B: Backend> CombinedTimestepTextProjEmbeddings<B> {
     /// - `timesteps`: `[batch]` (`1000 * sigma`), `pooled`: `[batch, pooled_dim]`
     /// - returns `[batch, width]`
     pub fn forward(&self, timesteps: Tensor<B, 1>, pooled: Tensor<B, 2>) -> Tensor<B, 2> {
-        let features = timestep_embedding(timesteps, TIME_FEATURES, true, 0.0);
+        let features = timestep_embedding(timesteps, TIME_FEATURES, true, 0.0)
+            .cast(FloatDType::from(pooled.dtype()));
         self.timestep_embedder.forward(features) + self.text_embedder.forward(pooled)
     }
 }

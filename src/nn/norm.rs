@@ -3,20 +3,17 @@
 //! burn's `LayerNorm` always owns `gamma`/`beta`; SD 3's adaptive norms have none (their scale
 //! and shift come from the conditioning), so the checkpoint has no keys for them.
 
-use burn::tensor::{DType, Tensor, backend::Backend};
+use crate::precision::in_accumulation;
+use burn::tensor::{Tensor, backend::Backend};
 
 /// Normalises over the last axis: `(x - mean) / sqrt(var + eps)` with the biased variance, as
-/// PyTorch does. Statistics are computed in f32 for half-precision inputs.
+/// PyTorch does. Statistics are computed wide for narrow inputs
+/// ([`in_accumulation`]), the result is in `x`'s type.
 pub fn layer_norm<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
-    let dtype = x.dtype();
-    let x = if matches!(dtype, DType::F16 | DType::BF16) {
-        x.cast(DType::F32)
-    } else {
-        x
-    };
-    let (var, mean) = x.clone().var_mean_bias(D - 1);
-    let out = (x - mean) / var.add_scalar(eps).sqrt();
-    out.cast(dtype)
+    in_accumulation(x, |x| {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        (x - mean) / var.add_scalar(eps).sqrt()
+    })
 }
 
 #[cfg(test)]

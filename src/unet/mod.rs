@@ -16,10 +16,11 @@ pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 pub use transformer::{BasicTransformerBlock, Projection, Transformer2DModel};
 
 use crate::nn::silu;
+use crate::precision::in_accumulation;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{FloatDType, Tensor, backend::Backend};
 
 use crate::attention::{AttentionBackend, AttentionHook, AttentionSite, BlockPos, NoHook};
 use crate::error::{Error, Result};
@@ -249,7 +250,9 @@ impl<B: AttentionBackend> UNet2DConditionModel<B> {
             flip_sin_to_cos,
             freq_shift,
         } = self.time_proj;
-        let features = timestep_embedding(timesteps, dim, flip_sin_to_cos, freq_shift);
+        // Computed wide, then in the sample's type (diffusers: `t_emb.to(dtype=sample.dtype)`).
+        let features = timestep_embedding(timesteps, dim, flip_sin_to_cos, freq_shift)
+            .cast(FloatDType::from(sample.dtype()));
         let temb = self.time_embedding.forward(features);
         // 2. Down path, keeping every state for the skip connections.
         let mut x = self.conv_in.forward(sample);
@@ -264,7 +267,8 @@ impl<B: AttentionBackend> UNet2DConditionModel<B> {
             x = block.forward(x, temb.clone(), ctx.clone(), &mut skips, hook);
         }
         // 5. Output.
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out
+            .forward(silu(in_accumulation(x, |x| self.conv_norm_out.forward(x))))
     }
 }
 

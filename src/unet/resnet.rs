@@ -2,6 +2,7 @@
 //! `upsampling.py`), in the variants SD 1.x/2.x use.
 
 use crate::nn::silu;
+use crate::precision::in_accumulation;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
@@ -75,10 +76,14 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// - `x`: `[batch, in_channels, h, w]`, `temb`: `[batch, temb_channels]`
     /// - returns `[batch, out_channels, h, w]`
     pub fn forward(&self, x: Tensor<B, 4>, temb: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self
+            .conv1
+            .forward(silu(in_accumulation(x.clone(), |x| self.norm1.forward(x))));
         let t = self.time_emb_proj.forward(silu(temb));
         let h = h + t.unsqueeze_dim::<3>(2).unsqueeze_dim::<4>(3);
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self
+            .conv2
+            .forward(silu(in_accumulation(h, |h| self.norm2.forward(h))));
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,

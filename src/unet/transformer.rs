@@ -1,6 +1,7 @@
 //! `Transformer2DModel` (continuous input) and `BasicTransformerBlock` (diffusers
 //! `transformer_2d.py`, `attention.py`), as SD 1.x/2.x use them.
 
+use crate::precision::in_accumulation;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -47,15 +48,21 @@ impl<B: AttentionBackend> BasicTransformerBlock<B> {
         grid: [usize; 2],
         hook: &mut H,
     ) -> Tensor<B, 3> {
-        let x = self
-            .attn1
-            .forward(self.norm1.forward(x.clone()), None, grid, hook)
-            + x;
-        let x = self
-            .attn2
-            .forward(self.norm2.forward(x.clone()), Some(context), grid, hook)
-            + x;
-        self.ff.forward(self.norm3.forward(x.clone())) + x
+        let x = self.attn1.forward(
+            in_accumulation(x.clone(), |x| self.norm1.forward(x)),
+            None,
+            grid,
+            hook,
+        ) + x;
+        let x = self.attn2.forward(
+            in_accumulation(x.clone(), |x| self.norm2.forward(x)),
+            Some(context),
+            grid,
+            hook,
+        ) + x;
+        self.ff
+            .forward(in_accumulation(x.clone(), |x| self.norm3.forward(x)))
+            + x
     }
 }
 
@@ -164,7 +171,7 @@ impl<B: AttentionBackend> Transformer2DModel<B> {
     ) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
-        let x = self.norm.forward(x);
+        let x = in_accumulation(x, |x| self.norm.forward(x));
         // 1. To tokens: [b, c, h, w] -> [b, h * w, c], projecting before or after.
         let to_tokens = |x: Tensor<B, 4>| x.reshape([b, c, h * w]).swap_dims(1, 2);
         let mut tokens = match &self.proj_in {
