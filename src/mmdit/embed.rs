@@ -6,7 +6,7 @@ use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{FloatDType, Tensor, TensorData, backend::Backend};
 
-use crate::nn::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
+use crate::nn::{TimestepEmbedding, TimestepEmbeddingConfig, conv2d, timestep_embedding};
 
 /// Patchify convolution plus the position table, cropped to each input's patch grid.
 #[derive(Module, Debug)]
@@ -60,7 +60,7 @@ impl<B: Backend> PatchEmbed<B> {
     /// - `x`: `[batch, c, h * p, w * p]` with `h, w <= max_size`
     /// - returns `[batch, h * w, width]` (row-major patch order)
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
-        let patches = self.proj.forward(x);
+        let patches = conv2d(&self.proj, x);
         let [b, d, h, w] = patches.dims();
         let tokens = patches.reshape([b, d, h * w]).swap_dims(1, 2);
         tokens + self.cropped_table(h, w)

@@ -2,12 +2,14 @@
 //! host-drawn Gaussian noise.
 
 pub mod activation;
+mod conv;
 mod embeddings;
 mod feed_forward;
 mod noise;
 mod norm;
 
 pub use activation::{gelu, gelu_tanh, quick_gelu, silu};
+pub use conv::{conv2d, im2col_conv2d};
 pub use embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
 pub use noise::normal_tensor;

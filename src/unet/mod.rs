@@ -15,7 +15,7 @@ pub(crate) use resnet::nearest_resize; // also used by the CTCal map auto-encode
 pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 pub use transformer::{BasicTransformerBlock, Projection, Transformer2DModel};
 
-use crate::nn::silu;
+use crate::nn::{conv2d, silu};
 use crate::precision::in_accumulation;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -255,7 +255,7 @@ impl<B: AttentionBackend> UNet2DConditionModel<B> {
             .cast(FloatDType::from(sample.dtype()));
         let temb = self.time_embedding.forward(features);
         // 2. Down path, keeping every state for the skip connections.
-        let mut x = self.conv_in.forward(sample);
+        let mut x = conv2d(&self.conv_in, sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             x = block.forward(x, temb.clone(), ctx.clone(), &mut skips, hook);
@@ -267,8 +267,10 @@ impl<B: AttentionBackend> UNet2DConditionModel<B> {
             x = block.forward(x, temb.clone(), ctx.clone(), &mut skips, hook);
         }
         // 5. Output.
-        self.conv_out
-            .forward(silu(in_accumulation(x, |x| self.conv_norm_out.forward(x))))
+        conv2d(
+            &self.conv_out,
+            silu(in_accumulation(x, |x| self.conv_norm_out.forward(x))),
+        )
     }
 }
 

@@ -1,7 +1,7 @@
 //! `ResnetBlock2D`, `Downsample2D` and `Upsample2D` (diffusers `resnet.py`, `downsampling.py`,
 //! `upsampling.py`), in the variants SD 1.x/2.x use.
 
-use crate::nn::silu;
+use crate::nn::{conv2d, silu};
 use crate::precision::in_accumulation;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -76,16 +76,18 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// - `x`: `[batch, in_channels, h, w]`, `temb`: `[batch, temb_channels]`
     /// - returns `[batch, out_channels, h, w]`
     pub fn forward(&self, x: Tensor<B, 4>, temb: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = self
-            .conv1
-            .forward(silu(in_accumulation(x.clone(), |x| self.norm1.forward(x))));
+        let h = conv2d(
+            &self.conv1,
+            silu(in_accumulation(x.clone(), |x| self.norm1.forward(x))),
+        );
         let t = self.time_emb_proj.forward(silu(temb));
         let h = h + t.unsqueeze_dim::<3>(2).unsqueeze_dim::<4>(3);
-        let h = self
-            .conv2
-            .forward(silu(in_accumulation(h, |h| self.norm2.forward(h))));
+        let h = conv2d(
+            &self.conv2,
+            silu(in_accumulation(h, |h| self.norm2.forward(h))),
+        );
         let shortcut = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv2d(conv, x),
             None => x,
         };
         let out = shortcut + h;
@@ -114,7 +116,7 @@ impl<B: Backend> Downsample2D<B> {
 
     /// `[b, c, h, w]` to `[b, c, (h + 2p - 3) / 2 + 1, ...]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.conv.forward(x)
+        conv2d(&self.conv, x)
     }
 }
 
@@ -137,7 +139,7 @@ impl<B: Backend> Upsample2D<B> {
     /// Upsamples `x` to `size` (`2h`, or `2h - 1` where the skip connection it meets has an
     /// odd side, as diffusers' `upsample_size`), then convolves.
     pub fn forward(&self, x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
-        self.conv.forward(nearest_resize(x, size))
+        conv2d(&self.conv, nearest_resize(x, size))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::attention::{
     Attention, AttentionBackend, AttentionConfig, AttentionHook, AttentionKind, AttentionSite,
     BlockPos, Slot,
 };
-use crate::nn::{FeedForward, FeedForwardActivation, FeedForwardConfig};
+use crate::nn::{FeedForward, FeedForwardActivation, FeedForwardConfig, conv2d};
 
 /// Where a `Transformer2DModel` sits, to name its attention sites.
 #[derive(Debug, Clone, Copy)]
@@ -176,7 +176,7 @@ impl<B: AttentionBackend> Transformer2DModel<B> {
         let to_tokens = |x: Tensor<B, 4>| x.reshape([b, c, h * w]).swap_dims(1, 2);
         let mut tokens = match &self.proj_in {
             Projection::Linear(lin) => lin.forward(to_tokens(x)),
-            Projection::Conv(conv) => to_tokens(conv.forward(x)),
+            Projection::Conv(conv) => to_tokens(conv2d(conv, x)),
         };
         // 2. Transformer blocks.
         for block in &self.transformer_blocks {
@@ -186,7 +186,7 @@ impl<B: AttentionBackend> Transformer2DModel<B> {
         let to_image = |t: Tensor<B, 3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
         let out = match &self.proj_out {
             Projection::Linear(lin) => to_image(lin.forward(tokens)),
-            Projection::Conv(conv) => conv.forward(to_image(tokens)),
+            Projection::Conv(conv) => conv2d(conv, to_image(tokens)),
         };
         out + residual
     }
