@@ -10,9 +10,8 @@
 #   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl diffusers==0.42.1 importlib_metadata
 # then, with the device tool: carry [".whl", "local/carry"], command
 #   DEADLINE=540 bash scripts/gpu_check.sh
-# Optional: a `local/carry/cubecl-cache` from an earlier run's $OUT/cubecl-cache.tar skips
-# cubecl's kernel compilation and autotuning (both took minutes on the first run, see
-# benches/RESULTS.md).
+# The device tool returns only a few files from $OUT, none large: each check's log is appended
+# to $OUT/items.log, its peak memory to summary.txt, and the kernel caches stay on the machine.
 set -u
 export PYTHONUNBUFFERED=1
 DEADLINE=${DEADLINE:-540}
@@ -43,13 +42,14 @@ item() { # name timeout command...: runs one workload under its own limit, logs 
   local left=$((DEADLINE - SECONDS))
   if [ $left -lt 20 ]; then echo "$name skipped (deadline)" | tee -a $S; return; fi
   [ $t -gt $left ] && t=$left
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > $OUT/mem_$name.txt 2>/dev/null &
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/mem_$name.txt 2>/dev/null &
   local mon=$! start=$SECONDS
-  timeout -k 5 $t "$@" > $OUT/$name.log 2>&1
+  timeout -k 5 $t "$@" > /tmp/$name.log 2>&1
   local rc=$?
   kill $mon 2>/dev/null; wait $mon 2>/dev/null
-  echo "$name rc=$rc wall=$((SECONDS - start))s limit=${t}s peak_used_mib=$(sort -n $OUT/mem_$name.txt | tail -1)" | tee -a $S
-  grep -E '^\{|^torch|^sd21 |^sd3 |warm-up|rror|panicked' $OUT/$name.log | head -20 | tee -a $S
+  { echo "=== $name: $*"; cat /tmp/$name.log; } >> $OUT/items.log
+  echo "$name rc=$rc wall=$((SECONDS - start))s limit=${t}s peak_used_mib=$(sort -n /tmp/mem_$name.txt | tail -1)" | tee -a $S
+  grep -E '^\{|^torch|^sd21 |^sd3 |rror|panicked' /tmp/$name.log | head -20 | tee -a $S
 }
 
 # ITEMS picks and orders the checks (default: all, in this order).
@@ -64,11 +64,11 @@ for it in $ITEMS; do
   sd3_f32) item sd3_f32 150 $BIN --workload sd3 --dtype f32 --iters 3 --plain-only ;;
   block_bf16) item block_bf16 90 $BIN --workload block --dtype bf16 --iters 5 ;;
   sd21_bf16) item sd21_bf16 150 $BIN --workload sd21 --dtype bf16 --iters 3 ;;
+  block_mixed) item block_mixed 60 $BIN --workload block --dtype mixed --iters 5 ;;
   sd21_mixed) item sd21_mixed 180 $BIN --workload sd21 --dtype mixed --iters 3 ;;
   sd3_mixed) item sd3_mixed 180 $BIN --workload sd3 --dtype mixed --iters 3 --plain-only ;;
   repro_burn_attention) item repro_burn_attention 40 $BIN --workload attn --dtype f32 --iters 3 --burn-autodiff ;;
   *) echo "unknown item $it" | tee -a $S ;;
   esac
 done
-tar -cf $OUT/cubecl-cache.tar -C local/carry cubecl-cache
 echo "total ${SECONDS}s" | tee -a $S
