@@ -19,6 +19,7 @@
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Element, FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
 
 /// The type statistics and losses run in on `B`: f64 on an f64 backend, f32 otherwise (also
 /// on a bf16 or f16 backend, where diffusers upcasts softmax and norms to f32).
@@ -67,6 +68,29 @@ pub fn in_accumulation<B: Backend, const D: usize>(
 ) -> Tensor<B, D> {
     let dtype = x.dtype();
     cast_to(f(upcast(x)), dtype)
+}
+
+/// The compute type of a training step (diffusers' `--mixed_precision no|fp16|bf16`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum MixedPrecision {
+    /// Forward and backward in the master type.
+    #[default]
+    No,
+    /// bf16 compute under the master weights.
+    Bf16,
+    /// f16 compute under the master weights (no loss scaling: prefer bf16).
+    Fp16,
+}
+
+impl MixedPrecision {
+    /// The compute type, `None` for [`MixedPrecision::No`].
+    pub fn compute_dtype(self) -> Option<FloatDType> {
+        match self {
+            MixedPrecision::No => None,
+            MixedPrecision::Bf16 => Some(FloatDType::BF16),
+            MixedPrecision::Fp16 => Some(FloatDType::F16),
+        }
+    }
 }
 
 /// Module types whose parameters stay in the master type (their inputs are upcast).

@@ -13,6 +13,7 @@ use ctcal::ctcal::{CtcalConfig, Denoiser, Schedule};
 use ctcal::data::{BadRowPolicy, BadRows, CachedFeatures, Dataset, ImageFolder};
 use ctcal::lora::{LoraConfig, LoraTarget, apply_lora, export_peft};
 use ctcal::pipeline::{GenerateConfig, ImageInputs, TrainingPipeline};
+use ctcal::precision::MixedPrecision;
 use ctcal::train::{
     BatchInputs, CachedInputs, LrSchedule, RunDirs, StepLog, TrainConfig, Trained, count_params,
     loss_plot, map_preview, preview_levels, save_params, train,
@@ -23,6 +24,17 @@ use ctcal::weights::save_diffusers;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::BackendKind;
+
+/// Compute type of the forward and backward passes (weights and optimiser state stay f32).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Precision {
+    /// f32 throughout.
+    No,
+    /// bf16 compute, f32 master weights.
+    Bf16,
+    /// f16 compute, f32 master weights (no loss scaling).
+    Fp16,
+}
 
 /// Learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -61,6 +73,10 @@ pub struct TrainArgs {
     /// Backend to train on.
     #[arg(long, value_enum, default_value = "ndarray")]
     pub backend: BackendKind,
+    /// Mixed precision (diffusers' `--mixed_precision`): bf16 or fp16 forward and backward,
+    /// f32 weights and AdamW state. GPU backends only.
+    #[arg(long, value_enum, default_value = "no")]
+    pub mixed_precision: Precision,
     /// Gradient checkpointing (burn's `BalancedCheckpointing`): recompute cheap activations
     /// in the backward pass instead of keeping them; same gradients, less memory.
     #[arg(long)]
@@ -128,6 +144,11 @@ impl TrainArgs {
             .with_ema_decay(self.ema_decay)
             .with_seed(self.seed)
             .with_checkpoint_every(self.checkpoint_every)
+            .with_mixed_precision(match self.mixed_precision {
+                Precision::No => MixedPrecision::No,
+                Precision::Bf16 => MixedPrecision::Bf16,
+                Precision::Fp16 => MixedPrecision::Fp16,
+            })
     }
 }
 

@@ -5,17 +5,26 @@
 //! (benches/RESULTS.md). Written as slices, one concatenation and a matmul, the convolution
 //! runs on the backend's matmul kernel and differentiates through ops burn already has, at the
 //! cost of the `kh * kw`-times larger column tensor (377 MB for SD 2.1's first level at batch
-//! 8 in f32). [`conv2d`] picks it on cubecl backends and keeps burn's own convolution
-//! elsewhere (ndarray's is exact and fast on the CPU).
+//! 8 in f32). [`conv2d`] picks it on cubecl backends built without autotuning and keeps burn's
+//! own convolution everywhere else: autotuned cubecl has its implicit-GEMM kernels (and the
+//! wgpu tests ran 15% slower on im2col), ndarray's is exact and fast on the CPU.
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Slice, Tensor};
 
-/// `conv.forward(x)`, through [`im2col_conv2d`] on cubecl backends (wgpu, CUDA).
+/// Whether burn-cubecl is built without autotuning: `cuda-untuned` is the only cubecl feature
+/// (`cuda` and `wgpu` turn burn's autotuning on for every cubecl backend of the build).
+const UNTUNED_CUBECL: bool = cfg!(all(
+    feature = "cuda-untuned",
+    not(feature = "cuda"),
+    not(feature = "wgpu")
+));
+
+/// `conv.forward(x)`, through [`im2col_conv2d`] on cubecl backends built without autotuning.
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    if B::name(&x.device()).contains("cubecl") {
+    if UNTUNED_CUBECL && B::name(&x.device()).contains("cubecl") {
         im2col_conv2d(conv, x)
     } else {
         conv.forward(x)

@@ -5,6 +5,7 @@ use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
 use crate::ctcal::CtcalConfig;
+use crate::precision::MixedPrecision;
 
 /// How the learning rate evolves after the linear warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +62,10 @@ pub struct TrainConfig {
     /// Print the loss every this many steps.
     #[config(default = 10)]
     pub log_every: usize,
+    /// Compute type of the forward and backward passes; weights and AdamW state stay in the
+    /// backend's float type (`precision::cast_params`).
+    #[config(default = "MixedPrecision::No")]
+    pub mixed_precision: MixedPrecision,
     /// The CTCal loss (weights, tau, layers, teacher rule).
     pub ctcal: CtcalConfig,
 }

@@ -21,6 +21,7 @@ use super::{BatchInputs, Ema, TrainConfig, clip_global_norm, stable_ids};
 use crate::ctcal::{Denoiser, LossParts, MapAutoEncoder, Schedule, StepDraw, ctcal_step};
 use crate::data::{Dataset, Loader, LoaderConfig};
 use crate::error::{Error, Result};
+use crate::precision::{MixedPrecision, cast_params};
 
 /// Mixes `(seed, step, stream)` into one seed (SplitMix64 finaliser), so the randomness of a
 /// step does not depend on what ran before it: a resumed run draws exactly what an
@@ -104,6 +105,12 @@ where
     D: Dataset + 'static,
 {
     config.validate()?;
+    if config.mixed_precision != MixedPrecision::No && B::name(device).contains("ndarray") {
+        return Err(Error::Config(format!(
+            "mixed_precision {:?}: the ndarray backend has no bf16/f16; train on cuda (or wgpu)",
+            config.mixed_precision
+        )));
+    }
     B::seed(device, step_seed(config.seed, 0, 0xAE));
     let mut model = stable_ids(model, "denoiser");
     let mut ae = stable_ids(config.ctcal.autoencoder.init::<B>(device), "autoencoder");
@@ -154,7 +161,14 @@ where
             let data = inputs.train_batch(&batch, device)?;
             let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step, micro as u64));
             let draw = draw_step(&mut rng, schedule, config, data.latents.dims(), device)?;
-            let out = ctcal_step(&model, &ae, &data, &draw, schedule, &config.ctcal)?;
+            let out = match config.mixed_precision.compute_dtype() {
+                // A compute copy per micro-batch; its casts hand the gradients to `model`.
+                Some(dtype) => {
+                    let compute = cast_params(&model, dtype);
+                    ctcal_step(&compute, &ae, &data, &draw, schedule, &config.ctcal)?
+                }
+                None => ctcal_step(&model, &ae, &data, &draw, schedule, &config.ctcal)?,
+            };
             let mut grads = out.loss.div_scalar(config.grad_accum as f64).backward();
             acc.accumulate(&model, GradientsParams::from_module(&mut grads, &model));
             acc_ae.accumulate(&ae, GradientsParams::from_module(&mut grads, &ae));
