@@ -277,3 +277,16 @@ fn non_finite_loss_stops_the_run() {
     assert!(!out.join("checkpoints/latest").exists());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// bf16 compute on ndarray (which has no bf16) is refused before anything is written.
+#[test]
+fn mixed_precision_on_ndarray_is_refused() {
+    let out = std::env::temp_dir().join(format!("ctcal-mixed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let config = config().with_mixed_precision(ctcal::precision::MixedPrecision::Bf16);
+    let err = run_with(&out, false, config, Trained::Full, |_| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("Bf16") && msg.contains("ndarray"), "{msg}");
+    assert!(!out.join("checkpoints").exists());
+    let _ = std::fs::remove_dir_all(&out);
+}
