@@ -69,6 +69,7 @@ fn main() -> Result<()> {
 }
 
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
+    cli.train.check()?;
     let pipe = StableDiffusion::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
     let model_dir = cli
         .model

@@ -64,6 +64,7 @@ fn main() -> Result<()> {
 }
 
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
+    cli.train.check()?;
     let mut pipe = StableDiffusion3::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
     pipe.max_sequence_length = cli.max_sequence_length;
     let model_dir = cli

@@ -129,6 +129,19 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// Refuses settings the chosen backend cannot run, before anything is loaded or written.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !matches!(self.mixed_precision, Precision::No)
+            && matches!(self.backend, BackendKind::Ndarray)
+        {
+            anyhow::bail!(
+                "--mixed-precision {:?} needs --backend cuda (or wgpu): ndarray has no bf16/f16",
+                self.mixed_precision
+            );
+        }
+        Ok(())
+    }
+
     /// The run's settings with `ctcal` as the CTCal loss.
     pub fn config(&self, ctcal: CtcalConfig) -> TrainConfig {
         TrainConfig::new(ctcal.with_lambda_ctcal(self.ctcal_weight))
