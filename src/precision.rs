@@ -21,13 +21,15 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Element, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
-/// The type statistics and losses run in on `B`: f64 on an f64 backend, f32 otherwise (also
-/// on a bf16 or f16 backend, where diffusers upcasts softmax and norms to f32).
+/// The type statistics and losses run in on `B`: the backend's own float type (f32 under
+/// f32 masters, f64 in the CPU tests).
+///
+/// On a backend whose float type is itself bf16 (`Cuda<bf16>`), that is bf16: every tensor the
+/// crate creates (map resizing, loss accumulators, noise) is in the backend's type, so
+/// upcasting only some of them would mix types. Train such models with f32 masters and
+/// [`cast_params`] instead, which keeps norms, softmax and losses in f32.
 pub fn accumulation_dtype<B: Backend>() -> DType {
-    match B::FloatElem::dtype() {
-        DType::F64 => DType::F64,
-        _ => DType::F32,
-    }
+    B::FloatElem::dtype()
 }
 
 fn width(dtype: DType) -> usize {

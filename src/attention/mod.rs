@@ -4,7 +4,7 @@
 //! replacing the attention computation: a model threads `hook: &mut H` down its `forward`,
 //! the way llama-burn threads its key-value cache, and every attention layer asks the hook
 //! whether it [`wants`](AttentionHook::wants) its site. Wanted sites compute an explicit softmax
-//! (in f32 when the layer upcasts) whose probabilities stay on the autodiff graph and are handed
+//! (in the accumulation type, f32 under autocast) whose probabilities stay on the autodiff graph and are handed
 //! to [`on_probs`](AttentionHook::on_probs); every other site takes the memory-efficient
 //! attention of [`AttentionBackend`], whose backward recomputes the probabilities in query
 //! chunks instead of keeping them. With [`NoHook`] the branch disappears after
@@ -99,9 +99,9 @@ impl<B: Backend, H: AttentionHook<B> + ?Sized> AttentionHook<B> for &mut H {
 
 /// Scaled dot-product attention with the hook decision in one place.
 ///
-/// Wanted sites compute `softmax(q k^T * scale)` explicitly; the softmax runs in f32 when
-/// `upcast` is set (diffusers' `upcast_attention` and `upcast_softmax`) and its probabilities are
-/// passed to the hook before multiplying `v`. Other sites call [`efficient_attention`] (no
+/// Wanted sites compute `softmax(q k^T * scale)` explicitly, the softmax in the accumulation
+/// type (f32 under autocast; with `upcast`, diffusers' `upcast_attention`, the `q k^T` product
+/// too), and pass its probabilities to the hook before multiplying `v`. Other sites call [`efficient_attention`] (no
 /// `[batch, heads, queries, keys]` buffer in the forward or, under autodiff, the backward).
 ///
 /// # Shapes
@@ -134,7 +134,7 @@ pub fn attend<B: AttentionBackend, H: AttentionHook<B>>(
 /// [`JointView::ImageToText`] also gets the image-query to text-key block
 /// `P[:, :, :n_image, n_image:] = exp(q_i k_t^T * scale - L_i)` from the image rows' joint
 /// log-sum-exp `L_i` ([`attention_logsumexp`], differentiable), so the whole joint matrix is
-/// never formed (the block is in f32 for half-precision inputs). Only
+/// never formed (the block is in the accumulation type for narrower inputs). Only
 /// [`JointView::Full`] computes the joint softmax explicitly.
 ///
 /// # Shapes
