@@ -1,13 +1,15 @@
 //! The compositional shapes benchmark (issue 7), stage by stage.
 //!
 //! ```text
-//! cargo run --release --example shapes_bench -- data       # the detector on ground truth
-//! cargo run --release --example shapes_bench -- bench      # claims 1-3 from the shipped base
-//! cargo run --release --example shapes_bench -- pretrain   # the base model from scratch
-//! cargo run --release --example shapes_bench -- agreement  # claim 1 alone, any model
+//! cargo run --release --example shapes_bench -- data                 # the detector on ground truth
+//! cargo run --release --example shapes_bench -- bench                # claims 1-3, shipped MMDiT
+//! cargo run --release --example shapes_bench -- --arch unet bench    # the same for the UNet
+//! cargo run --release --example shapes_bench -- pretrain             # a base model from scratch
+//! cargo run --release --example shapes_bench -- agreement            # claim 1 alone, any model
 //! ```
-//! Every stage writes JSON (and `bench` a table and a plot) under `--out` (default
-//! `out/shapes`). The base model shipped in `weights/shapes-base` is `pretrain`'s output.
+//! Every stage writes JSON (and `bench` a table and plots) under `--out` (default
+//! `out/shapes/<arch>`). The base models shipped in `weights/shapes-mmdit` and
+//! `weights/shapes-unet` are `pretrain`'s output.
 
 mod report;
 
@@ -19,18 +21,20 @@ use burn::module::Module;
 use clap::{Parser, Subcommand};
 
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::CtcalConfig;
 use ctcal::shapes::{
-    AgreementProbe, Detector, ShapesConfig, ShapesModel, ShapesModelConfig, ShapesSet, Split,
-    TrainRun, Vocab, agreement_by_level, flow_schedule, render, satisfies, train_shapes,
+    AgreementProbe, Detector, ShapesArch, ShapesConfig, ShapesModel, ShapesModelConfig, ShapesSet,
+    Split, TrainRun, Vocab, agreement_by_level, load_shapes_model, render, satisfies, train_shapes,
 };
 
 #[derive(Parser)]
 #[command(about = "CTCal's compositional shapes benchmark")]
 struct Args {
-    /// Where results and models go.
-    #[arg(long, default_value = "out/shapes", global = true)]
-    out: PathBuf,
+    /// The denoiser: `mmdit` (SD 3's, rectified flow) or `unet` (SD 2.1's, DDPM v-prediction).
+    #[arg(long, default_value = "mmdit", global = true)]
+    arch: ShapesArch,
+    /// Where results and models go (default `out/shapes/<arch>`).
+    #[arg(long, global = true)]
+    out: Option<PathBuf>,
     /// Seed of the data and of training.
     #[arg(long, default_value_t = 0, global = true)]
     seed: u64,
@@ -46,7 +50,8 @@ enum Stage {
         #[arg(long, default_value_t = 500)]
         scenes: usize,
     },
-    /// Train the base model (text encoder + pixel MMDiT) from scratch, plain flow loss.
+    /// Train a base model (text encoder + pixel-space denoiser) from scratch, plain diffusion
+    /// loss.
     Pretrain(PretrainArgs),
     /// Claims 1-3: the base model, then LoRA fine-tunes with and without CTCal (same data,
     /// steps and seeds), each measured for map agreement by level, held-out flow loss and the
@@ -54,21 +59,24 @@ enum Stage {
     Bench(report::BenchArgs),
     /// Claim 1: agreement of each noun's map with its mask, by noise level.
     Agreement {
-        /// The model (default: the shipped base).
-        #[arg(long, default_value = BASE)]
-        model: PathBuf,
+        /// The model folder (default: the shipped base model of `--arch`).
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// Held-out scenes measured.
         #[arg(long, default_value_t = 200)]
         scenes: usize,
         /// Only these attention layers' maps (diffusers paths such as
-        /// `transformer_blocks.0.attn`; default: every joint attention).
+        /// `transformer_blocks.0.attn` or `down_blocks.1.attentions.0.transformer_blocks.0.attn2`;
+        /// default: the layers CTCal supervises).
         #[arg(long)]
         layer: Vec<String>,
     },
 }
 
-/// The shipped base model.
-const BASE: &str = "weights/shapes-base/base.safetensors";
+/// The shipped base model of an architecture.
+fn base_dir(arch: ShapesArch) -> PathBuf {
+    PathBuf::from(format!("weights/shapes-{arch}"))
+}
 
 #[derive(clap::Args)]
 struct PretrainArgs {
@@ -87,7 +95,7 @@ struct PretrainArgs {
     /// Share of captions replaced by the empty one (for guidance).
     #[arg(long, default_value_t = 0.1)]
     caption_dropout: f64,
-    /// Continue from these weights instead of a fresh initialisation.
+    /// Continue from this model folder instead of a fresh initialisation.
     #[arg(long)]
     init: Option<PathBuf>,
 }
@@ -96,17 +104,28 @@ type B = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    std::fs::create_dir_all(&args.out).with_context(|| format!("{}", args.out.display()))?;
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => PathBuf::from(format!("out/shapes/{}", args.arch)),
+    };
+    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
     let device = Default::default();
+    let arch = args.arch;
     match &args.stage {
-        Stage::Data { scenes } => data(&args.out, *scenes, args.seed),
-        Stage::Pretrain(p) => pretrain::<B>(&args.out, p, args.seed, &device),
-        Stage::Bench(b) => report::bench::<B>(&args.out, b, args.seed, &device),
+        Stage::Data { scenes } => data(&out, *scenes, args.seed),
+        Stage::Pretrain(p) => pretrain::<B>(&out, arch, p, args.seed, &device),
+        Stage::Bench(b) => {
+            let base = b.base.clone().unwrap_or_else(|| base_dir(arch));
+            report::bench::<B>(&out, &base, b, args.seed, &device)
+        }
         Stage::Agreement {
             model,
             scenes,
             layer,
-        } => agreement::<B>(&args.out, model, *scenes, layer, args.seed, &device),
+        } => {
+            let model = model.clone().unwrap_or_else(|| base_dir(arch));
+            agreement::<B>(&out, &model, *scenes, layer, args.seed, &device)
+        }
     }
 }
 
@@ -153,6 +172,7 @@ fn data(out: &Path, n: usize, seed: u64) -> Result<()> {
 
 fn pretrain<B: AutodiffAttentionBackend>(
     out: &Path,
+    arch: ShapesArch,
     p: &PretrainArgs,
     seed: u64,
     device: &B::Device,
@@ -164,16 +184,26 @@ fn pretrain<B: AutodiffAttentionBackend>(
         shapes.size,
         &vocab,
     )?;
-    let model_config = ShapesModelConfig::tiny();
+    let model_config = match &p.init {
+        Some(dir) => ShapesModelConfig::read(&dir.join("base_config.json"))?,
+        None => arch.model_config(),
+    };
+    if model_config.arch() != arch {
+        anyhow::bail!(
+            "--init is a {} model, --arch says {arch}",
+            model_config.arch()
+        );
+    }
     B::seed(device, seed);
     let mut model: ShapesModel<B> = model_config.init(device)?;
-    if let Some(path) = &p.init {
-        model = model.load(path)?;
-        println!("continuing from {}", path.display());
+    if let Some(dir) = &p.init {
+        model = load_shapes_model(dir, device)?;
+        println!("continuing from {}", dir.display());
     }
     println!(
-        "base model: {} parameters; {} training scenes",
+        "{arch} base model: {} parameters ({} in the denoiser); {} training scenes",
         model.num_params(),
+        model.denoiser.num_params(),
         set.len()
     );
     let run = TrainRun {
@@ -184,33 +214,26 @@ fn pretrain<B: AutodiffAttentionBackend>(
         weight_decay: 0.0,
         lora_rank: None,
         caption_dropout: p.caption_dropout,
-        ctcal: CtcalConfig::sd3().with_lambda_ctcal(0.0),
+        ctcal: arch.ctcal().with_lambda_ctcal(0.0),
         seed: seed ^ 0xba5e,
     };
     let start = Instant::now();
     let (mut log, mut running) = (Vec::new(), Vec::new());
-    let model = train_shapes(
-        model,
-        &set,
-        &flow_schedule(),
-        &run,
-        device,
-        |step, parts| {
-            running.push(parts.diffusion);
-            if (step + 1) % 50 == 0 || step + 1 == p.steps {
-                let mean = running.iter().sum::<f64>() / running.len() as f64;
-                running.clear();
-                println!(
-                    "step {:>6}  diffusion loss {mean:.4}  {:.1} s",
-                    step + 1,
-                    start.elapsed().as_secs_f64()
-                );
-                log.push(serde_json::json!({"step": step + 1, "diffusion": mean}));
-            }
-        },
-    )?;
-    model.save(&out.join("base.safetensors"))?;
-    write_json(&out.join("base_config.json"), &model_config)?;
+    let model = train_shapes(model, &set, &run, device, |step, parts| {
+        running.push(parts.diffusion);
+        if (step + 1) % 50 == 0 || step + 1 == p.steps {
+            let mean = running.iter().sum::<f64>() / running.len() as f64;
+            running.clear();
+            println!(
+                "step {:>6}  diffusion loss {mean:.4}  {:.1} s",
+                step + 1,
+                start.elapsed().as_secs_f64()
+            );
+            log.push(serde_json::json!({"step": step + 1, "diffusion": mean}));
+        }
+    })?;
+    model.save_dir(&model_config, out)?;
+    println!("wrote {}", out.display());
     write_json(&out.join("pretrain_log.json"), &log)
 }
 
@@ -224,21 +247,23 @@ fn agreement<B: AutodiffAttentionBackend>(
 ) -> Result<()> {
     let vocab = Vocab::default();
     let shapes = ShapesConfig::new();
-    let model: ShapesModel<B> = ShapesModelConfig::tiny().init::<B>(device)?.load(path)?;
+    let model: ShapesModel<B> = load_shapes_model(path, device)?;
+    let arch = model.arch();
     let mut rows = Vec::new();
     for (split, name) in [(Split::Train, "train"), (Split::HeldOut, "held-out")] {
         // Measured on scenes the model never saw (another seed for the training split).
         let set = ShapesSet::new(shapes.generate(split, n, seed + 1000)?, shapes.size, &vocab)?;
         let probe = AgreementProbe {
-            levels: report::LEVELS.to_vec(),
-            schedule: flow_schedule(),
-            config: CtcalConfig::sd3().with_layer_paths(layers.to_vec()),
+            levels: arch.levels(),
+            schedule: arch.schedule(),
+            config: arch.ctcal().with_layer_paths(layers.to_vec()),
             batch: 32,
             seed,
         };
         let curve = agreement_by_level(&model, &set, &probe, device)?;
         println!(
-            "{name}: sigma, mass inside mask, IoU, chance ({} maps)",
+            "{name}: {}, mass inside mask, IoU, chance ({} maps)",
+            arch.level_name(),
             curve[0].maps
         );
         for c in &curve {

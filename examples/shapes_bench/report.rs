@@ -7,20 +7,20 @@ use std::time::Instant;
 
 use anyhow::Result;
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::{CtcalConfig, LossParts};
+use ctcal::ctcal::LossParts;
 use ctcal::shapes::{
-    AgreementProbe, LevelAgreement, ShapesConfig, ShapesModel, ShapesModelConfig, ShapesSet, Split,
-    TrainRun, Vocab, agreement_by_level, flow_schedule, train_shapes,
+    AgreementProbe, LevelAgreement, ShapesConfig, ShapesModel, ShapesSet, Split, TrainRun, Vocab,
+    agreement_by_level, load_shapes_model, train_shapes,
 };
 use ctcal::viz::{COLOURS, Series, line_plot};
 
-use super::{BASE, write_json};
+use super::write_json;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// The base model.
-    #[arg(long, default_value = BASE)]
-    base: PathBuf,
+    /// The base model folder (default: the shipped one of `--arch`).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
     /// Fine-tuning steps per run.
     #[arg(long, default_value_t = 80)]
     steps: usize,
@@ -39,16 +39,13 @@ pub struct BenchArgs {
     /// Held-out scenes for every measurement.
     #[arg(long, default_value_t = 64)]
     eval_scenes: usize,
-    /// Euler steps per sample.
+    /// Sampler steps per sample (flow Euler or DDIM).
     #[arg(long, default_value_t = 12)]
     sample_steps: usize,
     /// Classifier-free guidance scale of the samples.
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,
 }
-
-/// Sigmas of the agreement curves; "large t" for claim 2 is the mean over sigma >= 0.7.
-pub const LEVELS: [f64; 9] = [0.02, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.98];
 
 /// One model's measurements.
 #[derive(serde::Serialize, Clone)]
@@ -67,26 +64,21 @@ fn measure<B: AutodiffAttentionBackend>(
     seed: u64,
     device: &B::Device,
 ) -> Result<Measured> {
+    let arch = model.arch();
     let probe = AgreementProbe {
-        levels: LEVELS.to_vec(),
-        schedule: flow_schedule(),
-        config: CtcalConfig::sd3(),
+        levels: arch.levels(),
+        schedule: arch.schedule(),
+        config: arch.ctcal(),
         batch: 32,
         seed: seed + 7,
     };
     let curve = agreement_by_level(model, eval, &probe, device)?;
-    let large: Vec<_> = curve.iter().filter(|c| c.level >= 0.7).collect();
+    let large: Vec<_> = curve.iter().filter(|c| c.level >= arch.large_t()).collect();
     let mean = |f: &dyn Fn(&LevelAgreement) -> f32| {
         large.iter().map(|c| f(c) as f64).sum::<f64>() / large.len() as f64
     };
-    let heldout_loss = ctcal::shapes::heldout_loss(
-        model,
-        eval,
-        &flow_schedule(),
-        &[0.1, 0.3, 0.5, 0.7, 0.9],
-        seed + 8,
-        device,
-    )?;
+    let heldout_loss =
+        ctcal::shapes::heldout_loss(model, eval, &arch.loss_levels(), seed + 8, device)?;
     let compbench = ctcal::shapes::compbench(
         &burn::module::AutodiffModule::valid(model),
         eval,
@@ -111,20 +103,21 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// Measures the base model, fine-tunes it `o.seeds` times per arm (plain, CTCal) and reports.
+/// Measures the base model in `base_dir`, fine-tunes it `o.seeds` times per arm (plain,
+/// CTCal) and reports.
 pub fn bench<B: AutodiffAttentionBackend>(
     out: &Path,
+    base_dir: &Path,
     o: &BenchArgs,
     seed: u64,
     device: &B::Device,
 ) -> Result<()> {
-    let base_path = &o.base;
     let start = Instant::now();
     let vocab = Vocab::default();
     let shapes = ShapesConfig::new();
-    let model_config = ShapesModelConfig::tiny();
-    let load =
-        || -> Result<ShapesModel<B>> { Ok(model_config.init::<B>(device)?.load(base_path)?) };
+    let load = || -> Result<ShapesModel<B>> { Ok(load_shapes_model(base_dir, device)?) };
+    let arch = load()?.arch();
+    println!("{arch} base model from {}", base_dir.display());
     let eval = ShapesSet::new(
         shapes.generate(Split::HeldOut, o.eval_scenes, seed + 1000)?,
         shapes.size,
@@ -152,18 +145,11 @@ pub fn bench<B: AutodiffAttentionBackend>(
                 o.batch,
                 o.lr,
                 o.rank,
-                CtcalConfig::sd3().with_lambda_ctcal(lambda),
+                arch.ctcal().with_lambda_ctcal(lambda),
             );
             run.seed = seed + k;
             let mut log = Vec::with_capacity(o.steps);
-            let model = train_shapes(
-                load()?,
-                &data,
-                &flow_schedule(),
-                &run,
-                device,
-                |_, parts| log.push(*parts),
-            )?;
+            let model = train_shapes(load()?, &data, &run, device, |_, parts| log.push(*parts))?;
             let m = measure(&model, &eval, o, seed, device)?;
             println!(
                 "seed {k} {arm:<5}: large-t mass {:.3}, iou {:.3}, held-out loss {:.4}, compbench {:?} ({:.0} s)",
@@ -181,7 +167,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
     }
     // Table: mean and standard deviation over seeds.
     let mut table = String::from(
-        "| model | large-t mass inside | large-t IoU | held-out flow loss | colour binding | counting | spatial | shape | overall |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| model | large-t mass inside | large-t IoU | held-out diffusion loss | colour binding | counting | spatial | shape | overall |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let cell = |v: Vec<f64>| {
         let (m, s) = mean_std(&v);
@@ -219,8 +205,9 @@ pub fn bench<B: AutodiffAttentionBackend>(
     println!("\n{table}");
     ctcal::weights::write_atomic(&out.join("table.md"), table.as_bytes())?;
     // Agreement curves: base, and each arm's mean over seeds.
+    let levels = arch.levels();
     let mean_curve = |arm: &str| -> Vec<(f64, f64)> {
-        LEVELS
+        levels
             .iter()
             .enumerate()
             .map(|(i, &l)| {
@@ -263,12 +250,11 @@ pub fn bench<B: AutodiffAttentionBackend>(
             colour: COLOURS[3],
         },
     ];
-    let plot = line_plot(
-        "map mass inside the noun's mask vs sigma",
-        &series,
-        480,
-        320,
+    let title = format!(
+        "{arch}: map mass inside the noun's mask vs {}",
+        arch.level_name()
     );
+    let plot = line_plot(&title, &series, 480, 320);
     ctcal::viz::save_png(&plot, &out.join("agreement.png"))?;
     figures(out, &eval, &shown, o, seed, device)?;
     let runs_json: Vec<_> = runs
@@ -277,13 +263,13 @@ pub fn bench<B: AutodiffAttentionBackend>(
         .collect();
     write_json(
         &out.join("results.json"),
-        &serde_json::json!({"base": base, "runs": runs_json, "seconds": start.elapsed().as_secs_f64()}),
+        &serde_json::json!({"arch": arch, "base": base, "runs": runs_json, "seconds": start.elapsed().as_secs_f64()}),
     )
 }
 
 /// `samples.png`: the first eight held-out captions drawn by each shown model (first row: the
-/// generator's own images), and `maps_<model>.png`: teacher (sigma 0.02) | student (sigma 0.9)
-/// noun maps of the first four held-out scenes.
+/// generator's own images), and `maps_<model>.png`: teacher | student noun maps of the first
+/// four held-out scenes (at the architecture's preview levels: sigma 0.02 | 0.9, t 20 | 900).
 fn figures<B: AutodiffAttentionBackend>(
     out: &Path,
     eval: &ShapesSet,
@@ -343,6 +329,8 @@ fn figures<B: AutodiffAttentionBackend>(
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed + 12);
     let noise = ctcal::nn::normal_tensor(&mut rng, [k, 3, s, s], device);
     for (name, model) in shown {
+        let arch = model.arch();
+        let (teacher, student) = arch.preview_levels();
         let data = ctcal::ctcal::TrainBatch {
             latents: b.pixels.clone(),
             cond: model.encode(&b.ids, device)?,
@@ -353,10 +341,10 @@ fn figures<B: AutodiffAttentionBackend>(
             &data,
             &captions,
             noise.clone(),
-            &flow_schedule(),
-            &CtcalConfig::sd3(),
-            0.02,
-            0.9,
+            &arch.schedule(),
+            &arch.ctcal(),
+            teacher,
+            student,
         )?;
         save_png(
             &img,

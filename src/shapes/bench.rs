@@ -15,16 +15,9 @@ use super::detect::{Detector, satisfies};
 use super::model::ShapesModel;
 use super::sample::sample_images;
 use crate::attention::{AttentionBackend, AutodiffAttentionBackend};
-use crate::ctcal::{
-    CtcalConfig, LossParts, Schedule, StepDraw, TrainBatch, ctcal_step, student_loss,
-};
-use crate::lora::{LoraConfig, apply_lora, merge_lora};
+use crate::ctcal::{CtcalConfig, LossParts, StepDraw, TrainBatch, ctcal_step, student_loss};
+use crate::lora::{apply_lora, merge_lora};
 use crate::nn::normal_tensor;
-
-/// The benchmark's noise process: rectified flow without a resolution shift (32x32 pixels).
-pub fn flow_schedule() -> Schedule {
-    Schedule::Flow(crate::schedule::FlowConfig::new().with_shift(1.0).init())
-}
 
 /// One training run of a shapes model: the base model's pretraining (all parameters, plain
 /// loss, caption dropout) or a fine-tune (LoRA adapters, with or without CTCal).
@@ -40,19 +33,20 @@ pub struct TrainRun {
     pub warmup_steps: usize,
     /// AdamW weight decay.
     pub weight_decay: f64,
-    /// `Some(rank)`: freeze the model and train LoRA adapters of this rank on the MMDiT's
+    /// `Some(rank)`: freeze the model and train LoRA adapters of this rank on the denoiser's
     /// attention projections (merged at the end); `None`: train every parameter.
     pub lora_rank: Option<usize>,
     /// Share of captions replaced by the empty one (for classifier-free guidance).
     pub caption_dropout: f64,
-    /// Loss config: `lambda_ctcal = 0` is the plain diffusion loss.
+    /// Loss config (see [`ShapesArch::ctcal`](super::ShapesArch::ctcal)): `lambda_ctcal = 0` is
+    /// the plain diffusion loss.
     pub ctcal: CtcalConfig,
     /// Seed of the adapters, the auto-encoder, the batches and the noise.
     pub seed: u64,
 }
 
 impl TrainRun {
-    /// A fine-tune: LoRA of `rank` on the MMDiT, text encoder frozen, constant `lr`, CTCal or
+    /// A fine-tune: LoRA of `rank` on the denoiser, text encoder frozen, constant `lr`, CTCal or
     /// plain by `ctcal`.
     pub fn finetune(steps: usize, batch: usize, lr: f64, rank: usize, ctcal: CtcalConfig) -> Self {
         TrainRun {
@@ -69,19 +63,20 @@ impl TrainRun {
     }
 }
 
-/// Trains `model` on `set` as `run` says and returns it (adapters merged), calling
-/// `on_step(step, parts)` after every step.
+/// Trains `model` on `set` as `run` says, on its architecture's noise schedule, and returns
+/// it (adapters merged), calling `on_step(step, parts)` after every step.
 pub fn train_shapes<B: AutodiffAttentionBackend>(
     model: ShapesModel<B>,
     set: &ShapesSet,
-    schedule: &Schedule,
     run: &TrainRun,
     device: &B::Device,
     mut on_step: impl FnMut(usize, &LossParts),
 ) -> crate::Result<ShapesModel<B>> {
+    let arch = model.arch();
+    let schedule = &arch.schedule();
     let mut model = match run.lora_rank {
         Some(rank) => {
-            let config = LoraConfig::mmdit_default().with_rank(rank);
+            let config = arch.lora(rank);
             ShapesModel {
                 text: burn::module::Module::no_grad(model.text),
                 denoiser: apply_lora(model.denoiser, &config, run.seed)?.0,
@@ -138,12 +133,12 @@ pub fn train_shapes<B: AutodiffAttentionBackend>(
     })
 }
 
-/// Mean flow loss of `model` on `set` at each of `levels` (same noise for every model given the
-/// same seed), averaged over levels: whether fine-tuning hurt denoising.
+/// Mean diffusion loss of `model` on `set` at each of `levels` of its architecture's schedule
+/// (same noise for every model given the same seed), averaged over levels: whether
+/// fine-tuning hurt denoising.
 pub fn heldout_loss<B: AutodiffBackend>(
     model: &ShapesModel<B>,
     set: &ShapesSet,
-    schedule: &Schedule,
     levels: &[f64],
     seed: u64,
     device: &B::Device,
@@ -153,10 +148,10 @@ where
     ShapesModel<B>: AutodiffModule<B, InnerModule = ShapesModel<B::InnerBackend>>,
 {
     let inner = model.valid();
-    let ae = CtcalConfig::sd3()
-        .autoencoder
-        .init::<B::InnerBackend>(device);
-    let config = CtcalConfig::sd3().with_lambda_ctcal(0.0);
+    let arch = inner.arch();
+    let schedule = &arch.schedule();
+    let config = arch.ctcal().with_lambda_ctcal(0.0);
+    let ae = config.autoencoder.init::<B::InnerBackend>(device);
     let mut rng = StdRng::seed_from_u64(seed);
     let (mut sum, mut n) = (0.0, 0usize);
     for index in set.chunks(32) {
@@ -182,7 +177,7 @@ where
     Ok(sum / n.max(1) as f64)
 }
 
-/// The mini-CompBench: one sample per scene of `set` (its caption, `guidance`, `steps` Euler
+/// The mini-CompBench: one sample per scene of `set` (its caption, `guidance`, `steps` sampler
 /// steps, seeded noise), scored by the detector; the share of satisfied captions per category
 /// and overall.
 pub fn compbench<B: AttentionBackend>(

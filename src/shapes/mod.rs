@@ -13,6 +13,7 @@
 //! ```
 
 mod agreement;
+mod arch;
 mod bench;
 mod data;
 mod detect;
@@ -26,14 +27,17 @@ mod vocab;
 mod write;
 
 pub use agreement::{Agreement, agreement};
-pub use bench::{TrainRun, compbench, flow_schedule, heldout_loss, train_shapes};
+pub use arch::{ShapesArch, flow_euler, linear_sigmas};
+pub use bench::{TrainRun, compbench, heldout_loss, train_shapes};
 pub use data::{ShapesBatch, ShapesSet};
 pub use detect::{Detection, Detector, satisfies};
 pub use generate::{ShapesConfig, Split};
 pub use measure::{AgreementProbe, LevelAgreement, agreement_by_level};
-pub use model::{ShapesModel, ShapesModelConfig};
+pub use model::{
+    ShapesDenoiser, ShapesDenoiserConfig, ShapesModel, ShapesModelConfig, load_shapes_model,
+};
 pub use render::{Rendered, contains, render};
-pub use sample::{flow_euler, linear_sigmas, sample_images};
+pub use sample::sample_images;
 pub use scene::{BACKGROUND, Claim, Colour, Object, Relation, Scene, Shape};
 pub use vocab::{SEQ_LEN, Vocab};
 pub use write::{ShapesRow, read_rows, write_dataset};

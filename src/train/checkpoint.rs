@@ -79,13 +79,16 @@ fn store_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Weights(format!("{}: {e}", path.display()))
 }
 
-/// Saves `module`'s parameters selected by `filter` (burn paths, f32).
+/// Saves `module`'s parameters selected by `filter` (burn paths, f32; enum variant names are
+/// left out, so a model wrapped in an enum module keeps its own paths).
 pub fn save_params<B: Backend, M: Module<B>>(
     module: &M,
     path: &Path,
     filter: fn(&str, &str) -> bool,
 ) -> Result<()> {
-    let mut store = SafetensorsStore::from_file(path).with_predicate(filter);
+    let mut store = SafetensorsStore::from_file(path)
+        .with_predicate(filter)
+        .skip_enum_variants(true);
     module.save_into(&mut store).map_err(|e| store_err(path, e))
 }
 
@@ -106,6 +109,7 @@ pub fn load_params<B: Backend, M: Module<B>>(
     let mut store = SafetensorsStore::from_file(path)
         .with_predicate(filter)
         .with_from_adapter(FloatCast(target))
+        .skip_enum_variants(true)
         .allow_partial(true);
     let result = module
         .load_from(&mut store)
