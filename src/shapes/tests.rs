@@ -532,7 +532,8 @@ fn fine_tunes_freeze_the_text_encoder_and_pair_the_arms() {
 }
 
 /// The shipped base models are trained: their diffusion loss on held-out scenes is a fraction
-/// of a fresh model's, and they load from their folders.
+/// of a fresh model's (measured: MMDiT 0.077 vs 2.10, UNet 0.054 vs 0.83), and they load from
+/// their folders.
 #[test]
 fn shipped_base_models_are_trained() {
     let device = Default::default();
@@ -553,7 +554,6 @@ fn shipped_base_models_are_trained() {
         let loss = heldout_loss(&model, &set, &levels, 0, &device).unwrap();
         let fresh: ShapesModel<Ad> = arch.model_config().init(&device).unwrap();
         let fresh_loss = heldout_loss(&fresh, &set, &levels, 0, &device).unwrap();
-        eprintln!("{arch}: held-out loss {loss}, fresh {fresh_loss}");
         assert!(loss < 0.3, "{arch}: held-out loss {loss}");
         assert!(
             fresh_loss > 4.0 * loss,
