@@ -161,6 +161,7 @@ impl ShapesModelConfig {
 /// The pixel-space denoiser of a shapes model. Its parameter paths are the diffusers paths of
 /// the model inside (the variant name is not part of them).
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)] // one per model; boxing would hide the module from derive
 pub enum ShapesDenoiser<B: Backend> {
     /// SD 3's MMDiT, trained on rectified flow.
     Mmdit(SD3Transformer2DModel<B>),

@@ -411,7 +411,7 @@ impl crate::ctcal::Denoiser<Nd> for Oracle {
         _cond: &crate::ctcal::TextCond<Nd>,
         _hook: &mut H,
     ) -> crate::Result<Tensor<Nd, 4>> {
-        let t: f64 = timesteps.slice([0..1]).into_scalar();
+        let t = timesteps.into_data().to_vec::<f64>().unwrap()[0];
         let b = x.dims()[0];
         let x0 = self.x0.clone().repeat_dim(0, b / self.x0.dims()[0]);
         Ok(match self.arch {
