@@ -6,9 +6,9 @@
 //! runs on the backend's matmul kernel and differentiates through ops burn already has, at the
 //! cost of the `kh * kw`-times larger column tensor (377 MB for SD 2.1's first level at batch
 //! 8 in f32). [`conv2d`] picks it on cubecl backends built without autotuning and for
-//! overlapping windows on ndarray, whose own convolution backward is slow: a training step
-//! of the shapes benchmark's UNet (32x32 RGB, batch 16, 3x3 convolutions) took 22.9 s with
-//! burn-ndarray's convolution and 3.7 s with this one on 2 cores. Autotuned cubecl keeps
+//! overlapping windows on ndarray, whose own convolution backward is slow: two training steps
+//! of the shapes benchmark's UNet (32x32 RGB, batch 16, 3x3 convolutions, start-up included)
+//! took 45.8 s with burn-ndarray's convolution and 7.4 s with this one on 2 cores. Autotuned cubecl keeps
 //! burn's implicit-GEMM kernels (the wgpu tests ran 15% slower on im2col), and patch
 //! embeddings (kernel = stride) keep burn's convolution everywhere.
 
