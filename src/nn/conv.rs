@@ -8,9 +8,9 @@
 //! 8 in f32). [`conv2d`] picks it on cubecl backends built without autotuning and for
 //! overlapping windows on ndarray, whose own convolution backward is slow: two training steps
 //! of the shapes benchmark's UNet (32x32 RGB, batch 16, 3x3 convolutions, start-up included)
-//! took 45.8 s with burn-ndarray's convolution and 7.4 s with this one on 2 cores. Autotuned cubecl keeps
-//! burn's implicit-GEMM kernels (the wgpu tests ran 15% slower on im2col), and patch
-//! embeddings (kernel = stride) keep burn's convolution everywhere.
+//! took 45.8 s with burn-ndarray's convolution and 7.4 s with this one on 2 cores. Autotuned
+//! cubecl keeps burn's implicit-GEMM kernels (the wgpu tests ran 15% slower on im2col), and
+//! patch embeddings (kernel = stride) keep burn's convolution everywhere.
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -28,9 +28,13 @@ const UNTUNED_CUBECL: bool = cfg!(all(
 /// `conv.forward(x)`, through [`im2col_conv2d`] on cubecl backends built without autotuning,
 /// and on ndarray for convolutions whose windows overlap (kernel larger than stride).
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let name = B::name(&x.device());
     let overlapping = conv.kernel_size[0] > conv.stride[0] || conv.kernel_size[1] > conv.stride[1];
-    if (UNTUNED_CUBECL && name.contains("cubecl")) || (name.contains("ndarray") && overlapping) {
+    // The backend's name is a fresh String: asked only when the answer can change the path.
+    let im2col = (UNTUNED_CUBECL || overlapping) && {
+        let name = B::name(&x.device());
+        (UNTUNED_CUBECL && name.contains("cubecl")) || (overlapping && name.contains("ndarray"))
+    };
+    if im2col {
         im2col_conv2d(conv, x)
     } else {
         conv.forward(x)

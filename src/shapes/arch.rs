@@ -70,10 +70,15 @@ impl ShapesArch {
     /// The nine noise levels of the agreement curves, from nearly clean to nearly pure noise:
     /// sigmas, or the DDPM timesteps at the same fractions of `T = 1000`.
     pub fn levels(self) -> Vec<f64> {
-        const SIGMAS: [f64; 9] = [0.02, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.98];
+        self.at_fractions(&[0.02, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.98])
+    }
+
+    /// Levels at these fractions of the noise range: the sigmas themselves, or the DDPM
+    /// timesteps `round(1000 f)`.
+    fn at_fractions(self, fractions: &[f64]) -> Vec<f64> {
         match self {
-            Self::Mmdit => SIGMAS.to_vec(),
-            Self::Unet => SIGMAS.iter().map(|s| (s * 1000.0_f64).round()).collect(),
+            Self::Mmdit => fractions.to_vec(),
+            Self::Unet => fractions.iter().map(|f| (f * 1000.0).round()).collect(),
         }
     }
 
@@ -87,11 +92,7 @@ impl ShapesArch {
 
     /// Levels of the held-out diffusion loss.
     pub fn loss_levels(self) -> Vec<f64> {
-        const SIGMAS: [f64; 5] = [0.1, 0.3, 0.5, 0.7, 0.9];
-        match self {
-            Self::Mmdit => SIGMAS.to_vec(),
-            Self::Unet => SIGMAS.iter().map(|s| (s * 1000.0_f64).round()).collect(),
-        }
+        self.at_fractions(&[0.1, 0.3, 0.5, 0.7, 0.9])
     }
 
     /// The teacher and student levels of the map figures.
