@@ -1,11 +1,14 @@
 //! Fine-tunes an SD 2.1 UNet with CTCal: LoRA on the attention projections (or every weight
 //! with `--full`), the diffusion loss plus the CTCal loss with teacher maps at a small timestep.
 //!
-//! With no arguments it trains the tiny UNet shipped in `weights/tiny-sd21` on the tiny
-//! bundled dataset `weights/tiny-data` on the CPU, in about a minute:
+//! With no arguments it fine-tunes the trained shapes UNet shipped in `weights/shapes-unet`
+//! (pixel space, word-level text encoder; see `ctcal::shapes`) on the bundled shapes images
+//! `weights/shapes-data` on the CPU. A diffusers SD 2.x pipeline folder (`--pipeline`, e.g.
+//! the tiny random one in `weights/tiny-sd21`) trains the same way:
 //!
 //! ```text
 //! cargo run --release --example train_sd21
+//! cargo run --release --example train_sd21 -- --pipeline weights/tiny-sd21
 //! cargo run --release --example train_sd21 -- --model path/to/unet --data path/to/features \
 //!     --backend cuda --steps 2000 --batch-size 8 --lr 1e-4 --rank 4 --out out/my_run
 //! cargo run --release --example train_sd21 -- --out out/my_run --resume   # after a crash
@@ -18,15 +21,16 @@ mod common;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
-use common::train::{ModelInfo, TrainArgs, fit};
+use common::train::{ModelInfo, TrainArgs, fit, fit_shapes, save_diffusers_folder};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{CtcalConfig, Schedule, TeacherRule};
 use ctcal::lora::LoraConfig;
 use ctcal::pipeline::StableDiffusion;
 use ctcal::schedule::DdpmConfig;
-use ctcal::unet::UNet2DConditionConfig;
+use ctcal::shapes::is_shapes_model;
+use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use ctcal::weights::load_module;
 
 /// What the UNet predicts (the scheduler's `prediction_type`).
@@ -41,9 +45,10 @@ enum Prediction {
 /// Fine-tune an SD 2.1 UNet with CTCal.
 #[derive(Parser, Debug)]
 struct Cli {
-    /// A diffusers SD 2.x pipeline folder: its tokenizer, text encoder and VAE encode
-    /// image-folder data and render validation images; its `unet/` is trained.
-    #[arg(long, default_value = "weights/tiny-sd21")]
+    /// A diffusers SD 2.x pipeline folder (its tokenizer, text encoder and VAE encode
+    /// image-folder data and render validation images; its `unet/` is trained) or a shapes
+    /// UNet model folder (`base_config.json`, `base.safetensors`).
+    #[arg(long, default_value = "weights/shapes-unet")]
     pipeline: PathBuf,
     /// Train this `unet/` folder instead of the pipeline's.
     #[arg(long)]
@@ -51,12 +56,15 @@ struct Cli {
     /// The teacher's timestep (the method's default is 0: the least noisy).
     #[arg(long, default_value_t = 0)]
     teacher_t: usize,
-    /// The UNet's prediction type.
-    #[arg(long, value_enum, default_value = "v-prediction")]
-    prediction: Prediction,
+    /// The UNet's prediction type (default: v-prediction; a shapes model's own).
+    #[arg(long, value_enum)]
+    prediction: Option<Prediction>,
     #[command(flatten)]
     train: TrainArgs,
 }
+
+/// Where outputs go without `--out`.
+const DEFAULT_OUT: &str = "out/train_sd21";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -70,6 +78,25 @@ fn main() -> Result<()> {
 
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     cli.train.check()?;
+    if is_shapes_model(&cli.pipeline) {
+        if let Some(model) = &cli.model {
+            bail!(
+                "--model {} takes a diffusers unet/ folder; {} is a shapes model, which trains alone",
+                model.display(),
+                cli.pipeline.display()
+            );
+        }
+        if cli.prediction.is_some() {
+            bail!("--prediction: a shapes model predicts what it was trained to (v-prediction)");
+        }
+        return fit_shapes::<B, UNet2DConditionModel<B>>(
+            &cli.pipeline,
+            &cli.train,
+            Some(TeacherRule::FixedTimestep(cli.teacher_t)),
+            DEFAULT_OUT,
+            device,
+        );
+    }
     let pipe = StableDiffusion::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
     let model_dir = cli
         .model
@@ -84,7 +111,7 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         report.files.join(", ")
     );
     let schedule = Schedule::Ddpm(
-        match cli.prediction {
+        match cli.prediction.unwrap_or(Prediction::VPrediction) {
             Prediction::VPrediction => DdpmConfig::sd21(),
             Prediction::Epsilon => DdpmConfig::sd21_base(),
         }
@@ -92,9 +119,8 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     );
     let ctcal = CtcalConfig::sd21().with_teacher(TeacherRule::FixedTimestep(cli.teacher_t));
     let info = ModelInfo {
-        model_dir: &model_dir,
-        folder: "unet",
-        default_out: "out/train_sd21",
+        default_out: DEFAULT_OUT,
+        save_full: save_diffusers_folder(&model_dir, "unet"),
     };
     let config = cli.train.config(ctcal);
     fit(

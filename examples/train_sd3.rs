@@ -2,11 +2,14 @@
 //! (or every weight with `--full`), the rectified-flow loss plus the CTCal loss on the
 //! image-to-text block of the joint attention, the teacher at the smaller of two sigmas.
 //!
-//! With no arguments it trains the tiny MMDiT shipped in `weights/tiny-sd3` on the tiny
-//! bundled dataset `weights/tiny-data` on the CPU:
+//! With no arguments it fine-tunes the trained shapes MMDiT shipped in `weights/shapes-mmdit`
+//! (pixel space, word-level text encoder; see `ctcal::shapes`) on the bundled shapes images
+//! `weights/shapes-data` on the CPU. A diffusers SD 3 pipeline folder (`--pipeline`, e.g. the
+//! tiny random one in `weights/tiny-sd3`) trains the same way:
 //!
 //! ```text
 //! cargo run --release --example train_sd3
+//! cargo run --release --example train_sd3 -- --pipeline weights/tiny-sd3
 //! cargo run --release --example train_sd3 -- --model path/to/transformer \
 //!     --data path/to/features --backend cuda --steps 2000 --batch-size 8 --out out/my_run
 //! ```
@@ -19,23 +22,25 @@ mod common;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Parser;
-use common::train::{ModelInfo, TrainArgs, fit};
+use common::train::{ModelInfo, TrainArgs, fit, fit_shapes, save_diffusers_folder};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::{CtcalConfig, Schedule, TeacherRule};
 use ctcal::lora::LoraConfig;
-use ctcal::mmdit::SD3Transformer2DConfig;
+use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 use ctcal::pipeline::StableDiffusion3;
 use ctcal::schedule::FlowConfig;
+use ctcal::shapes::is_shapes_model;
 use ctcal::weights::load_module;
 
 /// Fine-tune an SD 3 transformer with CTCal.
 #[derive(Parser, Debug)]
 struct Cli {
-    /// A diffusers SD 3 pipeline folder: its tokenizers, text encoders and VAE encode
-    /// image-folder data and render validation images; its `transformer/` is trained.
-    #[arg(long, default_value = "weights/tiny-sd3")]
+    /// A diffusers SD 3 pipeline folder (its tokenizers, text encoders and VAE encode
+    /// image-folder data and render validation images; its `transformer/` is trained) or a
+    /// shapes MMDiT model folder (`base_config.json`, `base.safetensors`).
+    #[arg(long, default_value = "weights/shapes-mmdit")]
     pipeline: PathBuf,
     /// Train this `transformer/` folder instead of the pipeline's.
     #[arg(long)]
@@ -46,12 +51,16 @@ struct Cli {
     /// A fixed teacher sigma instead of the smaller of two sigmas drawn like the student's.
     #[arg(long)]
     teacher_sigma: Option<f64>,
-    /// The timestep shift of the flow schedule (3.0 for SD 3 medium).
-    #[arg(long, default_value_t = 3.0)]
-    shift: f64,
+    /// The timestep shift of the flow schedule (default 3.0, SD 3 medium's; a shapes model's
+    /// own, 1.0).
+    #[arg(long)]
+    shift: Option<f64>,
     #[command(flatten)]
     train: TrainArgs,
 }
+
+/// Where outputs go without `--out`.
+const DEFAULT_OUT: &str = "out/train_sd3";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -65,6 +74,25 @@ fn main() -> Result<()> {
 
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     cli.train.check()?;
+    if is_shapes_model(&cli.pipeline) {
+        if let Some(model) = &cli.model {
+            bail!(
+                "--model {} takes a diffusers transformer/ folder; {} is a shapes model, which trains alone",
+                model.display(),
+                cli.pipeline.display()
+            );
+        }
+        if cli.shift.is_some() {
+            bail!("--shift: a shapes model keeps the schedule it was trained on (shift 1)");
+        }
+        return fit_shapes::<B, SD3Transformer2DModel<B>>(
+            &cli.pipeline,
+            &cli.train,
+            cli.teacher_sigma.map(TeacherRule::FixedSigma),
+            DEFAULT_OUT,
+            device,
+        );
+    }
     let mut pipe = StableDiffusion3::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
     pipe.max_sequence_length = cli.max_sequence_length;
     let model_dir = cli
@@ -79,15 +107,14 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         report.tensors,
         report.files.join(", ")
     );
-    let schedule = Schedule::Flow(FlowConfig::sd3_medium().with_shift(cli.shift).init());
+    let schedule = Schedule::Flow(FlowConfig::sd3_medium().with_shift(cli.shift.unwrap_or(3.0)).init());
     let mut ctcal = CtcalConfig::sd3();
     if let Some(sigma) = cli.teacher_sigma {
         ctcal = ctcal.with_teacher(TeacherRule::FixedSigma(sigma));
     }
     let info = ModelInfo {
-        model_dir: &model_dir,
-        folder: "transformer",
-        default_out: "out/train_sd3",
+        default_out: DEFAULT_OUT,
+        save_full: save_diffusers_folder(&model_dir, "transformer"),
     };
     let config = cli.train.config(ctcal);
     fit(

@@ -9,11 +9,12 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::{CtcalConfig, Denoiser, Schedule};
+use ctcal::ctcal::{CtcalConfig, Denoiser, Schedule, TeacherRule};
 use ctcal::data::{BadRowPolicy, BadRows, CachedFeatures, Dataset, ImageFolder};
 use ctcal::lora::{LoraConfig, LoraTarget, apply_lora, export_peft};
 use ctcal::pipeline::{GenerateConfig, ImageInputs, TrainingPipeline};
 use ctcal::precision::MixedPrecision;
+use ctcal::shapes::{ShapesDenoiserPart, load_shapes_pipeline};
 use ctcal::train::{
     BatchInputs, CachedInputs, LrSchedule, RunDirs, StepLog, TrainConfig, Trained, count_params,
     loss_plot, map_preview, preview_levels, save_params, train,
@@ -51,8 +52,8 @@ pub struct TrainArgs {
     /// Training data: a folder with `metadata.jsonl` (`file_name`, `text`, optional `nouns`)
     /// over images, encoded on the fly by the pipeline's frozen VAE and text encoders, or over
     /// cached features (`.safetensors` with `latents`, `encoder_hidden_states`, optional
-    /// `pooled_projections`), e.g. `weights/tiny-data`.
-    #[arg(long, default_value = "weights/tiny-data/images")]
+    /// `pooled_projections`), e.g. `weights/tiny-data/features`.
+    #[arg(long, default_value = "weights/shapes-data")]
     pub data: PathBuf,
     /// Image side for image folders (resized and centre-cropped); default: the denoiser's
     /// native resolution.
@@ -166,13 +167,83 @@ impl TrainArgs {
 }
 
 /// What the example knows about its model.
-pub struct ModelInfo<'a> {
-    /// The folder the base weights came from (its `config.json` is copied on full export).
-    pub model_dir: &'a Path,
-    /// Folder name of a full export (`unet` or `transformer`).
-    pub folder: &'a str,
+pub struct ModelInfo<'a, M> {
     /// Default output folder.
     pub default_out: &'a str,
+    /// Writes a fully fine-tuned model (`--full`) into the output folder in the layout its
+    /// base came in; returns what it wrote, for the summary.
+    pub save_full: SaveFull<'a, M>,
+}
+
+/// See [`ModelInfo::save_full`].
+pub type SaveFull<'a, M> = Box<dyn Fn(&M, &Path) -> Result<String> + 'a>;
+
+/// [`ModelInfo::save_full`] for a diffusers model folder: `folder/` (`unet` or
+/// `transformer`) with the weights and the base's `config.json`.
+pub fn save_diffusers_folder<'a, B, M>(model_dir: &'a Path, folder: &'a str) -> SaveFull<'a, M>
+where
+    B: burn::tensor::backend::Backend,
+    M: burn::module::Module<B>,
+{
+    Box::new(move |model: &M, out: &Path| {
+        let dir = out.join(folder);
+        let n = save_diffusers(model, &model_dir.join("config.json"), &dir, |_| false)?;
+        Ok(format!("{n} tensors in diffusers layout: {}", dir.display()))
+    })
+}
+
+/// Fine-tunes the `D` (UNet or MMDiT) of the shapes model in `dir` (see
+/// [`ctcal::shapes::ShapesPipeline`]): the architecture's noise schedule, CTCal config
+/// (`teacher` overrides its teacher rule) and LoRA targets; `--full` writes a shapes model
+/// folder (`model/`).
+pub fn fit_shapes<B, D>(
+    dir: &Path,
+    args: &TrainArgs,
+    teacher: Option<TeacherRule>,
+    default_out: &str,
+    device: &B::Device,
+) -> Result<()>
+where
+    B: AutodiffAttentionBackend,
+    D: ShapesDenoiserPart<B> + AutodiffModule<B> + Denoiser<B> + LoraTarget<B> + Clone,
+    D::InnerModule: Denoiser<B::InnerBackend> + ShapesDenoiserPart<B::InnerBackend>,
+{
+    let (pipe, model) = load_shapes_pipeline::<B, D>(dir, device)
+        .with_context(|| format!("loading the shapes model {}", dir.display()))?;
+    let arch = pipe.arch;
+    println!(
+        "shapes {arch} model from {} (pixel space, {}x{}, word-level text encoder)",
+        dir.display(),
+        pipe.size,
+        pipe.size
+    );
+    let mut ctcal = arch.ctcal();
+    if let Some(rule) = teacher {
+        ctcal = ctcal.with_teacher(rule);
+    }
+    let pipe = &pipe;
+    let info = ModelInfo {
+        default_out,
+        save_full: Box::new(move |model: &D, out: &Path| {
+            let dir = out.join("model");
+            pipe.model(model.valid()).save_dir(&pipe.config, &dir)?;
+            Ok(format!(
+                "shapes model folder (base.safetensors, base_config.json): {}",
+                dir.display()
+            ))
+        }),
+    };
+    fit(
+        model,
+        info,
+        args,
+        arch.lora(args.rank),
+        args.config(ctcal),
+        &arch.schedule(),
+        pipe,
+        pipe.size as u32,
+        device,
+    )
 }
 
 /// Trains `model` as `args` say and writes the exports; prints progress and a summary.
@@ -182,7 +253,7 @@ pub struct ModelInfo<'a> {
 #[allow(clippy::too_many_arguments)]
 pub fn fit<B, M, P>(
     model: M,
-    info: ModelInfo<'_>,
+    info: ModelInfo<'_, M>,
     args: &TrainArgs,
     lora: LoraConfig,
     config: TrainConfig,
@@ -286,17 +357,17 @@ fn report_skipped(skipped: &BadRows, len: usize, meta: &Path, batch_size: usize)
 }
 
 /// One training run's settings, shared by both data kinds.
-struct Run<'a> {
+struct Run<'a, M> {
     args: &'a TrainArgs,
-    info: ModelInfo<'a>,
+    info: ModelInfo<'a, M>,
     config: &'a TrainConfig,
     schedule: &'a Schedule,
     out: &'a Path,
     trained: Trained,
 }
 
-impl Run<'_> {
-    fn go<B, M, P, D>(
+impl<M> Run<'_, M> {
+    fn go<B, P, D>(
         &self,
         model: M,
         dataset: Arc<D>,
@@ -379,16 +450,7 @@ impl Run<'_> {
                     path.display()
                 );
             }
-            Trained::Full => {
-                let folder = out.join(info.folder);
-                let n = save_diffusers(
-                    final_model,
-                    &info.model_dir.join("config.json"),
-                    &folder,
-                    |_| false,
-                )?;
-                println!("{n} tensors in diffusers layout: {}", folder.display());
-            }
+            Trained::Full => println!("{}", (info.save_full)(final_model, out)?),
         }
         let ae_path = out.join("autoencoder.safetensors");
         save_params(&result.ae, &ae_path, |_, _| true)?;

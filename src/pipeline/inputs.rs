@@ -34,8 +34,30 @@ pub trait TrainingPipeline<B: Backend> {
     /// Token positions of caption words (the CLIP tokenizer: SD 3's joint sequence starts
     /// with the CLIP tokens, so the positions are the same).
     fn word_tokens(&self) -> &dyn WordTokens;
-    /// The VAE that encodes the images.
-    fn vae(&self) -> &AutoencoderKL<B>;
+    /// The denoiser's input for images `[batch, 3, h, w]` in `[-1, 1]`: the VAE's scaled
+    /// latents (a posterior sample drawn from the backend's seeded RNG with
+    /// `sample_posterior`, else the posterior mean) or, for a pixel-space model, the pixels.
+    fn encode_images(&self, pixels: Tensor<B, 4>, sample_posterior: bool) -> Result<Tensor<B, 4>>;
+}
+
+/// [`TrainingPipeline::encode_images`] for a latent model: `vae` encodes, then scales.
+pub fn vae_latents<B: Backend>(
+    vae: &AutoencoderKL<B>,
+    pixels: Tensor<B, 4>,
+    sample_posterior: bool,
+) -> Result<Tensor<B, 4>> {
+    let posterior = vae.encode(pixels)?;
+    let z = if sample_posterior {
+        let eps = Tensor::random(
+            posterior.mean.dims(),
+            Distribution::Normal(0.0, 1.0),
+            &posterior.mean.device(),
+        );
+        posterior.sample_with_noise(eps)?
+    } else {
+        posterior.mode()
+    };
+    Ok(vae.latents_from_image(z))
 }
 
 impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion<B> {
@@ -54,8 +76,8 @@ impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion<B> {
     fn word_tokens(&self) -> &dyn WordTokens {
         &self.tokenizer
     }
-    fn vae(&self) -> &AutoencoderKL<B> {
-        &self.vae
+    fn encode_images(&self, pixels: Tensor<B, 4>, sample_posterior: bool) -> Result<Tensor<B, 4>> {
+        vae_latents(&self.vae, pixels, sample_posterior)
     }
 }
 
@@ -75,13 +97,13 @@ impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion3<B> {
     fn word_tokens(&self) -> &dyn WordTokens {
         &self.tokenizer
     }
-    fn vae(&self) -> &AutoencoderKL<B> {
-        &self.vae
+    fn encode_images(&self, pixels: Tensor<B, 4>, sample_posterior: bool) -> Result<Tensor<B, 4>> {
+        vae_latents(&self.vae, pixels, sample_posterior)
     }
 }
 
 /// [`BatchInputs`] for image folders: the pipeline `P` (on the inner, gradient-free backend)
-/// encodes pixels to latents and captions to conditioning; nouns get exact token positions.
+/// encodes pixels to the denoiser's input and captions to conditioning; nouns get exact token positions.
 ///
 /// The latent is a posterior sample (`sample_posterior`, diffusers' `latent_dist.sample()`
 /// in its training scripts) drawn from the device RNG the trainer seeds per step, or the
@@ -101,19 +123,9 @@ where
 {
     fn train_batch(&self, batch: &Batch, device: &B::Device) -> Result<TrainBatch<B>> {
         let pixels = batch.pixels::<B::InnerBackend>(device)?;
-        let vae = self.pipeline.vae();
-        let posterior = vae.encode(pixels)?;
-        let z = if self.sample_posterior {
-            let eps = Tensor::random(
-                posterior.mean.dims(),
-                Distribution::Normal(0.0, 1.0),
-                device,
-            );
-            posterior.sample_with_noise(eps)?
-        } else {
-            posterior.mode()
-        };
-        let latents = vae.latents_from_image(z);
+        let latents = self
+            .pipeline
+            .encode_images(pixels, self.sample_posterior)?;
         let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
         let (cond, _) = self.pipeline.encode_prompts_for_training(&captions)?;
         let tokens = cond.hidden.dims()[1];

@@ -17,6 +17,6 @@ pub use denoise::{
     GenerateConfig, Generated, decode, denoise, initial_latents, token_ids, truncated,
 };
 pub use index::{Component, PipelineFolder};
-pub use inputs::{ImageInputs, TrainingPipeline};
+pub use inputs::{ImageInputs, TrainingPipeline, vae_latents};
 pub use sd3::{SD3_CLASSES, StableDiffusion3};
 pub use sd21::{SD_CLASSES, StableDiffusion};

@@ -20,6 +20,7 @@ mod detect;
 mod generate;
 mod measure;
 mod model;
+mod pipeline;
 mod render;
 mod sample;
 mod scene;
@@ -35,6 +36,9 @@ pub use generate::{ShapesConfig, Split};
 pub use measure::{AgreementProbe, LevelAgreement, agreement_by_level};
 pub use model::{
     ShapesDenoiser, ShapesDenoiserConfig, ShapesModel, ShapesModelConfig, load_shapes_model,
+};
+pub use pipeline::{
+    ShapesDenoiserPart, ShapesPipeline, is_shapes_model, load_shapes_pipeline,
 };
 pub use render::{Rendered, contains, render};
 pub use sample::sample_images;

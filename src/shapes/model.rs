@@ -232,21 +232,30 @@ pub struct ShapesModel<B: Backend> {
 impl<B: AttentionBackend> ShapesModel<B> {
     /// Conditioning for encoded captions (`[batch, SEQ_LEN]` ids, see [`Vocab::encode`]).
     pub fn encode(&self, ids: &[Vec<usize>], device: &B::Device) -> crate::Result<TextCond<B>> {
-        let batch = ids.len();
-        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
-        if flat.len() != batch * SEQ_LEN {
-            return Err(Error::Input(format!(
-                "shapes model: {} ids for {batch} captions of {SEQ_LEN}",
-                flat.len()
-            )));
-        }
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, SEQ_LEN]), device);
-        let out = self.text.forward(ids, false)?;
-        Ok(TextCond {
-            hidden: out.last_hidden_state,
-            pooled: Some(out.pooler_output),
-        })
+        encode_ids(&self.text, ids, device)
     }
+}
+
+/// [`ShapesModel::encode`] with the text encoder alone.
+pub(crate) fn encode_ids<B: AttentionBackend>(
+    text: &ClipTextModel<B>,
+    ids: &[Vec<usize>],
+    device: &B::Device,
+) -> crate::Result<TextCond<B>> {
+    let batch = ids.len();
+    let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
+    if flat.len() != batch * SEQ_LEN {
+        return Err(Error::Input(format!(
+            "shapes model: {} ids for {batch} captions of {SEQ_LEN}",
+            flat.len()
+        )));
+    }
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [batch, SEQ_LEN]), device);
+    let out = text.forward(ids, false)?;
+    Ok(TextCond {
+        hidden: out.last_hidden_state,
+        pooled: Some(out.pooler_output),
+    })
 }
 
 /// File names of a model folder.
