@@ -50,6 +50,7 @@ macro_rules! dispatch {
             #[cfg(feature = "ndarray")]
             common::BackendKind::Ndarray => {
                 type B = burn::backend::NdArray<f32>;
+                ctcal::nn::retain_freed_memory();
                 $run::<$wrap>($args, &Default::default())
             }
             #[cfg(feature = "wgpu")]

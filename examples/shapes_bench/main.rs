@@ -57,6 +57,12 @@ enum Stage {
     /// steps and seeds), each measured for map agreement by level, held-out flow loss and the
     /// detector's scores of samples for held-out captions.
     Bench(report::BenchArgs),
+    /// One run of `bench` (started by it): the spec file it wrote.
+    #[command(hide = true)]
+    Run {
+        /// `runs/<name>/spec.json` under the bench's `--out`.
+        spec: PathBuf,
+    },
     /// Claim 1: agreement of each noun's map with its mask, by noise level.
     Agreement {
         /// The model folder (default: the shipped base model of `--arch`).
@@ -104,11 +110,15 @@ type B = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // Tensor buffers reused instead of mapped afresh per operation (see the function).
+    ctcal::nn::retain_freed_memory();
     let out = match &args.out {
         Some(out) => out.clone(),
         None => PathBuf::from(format!("out/shapes/{}", args.arch)),
     };
-    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+    if !matches!(args.stage, Stage::Run { .. }) {
+        std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+    }
     let device = Default::default();
     let arch = args.arch;
     match &args.stage {
@@ -118,6 +128,7 @@ fn main() -> Result<()> {
             let base = b.base.clone().unwrap_or_else(|| base_dir(arch));
             report::bench::<B>(&out, &base, b, args.seed, &device)
         }
+        Stage::Run { spec } => report::run::<B>(spec, &device),
         Stage::Agreement {
             model,
             scenes,

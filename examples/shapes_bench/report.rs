@@ -1,22 +1,29 @@
 //! The `bench` stage: the base model and paired fine-tunes measured for the method's three
 //! claims, reported as a table (mean and standard deviation over seeds) and a plot.
+//!
+//! Each run (the base model's measurement, or one seed of one arm: fine-tune, then measure)
+//! is a child process of this binary (`shapes_bench run <spec.json>`), `--jobs` at a time:
+//! burn's autodiff graph and the CPU backend's allocations contend across threads of one
+//! process (two fine-tunes on two threads took as long as in sequence), not across
+//! processes. Every run seeds itself, so the results do not depend on `--jobs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::LossParts;
 use ctcal::shapes::{
-    AgreementProbe, LevelAgreement, ShapesConfig, ShapesModel, ShapesSet, Split, TrainRun, Vocab,
+    AgreementProbe, LevelAgreement, ShapesConfig, ShapesModel, ShapesModelConfig, ShapesSet, Split,
+    TrainRun, Vocab,
     agreement_by_level, load_shapes_model, train_shapes,
 };
 use ctcal::viz::{COLOURS, Series, line_plot};
 
 use super::write_json;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct BenchArgs {
     /// The base model folder (default: the shipped one of `--arch`).
     #[arg(long)]
@@ -45,16 +52,21 @@ pub struct BenchArgs {
     /// Classifier-free guidance scale of the samples.
     #[arg(long, default_value_t = 3.0)]
     guidance: f64,
+    /// Runs (fine-tune + measurement) at once, each a process (default: the CPU count).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 /// One model's measurements.
-#[derive(serde::Serialize, Clone)]
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
 struct Measured {
     curve: Vec<LevelAgreement>,
     large_t_mass: f64,
     large_t_iou: f64,
     heldout_loss: f64,
     compbench: BTreeMap<String, f64>,
+    /// Seconds spent on the agreement curve, the held-out loss and the samples.
+    seconds: [f64; 3],
 }
 
 fn measure<B: AutodiffAttentionBackend>(
@@ -72,13 +84,16 @@ fn measure<B: AutodiffAttentionBackend>(
         batch: 32,
         seed: seed + 7,
     };
+    let clock = Instant::now();
     let curve = agreement_by_level(model, eval, &probe, device)?;
+    let t_curve = clock.elapsed().as_secs_f64();
     let large: Vec<_> = curve.iter().filter(|c| c.level >= arch.large_t()).collect();
     let mean = |f: &dyn Fn(&LevelAgreement) -> f32| {
         large.iter().map(|c| f(c) as f64).sum::<f64>() / large.len() as f64
     };
     let heldout_loss =
         ctcal::shapes::heldout_loss(model, eval, &arch.loss_levels(), seed + 8, device)?;
+    let t_loss = clock.elapsed().as_secs_f64();
     let compbench = ctcal::shapes::compbench(
         &burn::module::AutodiffModule::valid(model),
         eval,
@@ -93,6 +108,7 @@ fn measure<B: AutodiffAttentionBackend>(
         curve,
         heldout_loss,
         compbench,
+        seconds: [t_curve, t_loss - t_curve, clock.elapsed().as_secs_f64() - t_loss],
     })
 }
 
@@ -123,48 +139,41 @@ pub fn bench<B: AutodiffAttentionBackend>(
         shapes.size,
         &vocab,
     )?;
-    let base = measure(&load()?, &eval, o, seed, device)?;
-    println!(
-        "base: large-t mass {:.3}, held-out loss {:.4}, compbench {:?} ({:.0} s)",
-        base.large_t_mass,
-        base.heldout_loss,
-        base.compbench,
-        start.elapsed().as_secs_f64()
-    );
-    let mut runs: Vec<(String, u64, Measured, Vec<LossParts>)> = Vec::new();
-    let mut shown: Vec<(String, ShapesModel<B>)> = vec![("base".into(), load()?)];
-    for k in 0..o.seeds {
-        let data = ShapesSet::new(
-            shapes.generate(Split::Train, 2000, seed + 100 + k)?,
-            shapes.size,
-            &vocab,
-        )?;
-        for (arm, lambda) in [("plain", 0.0), ("ctcal", 1.0)] {
-            let mut run = TrainRun::finetune(
-                o.steps,
-                o.batch,
-                o.lr,
-                o.rank,
-                arch.ctcal().with_lambda_ctcal(lambda),
-            );
-            run.seed = seed + k;
-            let mut log = Vec::with_capacity(o.steps);
-            let model = train_shapes(load()?, &data, &run, device, |_, parts| log.push(*parts))?;
-            let m = measure(&model, &eval, o, seed, device)?;
-            println!(
-                "seed {k} {arm:<5}: large-t mass {:.3}, iou {:.3}, held-out loss {:.4}, compbench {:?} ({:.0} s)",
-                m.large_t_mass,
-                m.large_t_iou,
-                m.heldout_loss,
-                m.compbench,
-                start.elapsed().as_secs_f64()
-            );
-            runs.push((arm.to_string(), k, m, log));
-            if k == 0 {
-                shown.push((format!("{arm} seed 0"), model));
-            }
+    // One run per model, longest first: each (seed, arm) fine-tune with its measurement, then
+    // the base model's measurement.
+    let mut specs = Vec::new();
+    for arm in ["ctcal", "plain"] {
+        for k in 0..o.seeds {
+            specs.push(RunSpec::new(arm, k, base_dir, out, seed, o));
         }
     }
+    specs.push(RunSpec::new("base", 0, base_dir, out, seed, o));
+    let jobs = o
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, specs.len());
+    println!("{} runs, {jobs} at a time, under {}", specs.len(), out.join("runs").display());
+    run_all(&specs, jobs, start)?;
+    let mut base = None;
+    let mut runs: Vec<(String, u64, Measured, Vec<LossParts>)> = Vec::new();
+    let mut shown: Vec<(String, ShapesModel<B>)> = vec![("base".into(), load()?)];
+    for spec in &specs {
+        let done = spec.read_result()?;
+        if spec.arm == "base" {
+            base = Some(done.measured);
+            continue;
+        }
+        if spec.k == 0 {
+            shown.push((
+                format!("{} seed 0", spec.arm),
+                load_shapes_model(&spec.dir, device)?,
+            ));
+        }
+        runs.push((spec.arm.clone(), spec.k, done.measured, done.log));
+    }
+    runs.sort_by_key(|r| (r.0 != "plain", r.1));
+    shown.sort_by_key(|(name, _)| (name != "base", !name.starts_with("plain")));
+    let base = base.ok_or_else(|| anyhow::anyhow!("the base model's run is missing"))?;
     // Table: mean and standard deviation over seeds.
     let mut table = String::from(
         "| model | large-t mass inside | large-t IoU | held-out diffusion loss | colour binding | counting | spatial | shape | overall |\n|---|---|---|---|---|---|---|---|---|\n",
@@ -352,4 +361,185 @@ fn figures<B: AutodiffAttentionBackend>(
         )?;
     }
     Ok(())
+}
+
+
+/// One run of the bench, done by a child process from this spec (`runs/<name>/spec.json`).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct RunSpec {
+    /// `base` (measure the base model), `plain` or `ctcal` (fine-tune, then measure).
+    arm: String,
+    /// Seed index of a fine-tune: its data and training seed.
+    k: u64,
+    /// The base model folder.
+    base: PathBuf,
+    /// The run's folder: the spec, the fine-tuned model and `result.json`.
+    dir: PathBuf,
+    /// The bench's seed.
+    seed: u64,
+    /// The bench's settings.
+    args: BenchArgs,
+}
+
+/// What a run writes to `result.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunResult {
+    measured: Measured,
+    /// Training losses per step (empty for the base model).
+    log: Vec<LossParts>,
+    /// Seconds spent fine-tuning.
+    train_seconds: f64,
+}
+
+impl RunSpec {
+    fn new(arm: &str, k: u64, base: &Path, out: &Path, seed: u64, args: &BenchArgs) -> Self {
+        let name = if arm == "base" {
+            "base".to_string()
+        } else {
+            format!("{arm}-seed{k}")
+        };
+        RunSpec {
+            arm: arm.to_string(),
+            k,
+            base: base.to_path_buf(),
+            dir: out.join("runs").join(name),
+            seed,
+            args: args.clone(),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Writes the spec and starts `this binary run <spec>` (stdout and stderr shared).
+    fn spawn(&self) -> Result<std::process::Child> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        // A result from an earlier bench must not stand in for this run's.
+        let _ = std::fs::remove_file(self.dir.join("result.json"));
+        let path = self.dir.join("spec.json");
+        write_json(&path, self)?;
+        let exe = std::env::current_exe().context("locating the shapes_bench binary")?;
+        std::process::Command::new(exe)
+            .arg("run")
+            .arg(&path)
+            .spawn()
+            .with_context(|| format!("starting the run {}", self.name()))
+    }
+
+    fn read_result(&self) -> Result<RunResult> {
+        let path = self.dir.join("result.json");
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Runs every spec as a child process, `jobs` at a time; the first failure is the error
+/// (after the running ones end).
+fn run_all(specs: &[RunSpec], jobs: usize, start: Instant) -> Result<()> {
+    let mut pending = specs.iter();
+    let mut running: Vec<(&RunSpec, std::process::Child)> = Vec::new();
+    let mut failed: Option<anyhow::Error> = None;
+    loop {
+        while failed.is_none() && running.len() < jobs {
+            match pending.next() {
+                Some(spec) => match spec.spawn() {
+                    Ok(child) => running.push((spec, child)),
+                    Err(e) => failed = Some(e),
+                },
+                None => break,
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut still = Vec::new();
+        for (spec, mut child) in running {
+            match child.try_wait() {
+                Ok(None) => still.push((spec, child)),
+                Ok(Some(status)) if status.success() => println!(
+                    "run {} done ({:.0} s)",
+                    spec.name(),
+                    start.elapsed().as_secs_f64()
+                ),
+                Ok(Some(status)) => {
+                    failed.get_or_insert(anyhow::anyhow!("run {} failed: {status}", spec.name()));
+                }
+                Err(e) => {
+                    failed.get_or_insert(anyhow::anyhow!("run {}: {e}", spec.name()));
+                }
+            }
+        }
+        running = still;
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// The child process's side: reads the spec at `path`, fine-tunes (unless `base`), measures,
+/// and writes the model (fine-tunes) and `result.json` into the run's folder.
+pub fn run<B: AutodiffAttentionBackend>(path: &Path, device: &B::Device) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let spec: RunSpec =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let o = &spec.args;
+    let vocab = Vocab::default();
+    let shapes = ShapesConfig::new();
+    let eval = ShapesSet::new(
+        shapes.generate(Split::HeldOut, o.eval_scenes, spec.seed + 1000)?,
+        shapes.size,
+        &vocab,
+    )?;
+    let model: ShapesModel<B> = load_shapes_model(&spec.base, device)?;
+    let arch = model.arch();
+    let clock = Instant::now();
+    let (model, log) = if spec.arm == "base" {
+        (model, Vec::new())
+    } else {
+        let lambda = match spec.arm.as_str() {
+            "plain" => 0.0,
+            "ctcal" => 1.0,
+            other => anyhow::bail!("{}: unknown arm {other:?}", path.display()),
+        };
+        let data = ShapesSet::new(
+            shapes.generate(Split::Train, 2000, spec.seed + 100 + spec.k)?,
+            shapes.size,
+            &vocab,
+        )?;
+        let mut run = TrainRun::finetune(
+            o.steps,
+            o.batch,
+            o.lr,
+            o.rank,
+            arch.ctcal().with_lambda_ctcal(lambda),
+        );
+        run.seed = spec.seed + spec.k;
+        let mut log = Vec::with_capacity(o.steps);
+        let model = train_shapes(model, &data, &run, device, |_, parts| log.push(*parts))?;
+        let config = ShapesModelConfig::read(&spec.base.join("base_config.json"))?;
+        model.save_dir(&config, &spec.dir)?;
+        (model, log)
+    };
+    let train_seconds = clock.elapsed().as_secs_f64();
+    let m = measure(&model, &eval, o, spec.seed, device)?;
+    let name = spec.name();
+    println!(
+        "{name:<12}: large-t mass {:.3}, iou {:.3}, held-out loss {:.4}, compbench {:?}; \
+         train {train_seconds:.0} s, curve {:.0} s, loss {:.0} s, samples {:.0} s",
+        m.large_t_mass, m.large_t_iou, m.heldout_loss, m.compbench, m.seconds[0], m.seconds[1], m.seconds[2],
+    );
+    write_json(
+        &spec.dir.join("result.json"),
+        &RunResult {
+            measured: m,
+            log,
+            train_seconds,
+        },
+    )
 }

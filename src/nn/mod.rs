@@ -5,6 +5,7 @@ pub mod activation;
 mod conv;
 mod embeddings;
 mod feed_forward;
+mod heap;
 mod noise;
 mod norm;
 
@@ -12,5 +13,6 @@ pub use activation::{gelu, gelu_tanh, quick_gelu, silu};
 pub use conv::{conv2d, im2col_conv2d};
 pub use embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
+pub use heap::retain_freed_memory;
 pub use noise::normal_tensor;
 pub use norm::layer_norm;
