@@ -107,7 +107,11 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         report.tensors,
         report.files.join(", ")
     );
-    let schedule = Schedule::Flow(FlowConfig::sd3_medium().with_shift(cli.shift.unwrap_or(3.0)).init());
+    let schedule = Schedule::Flow(
+        FlowConfig::sd3_medium()
+            .with_shift(cli.shift.unwrap_or(3.0))
+            .init(),
+    );
     let mut ctcal = CtcalConfig::sd3();
     if let Some(sigma) = cli.teacher_sigma {
         ctcal = ctcal.with_teacher(TeacherRule::FixedSigma(sigma));

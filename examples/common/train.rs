@@ -188,7 +188,10 @@ where
     Box::new(move |model: &M, out: &Path| {
         let dir = out.join(folder);
         let n = save_diffusers(model, &model_dir.join("config.json"), &dir, |_| false)?;
-        Ok(format!("{n} tensors in diffusers layout: {}", dir.display()))
+        Ok(format!(
+            "{n} tensors in diffusers layout: {}",
+            dir.display()
+        ))
     })
 }
 
@@ -445,7 +448,8 @@ impl<M> Run<'_, M> {
                 let path = out.join("pytorch_lora_weights.safetensors");
                 export_peft(final_model, &path, M::PEFT_PREFIX)?;
                 println!(
-                    "LoRA weights for diffusers' pipe.load_lora_weights(\"{}\"): {}",
+                    "LoRA weights (PEFT keys under {:?}; a diffusers pipeline loads them with pipe.load_lora_weights(\"{}\")): {}",
+                    M::PEFT_PREFIX,
                     out.display(),
                     path.display()
                 );

@@ -16,8 +16,7 @@ use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::ctcal::LossParts;
 use ctcal::shapes::{
     AgreementProbe, LevelAgreement, ShapesConfig, ShapesModel, ShapesModelConfig, ShapesSet, Split,
-    TrainRun, Vocab,
-    agreement_by_level, load_shapes_model, train_shapes,
+    TrainRun, Vocab, agreement_by_level, load_shapes_model, train_shapes,
 };
 use ctcal::viz::{COLOURS, Series, line_plot};
 
@@ -108,7 +107,11 @@ fn measure<B: AutodiffAttentionBackend>(
         curve,
         heldout_loss,
         compbench,
-        seconds: [t_curve, t_loss - t_curve, clock.elapsed().as_secs_f64() - t_loss],
+        seconds: [
+            t_curve,
+            t_loss - t_curve,
+            clock.elapsed().as_secs_f64() - t_loss,
+        ],
     })
 }
 
@@ -152,7 +155,11 @@ pub fn bench<B: AutodiffAttentionBackend>(
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .clamp(1, specs.len());
-    println!("{} runs, {jobs} at a time, under {}", specs.len(), out.join("runs").display());
+    println!(
+        "{} runs, {jobs} at a time, under {}",
+        specs.len(),
+        out.join("runs").display()
+    );
     run_all(&specs, jobs, start)?;
     let mut base = None;
     let mut runs: Vec<(String, u64, Measured, Vec<LossParts>)> = Vec::new();
@@ -363,7 +370,6 @@ fn figures<B: AutodiffAttentionBackend>(
     Ok(())
 }
 
-
 /// One run of the bench, done by a child process from this spec (`runs/<name>/spec.json`).
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct RunSpec {
@@ -433,8 +439,8 @@ impl RunSpec {
 
     fn read_result(&self) -> Result<RunResult> {
         let path = self.dir.join("result.json");
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
@@ -532,7 +538,13 @@ pub fn run<B: AutodiffAttentionBackend>(path: &Path, device: &B::Device) -> Resu
     println!(
         "{name:<12}: large-t mass {:.3}, iou {:.3}, held-out loss {:.4}, compbench {:?}; \
          train {train_seconds:.0} s, curve {:.0} s, loss {:.0} s, samples {:.0} s",
-        m.large_t_mass, m.large_t_iou, m.heldout_loss, m.compbench, m.seconds[0], m.seconds[1], m.seconds[2],
+        m.large_t_mass,
+        m.large_t_iou,
+        m.heldout_loss,
+        m.compbench,
+        m.seconds[0],
+        m.seconds[1],
+        m.seconds[2],
     );
     write_json(
         &spec.dir.join("result.json"),

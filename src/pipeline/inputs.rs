@@ -123,9 +123,7 @@ where
 {
     fn train_batch(&self, batch: &Batch, device: &B::Device) -> Result<TrainBatch<B>> {
         let pixels = batch.pixels::<B::InnerBackend>(device)?;
-        let latents = self
-            .pipeline
-            .encode_images(pixels, self.sample_posterior)?;
+        let latents = self.pipeline.encode_images(pixels, self.sample_posterior)?;
         let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
         let (cond, _) = self.pipeline.encode_prompts_for_training(&captions)?;
         let tokens = cond.hidden.dims()[1];

@@ -37,9 +37,7 @@ pub use measure::{AgreementProbe, LevelAgreement, agreement_by_level};
 pub use model::{
     ShapesDenoiser, ShapesDenoiserConfig, ShapesModel, ShapesModelConfig, load_shapes_model,
 };
-pub use pipeline::{
-    ShapesDenoiserPart, ShapesPipeline, is_shapes_model, load_shapes_pipeline,
-};
+pub use pipeline::{ShapesDenoiserPart, ShapesPipeline, is_shapes_model, load_shapes_pipeline};
 pub use render::{Rendered, contains, render};
 pub use sample::sample_images;
 pub use scene::{BACKGROUND, Claim, Colour, Object, Relation, Scene, Shape};

@@ -83,7 +83,9 @@ impl<B: Backend> ShapesDenoiserPart<B> for SD3Transformer2DModel<B> {
 }
 
 fn wrong_arch(want: ShapesArch, got: ShapesArch) -> Error {
-    Error::Config(format!("shapes model: wanted its {want} but it holds a {got}"))
+    Error::Config(format!(
+        "shapes model: wanted its {want} but it holds a {got}"
+    ))
 }
 
 /// Whether `dir` holds a shapes model (`base_config.json`) rather than a diffusers pipeline.
