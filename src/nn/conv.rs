@@ -29,6 +29,8 @@ const UNTUNED_CUBECL: bool = cfg!(all(
 /// and on ndarray for convolutions whose windows overlap (kernel larger than stride).
 pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let overlapping = conv.kernel_size[0] > conv.stride[0] || conv.kernel_size[1] > conv.stride[1];
+    let pointwise = conv.kernel_size == [1, 1];
+    let overlapping = overlapping || pointwise;
     // The backend's name is a fresh String: asked only when the answer can change the path.
     let im2col = (UNTUNED_CUBECL || overlapping) && {
         let name = B::name(&x.device());
