@@ -79,18 +79,12 @@ fn main() -> Result<()> {
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     cli.train.check()?;
     if is_shapes_model(&cli.pipeline) {
-        if let Some(model) = &cli.model {
-            bail!(
-                "--model {} takes a diffusers unet/ folder; {} is a shapes model, which trains alone",
-                model.display(),
-                cli.pipeline.display()
-            );
-        }
         if cli.prediction.is_some() {
             bail!("--prediction: a shapes model predicts what it was trained to (v-prediction)");
         }
         return fit_shapes::<B, UNet2DConditionModel<B>>(
             &cli.pipeline,
+            cli.model.as_deref(),
             &cli.train,
             Some(TeacherRule::FixedTimestep(cli.teacher_t)),
             DEFAULT_OUT,

@@ -75,18 +75,12 @@ fn main() -> Result<()> {
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     cli.train.check()?;
     if is_shapes_model(&cli.pipeline) {
-        if let Some(model) = &cli.model {
-            bail!(
-                "--model {} takes a diffusers transformer/ folder; {} is a shapes model, which trains alone",
-                model.display(),
-                cli.pipeline.display()
-            );
-        }
         if cli.shift.is_some() {
             bail!("--shift: a shapes model keeps the schedule it was trained on (shift 1)");
         }
         return fit_shapes::<B, SD3Transformer2DModel<B>>(
             &cli.pipeline,
+            cli.model.as_deref(),
             &cli.train,
             cli.teacher_sigma.map(TeacherRule::FixedSigma),
             DEFAULT_OUT,

@@ -198,9 +198,10 @@ where
 /// Fine-tunes the `D` (UNet or MMDiT) of the shapes model in `dir` (see
 /// [`ctcal::shapes::ShapesPipeline`]): the architecture's noise schedule, CTCal config
 /// (`teacher` overrides its teacher rule) and LoRA targets; `--full` writes a shapes model
-/// folder (`model/`).
+/// folder (`model/`). A `--model` folder (`model`) is refused: a shapes model trains whole.
 pub fn fit_shapes<B, D>(
     dir: &Path,
+    model: Option<&Path>,
     args: &TrainArgs,
     teacher: Option<TeacherRule>,
     default_out: &str,
@@ -211,6 +212,13 @@ where
     D: ShapesDenoiserPart<B> + AutodiffModule<B> + Denoiser<B> + LoraTarget<B> + Clone,
     D::InnerModule: Denoiser<B::InnerBackend> + ShapesDenoiserPart<B::InnerBackend>,
 {
+    if let Some(model) = model {
+        bail!(
+            "--model {} takes a diffusers denoiser folder; {} is a shapes model, which trains alone",
+            model.display(),
+            dir.display()
+        );
+    }
     let (pipe, model) = load_shapes_pipeline::<B, D>(dir, device)
         .with_context(|| format!("loading the shapes model {}", dir.display()))?;
     let arch = pipe.arch;

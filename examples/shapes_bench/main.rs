@@ -11,6 +11,9 @@
 //! `out/shapes/<arch>`). The base models shipped in `weights/shapes-mmdit` and
 //! `weights/shapes-unet` are `pretrain`'s output.
 
+#[macro_use]
+#[path = "../common/mod.rs"]
+mod common;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +41,9 @@ struct Args {
     /// Seed of the data and of training.
     #[arg(long, default_value_t = 0, global = true)]
     seed: u64,
+    /// Backend to run on (each needs its cargo feature; on a GPU give `bench` `--jobs 1`).
+    #[arg(long, value_enum, default_value = "ndarray", global = true)]
+    backend: common::BackendKind,
     #[command(subcommand)]
     stage: Stage,
 }
@@ -106,12 +112,12 @@ struct PretrainArgs {
     init: Option<PathBuf>,
 }
 
-type B = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
-
 fn main() -> Result<()> {
     let args = Args::parse();
-    // Tensor buffers reused instead of mapped afresh per operation (see the function).
-    ctcal::nn::retain_freed_memory();
+    dispatch!(args.backend, run, &args, autodiff)
+}
+
+fn run<B: AutodiffAttentionBackend>(args: &Args, device: &B::Device) -> Result<()> {
     let out = match &args.out {
         Some(out) => out.clone(),
         None => PathBuf::from(format!("out/shapes/{}", args.arch)),
@@ -119,23 +125,23 @@ fn main() -> Result<()> {
     if !matches!(args.stage, Stage::Run { .. }) {
         std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
     }
-    let device = Default::default();
     let arch = args.arch;
     match &args.stage {
         Stage::Data { scenes } => data(&out, *scenes, args.seed),
-        Stage::Pretrain(p) => pretrain::<B>(&out, arch, p, args.seed, &device),
+        Stage::Pretrain(p) => pretrain::<B>(&out, arch, p, args.seed, device),
         Stage::Bench(b) => {
             let base = b.base.clone().unwrap_or_else(|| base_dir(arch));
-            report::bench::<B>(&out, &base, b, args.seed, &device)
+            let backend = format!("{:?}", args.backend).to_lowercase();
+            report::bench::<B>(&out, &base, b, &backend, args.seed, device)
         }
-        Stage::Run { spec } => report::run::<B>(spec, &device),
+        Stage::Run { spec } => report::run::<B>(spec, device),
         Stage::Agreement {
             model,
             scenes,
             layer,
         } => {
             let model = model.clone().unwrap_or_else(|| base_dir(arch));
-            agreement::<B>(&out, &model, *scenes, layer, args.seed, &device)
+            agreement::<B>(&out, &model, *scenes, layer, args.seed, device)
         }
     }
 }

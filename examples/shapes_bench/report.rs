@@ -128,6 +128,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
     out: &Path,
     base_dir: &Path,
     o: &BenchArgs,
+    backend: &str,
     seed: u64,
     device: &B::Device,
 ) -> Result<()> {
@@ -147,10 +148,10 @@ pub fn bench<B: AutodiffAttentionBackend>(
     let mut specs = Vec::new();
     for arm in ["ctcal", "plain"] {
         for k in 0..o.seeds {
-            specs.push(RunSpec::new(arm, k, base_dir, out, seed, o));
+            specs.push(RunSpec::new(arm, k, base_dir, out, backend, seed, o));
         }
     }
-    specs.push(RunSpec::new("base", 0, base_dir, out, seed, o));
+    specs.push(RunSpec::new("base", 0, base_dir, out, backend, seed, o));
     let jobs = o
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -381,6 +382,8 @@ pub struct RunSpec {
     base: PathBuf,
     /// The run's folder: the spec, the fine-tuned model and `result.json`.
     dir: PathBuf,
+    /// The backend the child runs on (`--backend`).
+    backend: String,
     /// The bench's seed.
     seed: u64,
     /// The bench's settings.
@@ -398,7 +401,15 @@ struct RunResult {
 }
 
 impl RunSpec {
-    fn new(arm: &str, k: u64, base: &Path, out: &Path, seed: u64, args: &BenchArgs) -> Self {
+    fn new(
+        arm: &str,
+        k: u64,
+        base: &Path,
+        out: &Path,
+        backend: &str,
+        seed: u64,
+        args: &BenchArgs,
+    ) -> Self {
         let name = if arm == "base" {
             "base".to_string()
         } else {
@@ -409,6 +420,7 @@ impl RunSpec {
             k,
             base: base.to_path_buf(),
             dir: out.join("runs").join(name),
+            backend: backend.to_string(),
             seed,
             args: args.clone(),
         }
@@ -431,7 +443,7 @@ impl RunSpec {
         write_json(&path, self)?;
         let exe = std::env::current_exe().context("locating the shapes_bench binary")?;
         std::process::Command::new(exe)
-            .arg("run")
+            .args(["--backend", &self.backend, "run"])
             .arg(&path)
             .spawn()
             .with_context(|| format!("starting the run {}", self.name()))
