@@ -15,11 +15,11 @@ use burn::backend::Autodiff;
 use burn::tensor::{Distribution, Tensor};
 use common::{arg, flag, time};
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::{
-    CtcalConfig, MapAutoEncoderConfig, NounGroups, Schedule, StepDraw, TextCond, TrainBatch,
-    ctcal_step,
-};
+use ctcal::calibration::{CtcalConfig, MapAutoEncoderConfig, StepDraw, TrainBatch, ctcal_step};
+use ctcal::denoiser::TextCond;
+use ctcal::nouns::NounGroups;
 use ctcal::schedule::DdpmConfig;
+use ctcal::schedule::Schedule;
 use ctcal::unet::UNet2DConditionConfig;
 
 fn bench<B: AutodiffAttentionBackend>(

@@ -29,13 +29,13 @@ use ctcal::attention::{
     AttentionBackend, AttentionConfig, AttentionKind, AttentionSite, AttentionStore,
     AutodiffAttentionBackend, BlockPos, NoHook, SiteFilter, Slot,
 };
-use ctcal::ctcal::{
-    CtcalConfig, Denoiser, MapAutoEncoderConfig, NounGroups, Schedule, StepDraw, TextCond,
-    TrainBatch, ctcal_step,
-};
+use ctcal::calibration::{CtcalConfig, MapAutoEncoderConfig, StepDraw, TrainBatch, ctcal_step};
+use ctcal::denoiser::{Denoiser, TextCond};
 use ctcal::mmdit::SD3Transformer2DConfig;
 use ctcal::nn::{FeedForwardActivation, FeedForwardConfig};
+use ctcal::nouns::NounGroups;
 use ctcal::precision::{cast_params, upcast};
+use ctcal::schedule::Schedule;
 use ctcal::schedule::{DdpmConfig, FlowConfig};
 use ctcal::unet::{BasicTransformerBlock, UNet2DConditionConfig};
 

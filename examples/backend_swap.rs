@@ -20,9 +20,11 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::{CtcalConfig, Denoiser, LossParts, Schedule, StepDraw, ctcal_step};
+use ctcal::calibration::{CtcalConfig, LossParts, StepDraw, ctcal_step};
 use ctcal::data::{BadRowPolicy, Batch, CachedFeatures, DataCursor, Dataset};
+use ctcal::denoiser::Denoiser;
 use ctcal::mmdit::SD3Transformer2DConfig;
+use ctcal::schedule::Schedule;
 use ctcal::schedule::{DdpmConfig, FlowConfig};
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::load_module;
@@ -68,7 +70,7 @@ fn run<B: AutodiffAttentionBackend>(device: &B::Device) -> Result<(Vec<LossParts
 /// `DRAWS` CTCal steps (forward, loss, backward) with noise and levels drawn on the host.
 fn steps<B, M>(
     model: &M,
-    batch: &ctcal::ctcal::TrainBatch<B>,
+    batch: &ctcal::calibration::TrainBatch<B>,
     schedule: &Schedule,
     config: &CtcalConfig,
     device: &B::Device,
@@ -85,7 +87,7 @@ where
     (0..DRAWS)
         .map(|k| {
             let mut rng = StdRng::seed_from_u64(k as u64);
-            let (student, teacher) = schedule.sample_levels(&mut rng, shape[0], config.teacher)?;
+            let (student, teacher) = config.teacher.sample_levels(schedule, &mut rng, shape[0])?;
             let noise: Vec<f32> = (0..shape.iter().product())
                 .map(|_| rng.sample(StandardNormal))
                 .collect();

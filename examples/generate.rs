@@ -13,15 +13,14 @@
 //! ```
 //! Writes one PNG per prompt (`000.png`, ...) and `prompts.txt` to `--out`.
 
-#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use common::BackendKind;
 use ctcal::attention::AttentionBackend;
+use ctcal::launch::{BackendKind, OnBackend, launch};
 use ctcal::lora::{LoraConfig, apply_lora, import_peft, merge_lora};
 use ctcal::pipeline::{
     GenerateConfig, PipelineFolder, SD_CLASSES, SD3_CLASSES, StableDiffusion, StableDiffusion3,
@@ -74,13 +73,22 @@ struct Cli {
     #[arg(long, default_value = "out/generate")]
     out: PathBuf,
     /// Backend.
-    #[arg(long, value_enum, default_value = "ndarray")]
+    #[arg(long, default_value = "ndarray")]
     backend: BackendKind,
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    dispatch!(cli.backend, run, &cli)
+    launch(cli.backend, Run(&cli))?
+}
+
+struct Run<'a>(&'a Cli);
+
+impl OnBackend for Run<'_> {
+    type Output = Result<()>;
+    fn run<B: AttentionBackend>(self, device: &B::Device) -> Result<()> {
+        run::<B>(self.0, device)
+    }
 }
 
 fn prompts(cli: &Cli) -> Result<Vec<String>> {

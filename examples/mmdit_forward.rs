@@ -15,16 +15,16 @@
 //! `out.safetensors` gets `out` and one map `[b, heads, h*w / p^2, tokens]` per joint layer,
 //! named by its diffusers path (`transformer_blocks.{i}.attn`).
 
-#[macro_use]
 mod common;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use common::{BackendKind, write_heatmaps, write_outputs};
+use common::{write_heatmaps, write_outputs};
 use ctcal::attention::AttentionBackend;
 use ctcal::attention::{AttentionKind, AttentionStore, SiteFilter};
+use ctcal::launch::{BackendKind, OnBackend, launch};
 use ctcal::mmdit::SD3Transformer2DConfig;
 use ctcal::weights::{TensorFile, load_module, to_entry};
 
@@ -45,7 +45,7 @@ struct Args {
     #[arg(long)]
     variant: Option<String>,
     /// Backend to run on.
-    #[arg(long, value_enum, default_value = "ndarray")]
+    #[arg(long, default_value = "ndarray")]
     backend: BackendKind,
     /// Skip the PNG heatmaps.
     #[arg(long)]
@@ -54,7 +54,16 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    dispatch!(args.backend, run, &args)
+    launch(args.backend, Run(&args))?
+}
+
+struct Run<'a>(&'a Args);
+
+impl OnBackend for Run<'_> {
+    type Output = Result<()>;
+    fn run<B: AttentionBackend>(self, device: &B::Device) -> Result<()> {
+        run::<B>(self.0, device)
+    }
 }
 
 fn run<B: AttentionBackend>(args: &Args, device: &B::Device) -> Result<()> {

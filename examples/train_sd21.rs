@@ -16,22 +16,23 @@
 //! Writes `checkpoints/`, `metrics.jsonl`, `pytorch_lora_weights.safetensors` (diffusers'
 //! `pipe.load_lora_weights(out)` takes it; `unet/` with `--full`) and the map auto-encoder.
 
-#[macro_use]
 mod common;
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use burn::module::AutodiffModule;
 use clap::{Parser, ValueEnum};
-use common::train::{ModelInfo, TrainArgs, fit, fit_shapes, save_diffusers_folder};
+use common::train::{TrainArgs, fit, fit_shapes, progress_bar};
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::{CtcalConfig, Schedule, TeacherRule};
+use ctcal::calibration::{CtcalConfig, TeacherRule};
+use ctcal::launch::{OnAutodiffBackend, launch_autodiff};
 use ctcal::lora::LoraConfig;
 use ctcal::pipeline::StableDiffusion;
-use ctcal::schedule::DdpmConfig;
-use ctcal::shapes::is_shapes_model;
+use ctcal::pipeline::shapes::is_shapes_model;
+use ctcal::schedule::{DdpmConfig, Schedule};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
-use ctcal::weights::load_module;
+use ctcal::weights::{load_module, save_diffusers};
 
 /// What the UNet predicts (the scheduler's `prediction_type`).
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,25 +69,37 @@ const DEFAULT_OUT: &str = "out/train_sd21";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    dispatch!(
-        cli.train.backend,
-        run,
-        &cli,
-        autodiff(cli.train.checkpointing)
-    )
+    cli.train.check()?;
+    if cli.train.backend == ctcal::launch::BackendKind::Ndarray {
+        ctcal::heap::retain_freed_memory();
+    }
+    launch_autodiff(cli.train.backend, cli.train.checkpointing, Run(&cli))?
+}
+
+struct Run<'a>(&'a Cli);
+
+impl OnAutodiffBackend for Run<'_> {
+    type Output = Result<()>;
+    fn run<B: AutodiffAttentionBackend>(self, device: &B::Device) -> Result<()> {
+        run::<B>(self.0, device)
+    }
 }
 
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
-    cli.train.check()?;
+    let teacher = TeacherRule::FixedTimestep(cli.teacher_t);
     if is_shapes_model(&cli.pipeline) {
-        if cli.prediction.is_some() {
-            bail!("--prediction: a shapes model predicts what it was trained to (v-prediction)");
+        if cli.prediction.is_some() || cli.model.is_some() {
+            bail!(
+                "--prediction and --model: {} is a shapes model, which trains whole on its own \
+                 schedule (v-prediction)",
+                cli.pipeline.display()
+            );
         }
+        let (dir, args) = (&cli.pipeline, &cli.train);
         return fit_shapes::<B, UNet2DConditionModel<B>>(
-            &cli.pipeline,
-            cli.model.as_deref(),
-            &cli.train,
-            Some(TeacherRule::FixedTimestep(cli.teacher_t)),
+            dir,
+            args,
+            Some(teacher),
             DEFAULT_OUT,
             device,
         );
@@ -104,28 +117,32 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         report.tensors,
         report.files.join(", ")
     );
+    let prediction = cli.prediction.unwrap_or(Prediction::VPrediction);
     let schedule = Schedule::Ddpm(
-        match cli.prediction.unwrap_or(Prediction::VPrediction) {
+        match prediction {
             Prediction::VPrediction => DdpmConfig::sd21(),
             Prediction::Epsilon => DdpmConfig::sd21_base(),
         }
         .init(),
     );
-    let ctcal = CtcalConfig::sd21().with_teacher(TeacherRule::FixedTimestep(cli.teacher_t));
-    let info = ModelInfo {
-        default_out: DEFAULT_OUT,
-        save_full: save_diffusers_folder(&model_dir, "unet"),
-    };
-    let config = cli.train.config(ctcal);
-    fit(
-        unet,
-        info,
-        &cli.train,
-        LoraConfig::unet_default(),
-        config,
-        &schedule,
-        &pipe,
-        resolution,
-        device,
-    )
+    let data = cli.train.open_data(resolution)?;
+    let out = cli.train.out(DEFAULT_OUT);
+    let bar = progress_bar();
+    let config = cli.train.config(CtcalConfig::sd21().with_teacher(teacher));
+    let trainer = cli
+        .train
+        .trainer(config, LoraConfig::unet_default(), &out, &bar);
+    let fitted = fit(trainer, unet, &pipe, data, &schedule, device)?;
+    bar.finish();
+    if cli.train.full {
+        let dir = out.join("unet");
+        let n = save_diffusers(
+            &fitted.final_model().valid(),
+            &model_dir.join("config.json"),
+            &dir,
+            |_| false,
+        )?;
+        println!("{n} tensors in diffusers layout: {}", dir.display());
+    }
+    Ok(())
 }

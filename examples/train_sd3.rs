@@ -17,22 +17,23 @@
 //! `pipe.load_lora_weights(out)` takes it; `transformer/` with `--full`) and the map
 //! auto-encoder.
 
-#[macro_use]
 mod common;
 
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use burn::module::AutodiffModule;
 use clap::Parser;
-use common::train::{ModelInfo, TrainArgs, fit, fit_shapes, save_diffusers_folder};
+use common::train::{TrainArgs, fit, fit_shapes, progress_bar};
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::{CtcalConfig, Schedule, TeacherRule};
+use ctcal::calibration::{CtcalConfig, TeacherRule};
+use ctcal::launch::{OnAutodiffBackend, launch_autodiff};
 use ctcal::lora::LoraConfig;
 use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 use ctcal::pipeline::StableDiffusion3;
-use ctcal::schedule::FlowConfig;
-use ctcal::shapes::is_shapes_model;
-use ctcal::weights::load_module;
+use ctcal::pipeline::shapes::is_shapes_model;
+use ctcal::schedule::{FlowConfig, Schedule};
+use ctcal::weights::{load_module, save_diffusers};
 
 /// Fine-tune an SD 3 transformer with CTCal.
 #[derive(Parser, Debug)]
@@ -64,28 +65,34 @@ const DEFAULT_OUT: &str = "out/train_sd3";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    dispatch!(
-        cli.train.backend,
-        run,
-        &cli,
-        autodiff(cli.train.checkpointing)
-    )
+    cli.train.check()?;
+    if cli.train.backend == ctcal::launch::BackendKind::Ndarray {
+        ctcal::heap::retain_freed_memory();
+    }
+    launch_autodiff(cli.train.backend, cli.train.checkpointing, Run(&cli))?
+}
+
+struct Run<'a>(&'a Cli);
+
+impl OnAutodiffBackend for Run<'_> {
+    type Output = Result<()>;
+    fn run<B: AutodiffAttentionBackend>(self, device: &B::Device) -> Result<()> {
+        run::<B>(self.0, device)
+    }
 }
 
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
-    cli.train.check()?;
+    let teacher = cli.teacher_sigma.map(TeacherRule::FixedSigma);
     if is_shapes_model(&cli.pipeline) {
-        if cli.shift.is_some() {
-            bail!("--shift: a shapes model keeps the schedule it was trained on (shift 1)");
+        if cli.shift.is_some() || cli.model.is_some() {
+            bail!(
+                "--shift and --model: {} is a shapes model, which trains whole on its own \
+                 schedule (shift 1)",
+                cli.pipeline.display()
+            );
         }
-        return fit_shapes::<B, SD3Transformer2DModel<B>>(
-            &cli.pipeline,
-            cli.model.as_deref(),
-            &cli.train,
-            cli.teacher_sigma.map(TeacherRule::FixedSigma),
-            DEFAULT_OUT,
-            device,
-        );
+        let (dir, args) = (&cli.pipeline, &cli.train);
+        return fit_shapes::<B, SD3Transformer2DModel<B>>(dir, args, teacher, DEFAULT_OUT, device);
     }
     let mut pipe = StableDiffusion3::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
     pipe.max_sequence_length = cli.max_sequence_length;
@@ -107,23 +114,27 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
             .init(),
     );
     let mut ctcal = CtcalConfig::sd3();
-    if let Some(sigma) = cli.teacher_sigma {
-        ctcal = ctcal.with_teacher(TeacherRule::FixedSigma(sigma));
+    if let Some(rule) = teacher {
+        ctcal = ctcal.with_teacher(rule);
     }
-    let info = ModelInfo {
-        default_out: DEFAULT_OUT,
-        save_full: save_diffusers_folder(&model_dir, "transformer"),
-    };
+    let data = cli.train.open_data(resolution)?;
+    let out = cli.train.out(DEFAULT_OUT);
+    let bar = progress_bar();
     let config = cli.train.config(ctcal);
-    fit(
-        model,
-        info,
-        &cli.train,
-        LoraConfig::mmdit_default(),
-        config,
-        &schedule,
-        &pipe,
-        resolution,
-        device,
-    )
+    let trainer = cli
+        .train
+        .trainer(config, LoraConfig::mmdit_default(), &out, &bar);
+    let fitted = fit(trainer, model, &pipe, data, &schedule, device)?;
+    bar.finish();
+    if cli.train.full {
+        let dir = out.join("transformer");
+        let n = save_diffusers(
+            &fitted.final_model().valid(),
+            &model_dir.join("config.json"),
+            &dir,
+            |_| false,
+        )?;
+        println!("{n} tensors in diffusers layout: {}", dir.display());
+    }
+    Ok(())
 }

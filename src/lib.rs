@@ -24,16 +24,21 @@
 #![warn(missing_docs)]
 
 pub mod attention;
-pub mod ctcal;
+pub mod backend;
+pub mod calibration;
+pub mod config;
 pub mod data;
+pub mod denoiser;
 pub mod error;
+pub mod heap;
+pub mod launch;
 pub mod lora;
 pub mod mmdit;
 pub mod nn;
+pub mod nouns;
 pub mod pipeline;
 pub mod precision;
 pub mod schedule;
-pub mod shapes;
 pub mod text;
 pub mod train;
 pub mod unet;

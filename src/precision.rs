@@ -131,7 +131,7 @@ impl<B: Backend> ModuleMapper<B> for CastParams {
 /// Build one per training step from the master model (the casts are graph nodes of that
 /// step), run the step on it, and step the master with `GradientsParams::from_grads(grads,
 /// &master)`: each cast's backward hands its gradient to the master parameter in the master's
-/// type. The [`Denoiser`](crate::ctcal::Denoiser) implementations cast their inputs to their
+/// type. The [`Denoiser`](crate::denoiser::Denoiser) implementations cast their inputs to their
 /// parameters' type and return their prediction in [`accumulation_dtype`], so the losses run
 /// wide.
 pub fn cast_params<B: Backend, M: Module<B>>(module: &M, dtype: FloatDType) -> M {

@@ -103,26 +103,23 @@ pub fn compare<F: FnMut(&str, bool)>(
     }
 }
 
-/// Calls `$run::<Autodiff<Backend>>(&opts, &device)` for `opts.backend`.
+/// Calls `$run::<Autodiff<Backend>>(&opts, &device)` for `opts.backend` through the library's
+/// [`launch_autodiff`](ctcal::launch::launch_autodiff), which names a missing cargo feature.
 macro_rules! dispatch {
-    ($opts:expr, $run:ident) => {
-        match $opts.backend.as_str() {
-            #[cfg(feature = "ndarray")]
-            "ndarray" => $run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
-                &$opts,
-                &Default::default(),
-            ),
-            #[cfg(feature = "wgpu")]
-            "wgpu" => $run::<burn::backend::Autodiff<burn::backend::Wgpu<f32>>>(
-                &$opts,
-                &Default::default(),
-            ),
-            #[cfg(feature = "cuda-untuned")]
-            "cuda" => $run::<burn::backend::Autodiff<burn::backend::Cuda<f32>>>(
-                &$opts,
-                &Default::default(),
-            ),
-            other => eprintln!("backend {other} is not compiled in (see --features)"),
+    ($opts:expr, $run:ident) => {{
+        struct Run<'a>(&'a Opts);
+        impl ctcal::launch::OnAutodiffBackend for Run<'_> {
+            type Output = ();
+            fn run<B: ctcal::attention::AutodiffAttentionBackend>(self, device: &B::Device) {
+                $run::<B>(self.0, device)
+            }
         }
-    };
+        let launched = $opts
+            .backend
+            .parse()
+            .and_then(|kind| ctcal::launch::launch_autodiff(kind, false, Run(&$opts)));
+        if let Err(e) = launched {
+            eprintln!("{e}");
+        }
+    }};
 }

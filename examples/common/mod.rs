@@ -1,4 +1,4 @@
-//! Pieces the examples share: the backend switch and writing outputs and heatmaps.
+//! Pieces the examples share: writing outputs and heatmaps, and the training CLI.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -6,71 +6,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use burn::tensor::backend::Backend;
-use clap::ValueEnum;
 use ctcal::attention::StoredMap;
 use ctcal::viz::{heatmap_row, save_png};
 use ctcal::weights::{TensorEntry, write_tensor_file};
 
 pub mod train;
-
-/// The backend an example runs on (each needs its cargo feature).
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum BackendKind {
-    /// CPU (feature `ndarray`, the default).
-    Ndarray,
-    /// wgpu (feature `wgpu`).
-    Wgpu,
-    /// CUDA (feature `cuda`).
-    Cuda,
-}
-
-/// Calls `$run::<Backend>($args, &device)` for the chosen backend (`Autodiff<Backend>` with a
-/// trailing `autodiff`; with `autodiff($checkpointing)`, burn's `BalancedCheckpointing`
-/// strategy when the boolean is true, which recomputes cheap activations in the backward
-/// instead of keeping them), or fails naming the missing cargo feature.
-macro_rules! dispatch {
-    ($kind:expr, $run:ident, $args:expr) => {
-        dispatch!(@wrap $kind, $run, $args, |B| B)
-    };
-    ($kind:expr, $run:ident, $args:expr, autodiff) => {
-        dispatch!(@wrap $kind, $run, $args, |B| burn::backend::Autodiff<B>)
-    };
-    ($kind:expr, $run:ident, $args:expr, autodiff($checkpointing:expr)) => {
-        if $checkpointing {
-            dispatch!(@wrap $kind, $run, $args, |B| burn::backend::Autodiff<
-                B,
-                burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
-            >)
-        } else {
-            dispatch!(@wrap $kind, $run, $args, |B| burn::backend::Autodiff<B>)
-        }
-    };
-    (@wrap $kind:expr, $run:ident, $args:expr, |B| $wrap:ty) => {{
-        match $kind {
-            #[cfg(feature = "ndarray")]
-            common::BackendKind::Ndarray => {
-                type B = burn::backend::NdArray<f32>;
-                ctcal::nn::retain_freed_memory();
-                $run::<$wrap>($args, &Default::default())
-            }
-            #[cfg(feature = "wgpu")]
-            common::BackendKind::Wgpu => {
-                type B = burn::backend::Wgpu<f32>;
-                $run::<$wrap>($args, &Default::default())
-            }
-            #[cfg(feature = "cuda-untuned")]
-            common::BackendKind::Cuda => {
-                type B = burn::backend::Cuda<f32>;
-                $run::<$wrap>($args, &Default::default())
-            }
-            #[allow(unreachable_patterns)]
-            other => anyhow::bail!(
-                "backend {other:?} is not compiled in: rebuild with --features {}",
-                format!("{other:?}").to_lowercase()
-            ),
-        }
-    }};
-}
 
 /// Writes `out` and one entry per map (named by its diffusers path) to `path`.
 pub fn write_outputs<B: Backend>(

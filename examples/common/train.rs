@@ -1,30 +1,23 @@
-//! The training driver both `train_sd21` and `train_sd3` use: arguments, LoRA or full
-//! fine-tuning, the loop with a progress bar, and the exports.
+//! What both training examples share: their flags, the [`Trainer`] they configure, and the
+//! terminal side of a run (a progress bar and messages drawn from the trainer's events).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::{CtcalConfig, Denoiser, Schedule, TeacherRule};
-use ctcal::data::{BadRowPolicy, BadRows, CachedFeatures, Dataset, ImageFolder};
-use ctcal::lora::{LoraConfig, LoraTarget, apply_lora, export_peft};
-use ctcal::pipeline::{GenerateConfig, ImageInputs, TrainingPipeline};
+use ctcal::calibration::CtcalConfig;
+use ctcal::data::{BadRowPolicy, Dataset, TrainingData};
+use ctcal::launch::BackendKind;
+use ctcal::lora::LoraConfig;
+use ctcal::pipeline::shapes::{ShapesDenoiserPart, ShapesPipeline, load_shapes_pipeline};
 use ctcal::precision::MixedPrecision;
-use ctcal::shapes::{ShapesDenoiserPart, load_shapes_pipeline};
+use ctcal::schedule::Schedule;
 use ctcal::train::{
-    BatchInputs, CachedInputs, LrSchedule, RunDirs, StepLog, TrainConfig, Trained, count_params,
-    loss_plot, map_preview, preview_levels, save_params, train,
+    Event, Fitted, LrSchedule, Output, TrainConfig, TrainInputs, Trainable, Trainer, Validation,
 };
-use ctcal::vae::tensor_to_images;
-use ctcal::viz::save_png;
-use ctcal::weights::save_diffusers;
 use indicatif::{ProgressBar, ProgressStyle};
-
-use super::BackendKind;
 
 /// Compute type of the forward and backward passes (weights and optimiser state stay f32).
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -52,7 +45,7 @@ pub struct TrainArgs {
     /// Training data: a folder with `metadata.jsonl` (`file_name`, `text`, optional `nouns`)
     /// over images, encoded on the fly by the pipeline's frozen VAE and text encoders, or over
     /// cached features (`.safetensors` with `latents`, `encoder_hidden_states`, optional
-    /// `pooled_projections`), e.g. `weights/tiny-data/features`.
+    /// `pooled_projections`), e.g. `weights/tiny-data`.
     #[arg(long, default_value = "weights/shapes-data")]
     pub data: PathBuf,
     /// Image side for image folders (resized and centre-cropped); default: the denoiser's
@@ -71,8 +64,8 @@ pub struct TrainArgs {
     /// Denoising steps of the validation images.
     #[arg(long, default_value_t = 20)]
     pub validation_steps: usize,
-    /// Backend to train on.
-    #[arg(long, value_enum, default_value = "ndarray")]
+    /// Backend to train on: ndarray, wgpu or cuda (each needs its cargo feature).
+    #[arg(long, default_value = "ndarray")]
     pub backend: BackendKind,
     /// Mixed precision (diffusers' `--mixed_precision`): bf16 or fp16 forward and backward,
     /// f32 weights and AdamW state. GPU backends only.
@@ -131,11 +124,9 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// Refuses settings the chosen backend cannot run, before anything is loaded or written.
-    pub fn check(&self) -> anyhow::Result<()> {
-        if !matches!(self.mixed_precision, Precision::No)
-            && matches!(self.backend, BackendKind::Ndarray)
-        {
-            anyhow::bail!(
+    pub fn check(&self) -> Result<()> {
+        if !matches!(self.mixed_precision, Precision::No) && self.backend == BackendKind::Ndarray {
+            bail!(
                 "--mixed-precision {:?} needs --backend cuda (or wgpu): ndarray has no bf16/f16",
                 self.mixed_precision
             );
@@ -158,67 +149,196 @@ impl TrainArgs {
             .with_ema_decay(self.ema_decay)
             .with_seed(self.seed)
             .with_checkpoint_every(self.checkpoint_every)
+            .with_sample_posterior(!self.latent_mean)
             .with_mixed_precision(match self.mixed_precision {
                 Precision::No => MixedPrecision::No,
                 Precision::Bf16 => MixedPrecision::Bf16,
                 Precision::Fp16 => MixedPrecision::Fp16,
             })
     }
+
+    /// The output folder (`default` without `--out`).
+    pub fn out(&self, default: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| PathBuf::from(default))
+    }
+
+    /// Opens `--data` (images of `--resolution`, else `resolution`, or cached features),
+    /// printing what was skipped; fewer usable samples than a batch is an error.
+    pub fn open_data(&self, resolution: u32) -> Result<TrainingData> {
+        let meta = self.data.join("metadata.jsonl");
+        let policy = match self.strict {
+            true => BadRowPolicy::Fail,
+            false => BadRowPolicy::Skip,
+        };
+        let side = self.resolution.unwrap_or(resolution);
+        let data = TrainingData::open(&meta, side, policy)
+            .with_context(|| format!("opening the training data {}", meta.display()))?;
+        if !data.skipped().0.is_empty() {
+            eprintln!("{}", data.skipped());
+        }
+        if data.len() < self.batch_size {
+            bail!(
+                "{} has {} usable samples, fewer than --batch-size {}",
+                meta.display(),
+                data.len(),
+                self.batch_size
+            );
+        }
+        match &data {
+            TrainingData::Images(_) => println!(
+                "training on {} images of {side}x{side} from {}",
+                data.len(),
+                meta.display()
+            ),
+            TrainingData::Cached(_) => println!(
+                "training on {} cached samples from {}",
+                data.len(),
+                meta.display()
+            ),
+        }
+        Ok(data)
+    }
+
+    /// A trainer for these flags: `lora` adapters of `--rank` unless `--full`, validation
+    /// images, a progress bar and messages on `bar`.
+    pub fn trainer<'a>(
+        &self,
+        config: TrainConfig,
+        lora: LoraConfig,
+        out: &Path,
+        bar: &'a ProgressBar,
+    ) -> Trainer<'a> {
+        let mut trainer = Trainer::new(config)
+            .output_dir(out)
+            .resume(self.resume)
+            .validation(Validation {
+                prompts: self.validation_prompt.clone(),
+                every: self.validate_every,
+                steps: self.validation_steps,
+            })
+            .listen(move |event| report(bar, event));
+        if !self.full {
+            trainer = trainer.lora(lora.with_rank(self.rank));
+        }
+        trainer
+    }
 }
 
-/// What the example knows about its model.
-pub struct ModelInfo<'a, M> {
-    /// Default output folder.
-    pub default_out: &'a str,
-    /// Writes a fully fine-tuned model (`--full`) into the output folder in the layout its
-    /// base came in; returns what it wrote, for the summary.
-    pub save_full: SaveFull<'a, M>,
+/// The terminal side of a run's events.
+fn report(bar: &ProgressBar, event: &Event<'_>) {
+    match event {
+        Event::Prepared {
+            lora,
+            trainable,
+            total,
+        } => {
+            if let Some(lora) = lora {
+                say(
+                    bar,
+                    format!(
+                        "LoRA on {} projections: {} trainable parameters, {} frozen",
+                        lora.adapters(),
+                        lora.trainable_params,
+                        lora.frozen_params
+                    ),
+                );
+            }
+            say(bar, format!("training {trainable} of {total} parameters"));
+        }
+        Event::Started { start, steps, .. } => {
+            bar.set_length(*steps as u64);
+            bar.set_position(*start as u64);
+        }
+        Event::Step(log) => {
+            bar.set_position(log.step as u64);
+            bar.set_message(format!(
+                "loss {:.4} (diffusion {:.4}, ctcal {:.4}) lr {:.1e}",
+                log.loss.total, log.loss.diffusion, log.loss.ctcal, log.lr
+            ));
+            if let Some(skipped) = &log.skipped {
+                bar.suspend(|| eprintln!("step {}: {skipped}", log.step));
+            }
+        }
+        Event::Wrote { output, path, step } => {
+            let what = match output {
+                Output::Checkpoint => "checkpoint",
+                Output::Validation => "validation images",
+                Output::MapPreview => "teacher | student maps per noun",
+                Output::LossPlot => "loss curves",
+                Output::LoraWeights => {
+                    "LoRA weights (PEFT keys; diffusers' pipe.load_lora_weights(<out>) reads them)"
+                }
+                Output::AutoEncoder => "map auto-encoder",
+            };
+            say(bar, format!("step {step}: {what}: {}", path.display()));
+        }
+    }
 }
 
-/// See [`ModelInfo::save_full`].
-pub type SaveFull<'a, M> = Box<dyn Fn(&M, &Path) -> Result<String> + 'a>;
+/// Prints `message` above the bar, also when the bar is hidden (output not a terminal).
+fn say(bar: &ProgressBar, message: impl std::fmt::Display) {
+    bar.suspend(|| println!("{message}"));
+}
 
-/// [`ModelInfo::save_full`] for a diffusers model folder: `folder/` (`unet` or
-/// `transformer`) with the weights and the base's `config.json`.
-pub fn save_diffusers_folder<'a, B, M>(model_dir: &'a Path, folder: &'a str) -> SaveFull<'a, M>
+/// A progress bar for a run.
+pub fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} {per_sec} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Runs `trainer` and prints the loss summary.
+pub fn fit<B, M, I>(
+    trainer: Trainer<'_>,
+    model: M,
+    inputs: &I,
+    data: TrainingData,
+    schedule: &Schedule,
+    device: &B::Device,
+) -> Result<Fitted<M, B>>
 where
-    B: burn::tensor::backend::Backend,
-    M: burn::module::Module<B>,
+    B: AutodiffAttentionBackend,
+    M: Trainable<B>,
+    I: TrainInputs<B, M>,
 {
-    Box::new(move |model: &M, out: &Path| {
-        let dir = out.join(folder);
-        let n = save_diffusers(model, &model_dir.join("config.json"), &dir, |_| false)?;
-        Ok(format!(
-            "{n} tensors in diffusers layout: {}",
-            dir.display()
-        ))
-    })
+    let fitted = trainer.fit(model, inputs, Arc::new(data), schedule, device)?;
+    if let (Some(first), Some(last)) = (fitted.logs.first(), fitted.logs.last()) {
+        println!(
+            "steps {}..{}: loss {:.4} -> {:.4} (diffusion {:.4} -> {:.4}, ctcal {:.4} -> {:.4})",
+            fitted.start_step + 1,
+            last.step,
+            first.loss.total,
+            last.loss.total,
+            first.loss.diffusion,
+            last.loss.diffusion,
+            first.loss.ctcal,
+            last.loss.ctcal,
+        );
+    }
+    Ok(fitted)
 }
 
-/// Fine-tunes the `D` (UNet or MMDiT) of the shapes model in `dir` (see
-/// [`ctcal::shapes::ShapesPipeline`]): the architecture's noise schedule, CTCal config
-/// (`teacher` overrides its teacher rule) and LoRA targets; `--full` writes a shapes model
-/// folder (`model/`). A `--model` folder (`model`) is refused: a shapes model trains whole.
+/// Fine-tunes the `D` (UNet or MMDiT) of the shapes model in `dir` with its architecture's
+/// schedule, CTCal config (`teacher` overrides its teacher rule) and LoRA targets; `--full`
+/// writes a shapes model folder (`model/`).
 pub fn fit_shapes<B, D>(
     dir: &Path,
-    model: Option<&Path>,
     args: &TrainArgs,
-    teacher: Option<TeacherRule>,
+    teacher: Option<ctcal::calibration::TeacherRule>,
     default_out: &str,
     device: &B::Device,
 ) -> Result<()>
 where
     B: AutodiffAttentionBackend,
-    D: ShapesDenoiserPart<B> + AutodiffModule<B> + Denoiser<B> + LoraTarget<B> + Clone,
-    D::InnerModule: Denoiser<B::InnerBackend> + ShapesDenoiserPart<B::InnerBackend>,
+    D: ShapesDenoiserPart<B> + Trainable<B>,
+    D::InnerModule: ShapesDenoiserPart<B::InnerBackend>,
+    ShapesPipeline<B::InnerBackend, D::InnerModule>: TrainInputs<B, D>,
 {
-    if let Some(model) = model {
-        bail!(
-            "--model {} takes a diffusers denoiser folder; {} is a shapes model, which trains alone",
-            model.display(),
-            dir.display()
-        );
-    }
     let (pipe, model) = load_shapes_pipeline::<B, D>(dir, device)
         .with_context(|| format!("loading the shapes model {}", dir.display()))?;
     let arch = pipe.arch;
@@ -232,391 +352,17 @@ where
     if let Some(rule) = teacher {
         ctcal = ctcal.with_teacher(rule);
     }
-    let pipe = &pipe;
-    let info = ModelInfo {
-        default_out,
-        save_full: Box::new(move |model: &D, out: &Path| {
-            let dir = out.join("model");
-            pipe.model(model.valid()).save_dir(&pipe.config, &dir)?;
-            Ok(format!(
-                "shapes model folder (base.safetensors, base_config.json): {}",
-                dir.display()
-            ))
-        }),
-    };
-    fit(
-        model,
-        info,
-        args,
-        arch.lora(args.rank),
-        args.config(ctcal),
-        &arch.schedule(),
-        pipe,
-        pipe.size as u32,
-        device,
-    )
-}
-
-/// Trains `model` as `args` say and writes the exports; prints progress and a summary.
-///
-/// `pipe` (on the inner backend) encodes image-folder data, places nouns and renders the
-/// validation images; `resolution` is the denoiser's native image side.
-#[allow(clippy::too_many_arguments)]
-pub fn fit<B, M, P>(
-    model: M,
-    info: ModelInfo<'_, M>,
-    args: &TrainArgs,
-    lora: LoraConfig,
-    config: TrainConfig,
-    schedule: &Schedule,
-    pipe: &P,
-    resolution: u32,
-    device: &B::Device,
-) -> Result<()>
-where
-    B: AutodiffAttentionBackend,
-    M: AutodiffModule<B> + Denoiser<B> + LoraTarget<B> + Clone,
-    M::InnerModule: Denoiser<B::InnerBackend>,
-    P: TrainingPipeline<B::InnerBackend, Denoiser = M::InnerModule>,
-{
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(info.default_out));
-    let (model, trained) = if args.full {
-        (model, Trained::Full)
-    } else {
-        let (model, report) = apply_lora(model, &lora.with_rank(args.rank), args.seed)?;
-        println!(
-            "LoRA rank {} on {} projections: {} trainable parameters, {} frozen",
-            args.rank,
-            report.adapters(),
-            report.trainable_params,
-            report.frozen_params
-        );
-        (model, Trained::Lora)
-    };
-    let (trainable, total) = count_params(&model);
-    println!("training {trainable} of {total} parameters ({trained:?})");
-
-    let meta = args.data.join("metadata.jsonl");
-    let policy = if args.strict {
-        BadRowPolicy::Fail
-    } else {
-        BadRowPolicy::Skip
-    };
-    let run = Run {
-        args,
-        info,
-        config: &config,
-        schedule,
-        out: &out,
-        trained,
-    };
-    if is_cached(&meta)? {
-        let dataset = CachedFeatures::open(&meta, policy)
-            .with_context(|| format!("opening the training data {}", meta.display()))?;
-        report_skipped(dataset.skipped(), dataset.len(), &meta, config.batch_size)?;
-        run.go(
-            model,
-            Arc::new(dataset),
-            &CachedInputs(pipe.word_tokens()),
-            pipe,
-            device,
-        )
-    } else {
-        let side = args.resolution.unwrap_or(resolution);
-        let dataset = ImageFolder::open(&meta, side, policy)
-            .with_context(|| format!("opening the training images {}", meta.display()))?;
-        report_skipped(dataset.skipped(), dataset.len(), &meta, config.batch_size)?;
-        println!(
-            "training on {} images of {side}x{side} from {}",
-            dataset.len(),
-            meta.display()
-        );
-        let inputs = ImageInputs {
-            pipeline: pipe,
-            sample_posterior: !args.latent_mean,
-        };
-        run.go(model, Arc::new(dataset), &inputs, pipe, device)
-    }
-}
-
-/// Whether `metadata.jsonl` lists cached features (its first row names a `.safetensors`).
-fn is_cached(meta: &Path) -> Result<bool> {
-    let text =
-        std::fs::read_to_string(meta).with_context(|| format!("reading {}", meta.display()))?;
-    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("{}");
-    let row: serde_json::Value = serde_json::from_str(first)
-        .with_context(|| format!("{}: line 1 is not JSON", meta.display()))?;
-    Ok(row["file_name"]
-        .as_str()
-        .is_some_and(|f| f.ends_with(".safetensors")))
-}
-
-fn report_skipped(skipped: &BadRows, len: usize, meta: &Path, batch_size: usize) -> Result<()> {
-    if !skipped.0.is_empty() {
-        eprintln!("{skipped}");
-    }
-    if len < batch_size {
-        bail!(
-            "{} has {len} usable samples, fewer than --batch-size {batch_size}",
-            meta.display()
-        );
+    let data = args.open_data(pipe.size as u32)?;
+    let out = args.out(default_out);
+    let bar = progress_bar();
+    let trainer = args.trainer(args.config(ctcal), arch.lora(args.rank), &out, &bar);
+    let fitted = fit(trainer, model, &pipe, data, &arch.schedule(), device)?;
+    bar.finish();
+    if args.full {
+        let dir = out.join("model");
+        let model = fitted.final_model().valid();
+        pipe.model(model).save_dir(&pipe.config, &dir)?;
+        println!("shapes model folder: {}", dir.display());
     }
     Ok(())
-}
-
-/// One training run's settings, shared by both data kinds.
-struct Run<'a, M> {
-    args: &'a TrainArgs,
-    info: ModelInfo<'a, M>,
-    config: &'a TrainConfig,
-    schedule: &'a Schedule,
-    out: &'a Path,
-    trained: Trained,
-}
-
-impl<M> Run<'_, M> {
-    fn go<B, P, D>(
-        &self,
-        model: M,
-        dataset: Arc<D>,
-        inputs: &dyn BatchInputs<B>,
-        pipe: &P,
-        device: &B::Device,
-    ) -> Result<()>
-    where
-        B: AutodiffBackend,
-        M: AutodiffModule<B> + Denoiser<B> + LoraTarget<B> + Clone,
-        M::InnerModule: Denoiser<B::InnerBackend>,
-        P: TrainingPipeline<B::InnerBackend, Denoiser = M::InnerModule>,
-        D: Dataset + 'static,
-    {
-        let (args, info, config, schedule, out, trained) = (
-            self.args,
-            &self.info,
-            self.config,
-            self.schedule,
-            self.out,
-            self.trained,
-        );
-        let preview = Preview::new(&dataset, inputs, config, device)?;
-        preview.write(&model, schedule, config, &out.join("maps_start.png"))?;
-        let validation = Validation::new(args, &preview.captions);
-        validation.render(pipe, &model.valid(), 0, out)?;
-
-        let bar = ProgressBar::new(config.steps as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} {per_sec} [{elapsed_precise}<{eta_precise}] {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        let mut logs: Vec<StepLog> = Vec::new();
-        let dirs = RunDirs {
-            out: out.to_path_buf(),
-            resume: args.resume,
-        };
-        let result = train(
-            model,
-            trained,
-            dataset,
-            schedule,
-            config,
-            &dirs,
-            inputs,
-            device,
-            |log, model| {
-                if validation.due(log.step, config.steps) {
-                    validation
-                        .render(pipe, &model.valid(), log.step, out)
-                        .map_err(|e| ctcal::Error::Input(format!("validation images: {e:#}")))?;
-                }
-                bar.set_position(log.step as u64);
-                bar.set_message(format!(
-                    "loss {:.4} (diffusion {:.4}, ctcal {:.4}) lr {:.1e}",
-                    log.loss.total, log.loss.diffusion, log.loss.ctcal, log.lr
-                ));
-                if let Some(skipped) = &log.skipped {
-                    bar.println(skipped);
-                }
-                if let Some(dir) = &log.checkpoint {
-                    bar.println(format!("step {}: checkpoint {}", log.step, dir.display()));
-                }
-                logs.push(log.clone());
-                Ok(())
-            },
-        )?;
-        bar.finish();
-
-        let final_model = result.ema.as_ref().unwrap_or(&result.model);
-        match trained {
-            Trained::Lora => {
-                let path = out.join("pytorch_lora_weights.safetensors");
-                export_peft(final_model, &path, M::PEFT_PREFIX)?;
-                println!(
-                    "LoRA weights (PEFT keys under {:?}; a diffusers pipeline loads them with pipe.load_lora_weights(\"{}\")): {}",
-                    M::PEFT_PREFIX,
-                    out.display(),
-                    path.display()
-                );
-            }
-            Trained::Full => println!("{}", (info.save_full)(final_model, out)?),
-        }
-        let ae_path = out.join("autoencoder.safetensors");
-        save_params(&result.ae, &ae_path, |_, _| true)?;
-        preview.write(final_model, schedule, config, &out.join("maps_end.png"))?;
-        save_png(
-            &loss_plot(&logs, config.ctcal.lambda_ctcal),
-            &out.join("loss.png"),
-        )?;
-        println!(
-            "teacher | student maps per noun: {} (before) and {} (after); loss curves: {}",
-            out.join("maps_start.png").display(),
-            out.join("maps_end.png").display(),
-            out.join("loss.png").display()
-        );
-        if let (Some(first), Some(last)) = (logs.first(), &result.last) {
-            println!(
-                "steps {}..{}: loss {:.4} -> {:.4} (diffusion {:.4} -> {:.4}, ctcal {:.4} -> {:.4}); metrics in {}",
-                result.start_step + 1,
-                last.step,
-                first.loss.total,
-                last.loss.total,
-                first.loss.diffusion,
-                last.loss.diffusion,
-                first.loss.ctcal,
-                last.loss.ctcal,
-                out.join("metrics.jsonl").display()
-            );
-        }
-        Ok(())
-    }
-}
-
-/// A fixed validation batch (the first samples of the data) and noise for map previews.
-struct Preview<B: AutodiffBackend> {
-    batch: ctcal::ctcal::TrainBatch<B>,
-    captions: Vec<String>,
-    noise: burn::tensor::Tensor<B, 4>,
-}
-
-impl<B: AutodiffBackend> Preview<B> {
-    fn new<D: Dataset>(
-        dataset: &Arc<D>,
-        inputs: &dyn BatchInputs<B>,
-        config: &TrainConfig,
-        device: &B::Device,
-    ) -> Result<Self> {
-        B::seed(device, config.seed);
-        let n = dataset.len().min(4);
-        let samples = (0..n)
-            .map(|i| dataset.load(i).map_err(|bad| anyhow::anyhow!("{bad}")))
-            .collect::<Result<Vec<_>>>()?;
-        let cursor = ctcal::data::DataCursor::start(config.seed, dataset.len());
-        let batch = ctcal::data::Batch::collate(samples, 0, cursor, Default::default())?;
-        let train_batch = inputs.train_batch(&batch, device)?;
-        let shape = train_batch.latents.dims();
-        let noise = burn::tensor::Tensor::random(
-            shape,
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            device,
-        );
-        Ok(Self {
-            batch: train_batch,
-            captions: batch.captions,
-            noise,
-        })
-    }
-
-    fn write<M>(
-        &self,
-        model: &M,
-        schedule: &Schedule,
-        config: &TrainConfig,
-        path: &Path,
-    ) -> Result<()>
-    where
-        M: AutodiffModule<B> + Denoiser<B>,
-        M::InnerModule: Denoiser<B::InnerBackend>,
-    {
-        let (teacher, student) = preview_levels(schedule, config.ctcal.teacher);
-        let img = map_preview(
-            model,
-            &self.batch,
-            &self.captions,
-            self.noise.clone(),
-            schedule,
-            &config.ctcal,
-            teacher,
-            student,
-        )?;
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-        save_png(&img, path)?;
-        Ok(())
-    }
-}
-
-/// Validation images: the same prompts and seed rendered with the model being trained, one
-/// PNG row per render (`validation/step_NNNNN.png`).
-struct Validation {
-    prompts: Vec<String>,
-    every: usize,
-    config: GenerateConfig,
-}
-
-impl Validation {
-    fn new(args: &TrainArgs, captions: &[String]) -> Self {
-        let prompts = if args.validation_prompt.is_empty() {
-            captions.iter().take(2).cloned().collect()
-        } else {
-            args.validation_prompt.clone()
-        };
-        Self {
-            prompts,
-            every: args.validate_every,
-            config: GenerateConfig::new()
-                .with_steps(args.validation_steps)
-                .with_seed(args.seed),
-        }
-    }
-
-    fn due(&self, step: usize, last: usize) -> bool {
-        self.every > 0 && (step.is_multiple_of(self.every) || step == last)
-    }
-
-    fn render<B: burn::tensor::backend::Backend, P: TrainingPipeline<B>>(
-        &self,
-        pipe: &P,
-        model: &P::Denoiser,
-        step: usize,
-        out: &Path,
-    ) -> Result<()> {
-        if self.every == 0 || self.prompts.is_empty() {
-            return Ok(());
-        }
-        let prompts: Vec<&str> = self.prompts.iter().map(String::as_str).collect();
-        let generated = pipe.render(model, &prompts, &self.config)?;
-        let images = tensor_to_images(generated.images.mul_scalar(2.0).sub_scalar(1.0))?;
-        let (w, h) = images[0].dimensions();
-        let mut row = image::RgbImage::new(w * images.len() as u32, h);
-        for (i, img) in images.iter().enumerate() {
-            image::imageops::replace(&mut row, img, (i as u32 * w) as i64, 0);
-        }
-        let dir = out.join("validation");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("step_{step:05}.png"));
-        row.save(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        if step == 0 {
-            println!(
-                "validation images of {:?} every {} steps: {}",
-                self.prompts,
-                self.every,
-                dir.display()
-            );
-        }
-        Ok(())
-    }
 }

@@ -16,6 +16,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::chunked;
+use crate::backend::KernelBackend;
 use crate::precision::{cast_to, upcast};
 
 /// A backend with memory-efficient attention and a differentiable row log-sum-exp.
@@ -23,7 +24,7 @@ use crate::precision::{cast_to, upcast};
 /// The defaults compute in query chunks with plain tensor operations; `Autodiff<B, C>` overrides
 /// both with operations whose backward recomputes the probabilities chunk by chunk. Every model
 /// in this crate that attends needs `B: AttentionBackend`.
-pub trait AttentionBackend: Backend {
+pub trait AttentionBackend: KernelBackend {
     /// `softmax(q k^T * scale) v` without materialising the whole score matrix.
     ///
     /// # Shapes
@@ -155,10 +156,12 @@ mod cube_impl {
     use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
     use burn_fusion::{Fusion, FusionBackend};
 
+    use crate::backend::KernelBackend;
+
     impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> super::AttentionBackend
         for CubeBackend<R, F, I, BT>
     {
     }
 
-    impl<B: FusionBackend> super::AttentionBackend for Fusion<B> {}
+    impl<B: FusionBackend + KernelBackend> super::AttentionBackend for Fusion<B> {}
 }

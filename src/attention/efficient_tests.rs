@@ -230,11 +230,11 @@ fn grad_values(grads: &GradientsParams, id: ParamId, rank: usize) -> Option<Vec<
 /// `Autodiff<_, BalancedCheckpointing>` as under plain `Autodiff`.
 #[test]
 fn checkpointed_ctcal_step_gives_the_same_gradients() {
-    use crate::ctcal::{
-        CtcalConfig, MapAutoEncoderConfig, NounGroups, Schedule, StepDraw, TextCond, TrainBatch,
-        ctcal_step,
-    };
+    use crate::calibration::{CtcalConfig, MapAutoEncoderConfig, StepDraw, TrainBatch, ctcal_step};
+    use crate::denoiser::TextCond;
+    use crate::nouns::NounGroups;
     use crate::schedule::DdpmConfig;
+    use crate::schedule::Schedule;
     use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
     type C = Autodiff<B, BalancedCheckpointing>;
 
@@ -256,14 +256,14 @@ fn checkpointed_ctcal_step_gives_the_same_gradients() {
 
     fn step<Ad: AutodiffAttentionBackend<InnerBackend = B>>(
         unet: &UNet2DConditionModel<A>,
-        ae: &crate::ctcal::MapAutoEncoder<A>,
+        ae: &crate::calibration::MapAutoEncoder<A>,
         [latents, noise]: [Tensor<B, 4>; 2],
         ctx: Tensor<B, 3>,
         schedule: &Schedule,
         config: &CtcalConfig,
     ) -> (f64, GradientsParams) {
         let unet = UNet2DConditionModel::<Ad>::from_inner(unet.valid());
-        let ae = crate::ctcal::MapAutoEncoder::<Ad>::from_inner(ae.valid());
+        let ae = crate::calibration::MapAutoEncoder::<Ad>::from_inner(ae.valid());
         let batch = TrainBatch {
             latents: Tensor::from_inner(latents),
             cond: TextCond {

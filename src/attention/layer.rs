@@ -7,7 +7,7 @@ use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::{AttentionBackend, AttentionHook, AttentionSite, attend};
-use crate::lora::LoraLinear;
+use crate::nn::LoraLinear;
 
 /// Configuration of an [`Attention`] layer (diffusers `Attention.__init__` arguments).
 #[derive(Config, Debug)]

@@ -2,10 +2,13 @@
 
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::{BadRows, DataCursor, Features, HostTensor, Nouns, Sample};
-use crate::ctcal::{NounGroups, TextCond, TrainBatch};
+use super::{BadRows, DataCursor, Features, HostTensor, Sample};
+use crate::calibration::TrainBatch;
+use crate::denoiser::TextCond;
 use crate::error::{Error, Result};
-use crate::text::{CountedTokens, WordTokens};
+use crate::nouns::NounGroups;
+use crate::nouns::Nouns;
+use crate::nouns::{CountedTokens, WordTokens};
 
 /// The stacked features of a batch.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,8 +14,7 @@ use std::io::Read;
 use std::path::Path;
 
 use super::{
-    BadRow, BadRowPolicy, BadRows, Dataset, Features, HostTensor, Metadata, MetadataRow, Nouns,
-    Sample,
+    BadRow, BadRowPolicy, BadRows, Dataset, Features, HostTensor, Metadata, MetadataRow, Sample,
 };
 use crate::error::{Error, Result};
 use crate::weights::{TensorFile, write_tensor_file};
@@ -121,7 +120,7 @@ impl Dataset for CachedFeatures {
             index,
             line: row.line,
             caption: row.text.clone(),
-            nouns: Nouns::from_row(row),
+            nouns: row.nouns(),
             features: Features::Cached {
                 latents: HostTensor::new(self.shapes.latents, latents).map_err(array)?,
                 hidden: HostTensor::new(self.shapes.hidden, hidden).map_err(array)?,
@@ -250,6 +249,7 @@ fn file_shapes(
 mod tests {
     use super::*;
     use crate::data::test_util::{TempDir, cached_sample};
+    use crate::nouns::Nouns;
 
     /// Writes `cached_sample(i)` as `<i>.safetensors` for each `i`, and a metadata line each.
     fn dataset(dir: &TempDir, samples: &[usize], extra_lines: &[&str]) {
@@ -298,7 +298,7 @@ mod tests {
         assert_eq!((got.index, got.line), (1, 2));
         assert_eq!(
             got.nouns,
-            Nouns::Tokens(crate::ctcal::NounGroups(vec![vec![2]]))
+            Nouns::Tokens(crate::nouns::NounGroups(vec![vec![2]]))
         );
     }
 

@@ -9,9 +9,7 @@ use std::path::Path;
 use image::imageops::{FilterType, crop_imm, resize};
 use image::{ImageReader, RgbImage};
 
-use super::{
-    BadRow, BadRowPolicy, BadRows, Dataset, Features, HostTensor, Metadata, Nouns, Sample,
-};
+use super::{BadRow, BadRowPolicy, BadRows, Dataset, Features, HostTensor, Metadata, Sample};
 use crate::error::{Error, Result};
 
 /// Captioned images listed by a `metadata.jsonl`, decoded when loaded.
@@ -71,7 +69,7 @@ impl Dataset for ImageFolder {
             index,
             line: row.line,
             caption: row.text.clone(),
-            nouns: Nouns::from_row(row),
+            nouns: row.nouns(),
             features: Features::Pixels(pixels),
         })
     }
@@ -122,6 +120,7 @@ mod tests {
     use super::*;
     use crate::data::test_util::TempDir;
     use crate::data::{Batches, LoaderConfig};
+    use crate::nouns::Nouns;
     use image::Rgb;
     use std::sync::Arc;
 

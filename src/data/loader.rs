@@ -2,7 +2,7 @@
 //! thread ([`Loader`]) so decoding overlaps the training step.
 //!
 //! Both yield the same batches: an endless stream across epochs, in the order of
-//! [`Sampler`]. A sample that fails to load is, under [`Skip`](super::BadRowPolicy::Skip),
+//! [`BatchOrder`]. A sample that fails to load is, under [`Skip`](super::BadRowPolicy::Skip),
 //! left out for the rest of the run and replaced by the next one of the same epoch (reported
 //! in [`Batch::skipped`]); under [`Fail`](super::BadRowPolicy::Fail) it ends the stream with
 //! an error.
@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
-use super::{BadRows, Batch, DataCursor, Dataset, LoaderConfig, Sampler};
+use super::{BadRows, Batch, BatchOrder, DataCursor, Dataset, LoaderConfig};
 use crate::error::{Error, Result};
 
 /// Batches built on the calling thread.
 pub struct Batches<D: Dataset> {
     dataset: Arc<D>,
-    sampler: Sampler,
+    order: BatchOrder,
     known_bad: Vec<bool>,
     stop: Option<Arc<AtomicBool>>,
 }
@@ -37,7 +37,7 @@ impl<D: Dataset> Batches<D> {
             )));
         }
         Ok(Self {
-            sampler: Sampler::new(cursor, config.batch_size, config.drop_last)?,
+            order: BatchOrder::new(cursor, config.batch_size, config.drop_last)?,
             known_bad: vec![false; len],
             dataset,
             stop: None,
@@ -46,7 +46,7 @@ impl<D: Dataset> Batches<D> {
 
     /// The cursor of the next batch.
     pub fn cursor(&self) -> DataCursor {
-        self.sampler.cursor()
+        self.order.cursor()
     }
 
     /// The next batch, loading its samples.
@@ -54,7 +54,7 @@ impl<D: Dataset> Batches<D> {
         let policy = self.dataset.policy();
         let (dataset, known_bad, stop) = (&self.dataset, &mut self.known_bad, &self.stop);
         let mut skipped = BadRows::default();
-        let filled = self.sampler.fill_batch(|index| {
+        let filled = self.order.fill_batch(|index| {
             if stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
                 return Err(Error::Loader("stopped".into()));
             }
@@ -74,11 +74,11 @@ impl<D: Dataset> Batches<D> {
             let bad = self.known_bad.iter().filter(|&&b| b).count();
             return Err(Error::Loader(format!(
                 "a whole epoch gave no batch of {}: {bad} of {} samples are unreadable ({skipped})",
-                self.sampler.batch_size(),
+                self.order.batch_size(),
                 self.known_bad.len(),
             )));
         };
-        Batch::collate(samples, epoch, self.sampler.cursor(), skipped)
+        Batch::collate(samples, epoch, self.order.cursor(), skipped)
     }
 }
 

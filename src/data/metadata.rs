@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ctcal::tagger::words;
 use crate::error::{Error, Result};
+use crate::nouns::{NounGroups, Nouns, find_words, words};
 
 /// What to do with a bad row: a missing or unreadable file, an empty caption, a noun not in
 /// the caption, malformed JSON.
@@ -116,6 +116,17 @@ pub struct MetadataRow {
     pub nouns: Option<Vec<String>>,
     /// Token positions of each noun; when `nouns` is also given, one group per noun.
     pub noun_tokens: Option<Vec<Vec<usize>>>,
+}
+
+impl MetadataRow {
+    /// The row's nouns: `noun_tokens` when given, else `nouns`, else unmarked.
+    pub fn nouns(&self) -> Nouns {
+        match (&self.noun_tokens, &self.nouns) {
+            (Some(groups), _) => Nouns::Tokens(NounGroups(groups.clone())),
+            (None, Some(words)) => Nouns::Words(words.clone()),
+            (None, None) => Nouns::Unmarked,
+        }
+    }
 }
 
 /// The fields we read; everything optional so a missing field is our message, not serde's.
@@ -238,18 +249,6 @@ fn parse_row(line: usize, text: &str, root: &Path) -> std::result::Result<Metada
     })
 }
 
-/// The index of the first word of `phrase` (split as the tagger splits captions) within
-/// `caption_words`, matching whole words case-insensitively; `None` if absent or empty.
-pub fn find_words(caption_words: &[String], phrase: &str) -> Option<usize> {
-    let target = words(phrase);
-    if target.is_empty() || target.len() > caption_words.len() {
-        return None;
-    }
-    caption_words
-        .windows(target.len())
-        .position(|w| w == target.as_slice())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -360,12 +359,26 @@ mod tests {
         assert!(err.to_string().contains("nope.jsonl"), "{err}");
     }
 
+    fn row(nouns: Option<&[&str]>, tokens: Option<Vec<Vec<usize>>>) -> MetadataRow {
+        MetadataRow {
+            line: 1,
+            file_name: "a.png".into(),
+            text: "a cat".into(),
+            nouns: nouns.map(|n| n.iter().map(|s| s.to_string()).collect()),
+            noun_tokens: tokens,
+        }
+    }
+
     #[test]
-    fn phrases_match_whole_words_only() {
-        let caption = words("A coffee-cup; the Cat's toy, a cat");
-        assert_eq!(find_words(&caption, "cat"), Some(6));
-        assert_eq!(find_words(&caption, "Cat's toy"), Some(3));
-        assert_eq!(find_words(&caption, "coffee"), None);
-        assert_eq!(find_words(&caption, "  "), None);
+    fn the_row_decides_the_nouns_variant() {
+        assert_eq!(
+            row(Some(&["cat"]), Some(vec![vec![2]])).nouns(),
+            Nouns::Tokens(NounGroups(vec![vec![2]]))
+        );
+        assert_eq!(
+            row(Some(&["cat"]), None).nouns(),
+            Nouns::Words(vec!["cat".into()])
+        );
+        assert_eq!(row(None, None).nouns(), Nouns::Unmarked);
     }
 }

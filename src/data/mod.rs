@@ -6,7 +6,8 @@
 //! - [`ImageFolder`]: images resized and centre-cropped to a square, as `[3, r, r]` in `[-1, 1]`.
 //! - [`CachedFeatures`]: precomputed VAE latents and text embeddings, one safetensors file per
 //!   sample, so training runs without a text encoder or VAE in the crate.
-//! - [`sampler`]: the data order, a pure function of `(seed, epoch)`, and the [`DataCursor`]
+//! - [`TrainingData`]: either kind, told apart by the metadata's first row.
+//! - [`order`]: the data order, a pure function of `(seed, epoch)`, and the [`DataCursor`]
 //!   a checkpoint saves so a resumed run sees exactly the batches an uninterrupted one would.
 //! - [`Loader`]: a background thread that builds [`Batch`]es ahead of the training step.
 //!
@@ -16,24 +17,24 @@
 mod batch;
 mod cached;
 mod config;
+mod folder;
 mod image_folder;
 mod loader;
 pub mod metadata;
-mod nouns;
+pub mod order;
 mod sample;
-pub mod sampler;
 #[cfg(test)]
 pub(crate) mod test_util;
 
 pub use batch::{Batch, BatchFeatures};
 pub use cached::{CachedFeatures, FeatureShapes, write_cached_sample};
 pub use config::LoaderConfig;
+pub use folder::TrainingData;
 pub use image_folder::{ImageFolder, load_image, preprocess};
 pub use loader::{Batches, Loader};
 pub use metadata::{BadRow, BadRowPolicy, BadRows, Metadata, MetadataRow};
-pub use nouns::Nouns;
+pub use order::{BatchOrder, DataCursor, epoch_order};
 pub use sample::{Features, HostTensor, Sample};
-pub use sampler::{DataCursor, Sampler, epoch_order};
 
 /// A finite, indexable set of samples the [`Loader`] draws from.
 ///

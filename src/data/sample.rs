@@ -2,8 +2,8 @@
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
-use super::Nouns;
 use crate::error::{Error, Result};
+use crate::nouns::Nouns;
 
 /// A row-major `f32` array with a fixed number of dimensions, kept on the CPU so the loader
 /// thread never touches a device.

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use super::{BadRow, BadRowPolicy, Dataset, Features, HostTensor, Nouns, Sample};
+use super::{BadRow, BadRowPolicy, Dataset, Features, HostTensor, Sample};
+use crate::nouns::Nouns;
 
 /// A fresh folder under the system temp dir, removed on drop.
 pub(crate) struct TempDir(PathBuf);

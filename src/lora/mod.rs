@@ -20,14 +20,14 @@
 //! the same model without step 2.
 
 mod config;
-mod linear;
+
 mod peft;
 mod target;
 #[cfg(test)]
 mod tests;
 
+pub use crate::nn::LoraLinear;
 pub use config::{LoraConfig, pattern_matches};
-pub use linear::LoraLinear;
 pub use peft::{export_peft, import_peft};
 pub use target::LoraTarget;
 

@@ -6,6 +6,8 @@ use burn::tensor::backend::Backend;
 use super::LoraLinear;
 use crate::attention::Attention;
 use crate::mmdit::{JointAttention, SD3Transformer2DModel};
+use crate::text::clip::{ClipAttention, ClipTextTransformer};
+use crate::text::{ClipTextModel, ClipTextModelWithProjection};
 use crate::unet::{Transformer2DModel, UNet2DConditionModel};
 
 /// A model whose attention projections are [`LoraLinear`]s.
@@ -177,6 +179,71 @@ impl<B: Backend> LoraTarget<B> for SD3Transformer2DModel<B> {
             if let Some(attn2) = &block.attn2 {
                 attn2.visit_lora(f);
             }
+        }
+    }
+}
+
+/// Self-attention projections, with the PEFT names diffusers' text-encoder LoRAs use
+/// (`text_model.encoder.layers.0.self_attn.q_proj`); prefix `text_encoder.`
+/// (`StableDiffusionLoraLoaderMixin.text_encoder_name`).
+impl<B: Backend> LoraTarget<B> for ClipTextModel<B> {
+    const PEFT_PREFIX: &'static str = "text_encoder.";
+
+    fn map_lora(self, f: &mut impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
+        Self {
+            text_model: self.text_model.map_lora(f),
+        }
+    }
+
+    fn visit_lora(&self, f: &mut impl FnMut(&str, &LoraLinear<B>)) {
+        self.text_model.visit_lora(f);
+    }
+}
+
+/// As for [`ClipTextModel`]. The prefix is SD 3's CLIP-L one (`text_encoder.`); pass
+/// `"text_encoder_2."` to [`export_peft`](crate::lora::export_peft) for CLIP-G.
+impl<B: Backend> LoraTarget<B> for ClipTextModelWithProjection<B> {
+    const PEFT_PREFIX: &'static str = "text_encoder.";
+
+    fn map_lora(self, f: &mut impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
+        Self {
+            text_model: self.text_model.map_lora(f),
+            text_projection: self.text_projection,
+        }
+    }
+
+    fn visit_lora(&self, f: &mut impl FnMut(&str, &LoraLinear<B>)) {
+        self.text_model.visit_lora(f);
+    }
+}
+
+impl<B: Backend> ClipTextTransformer<B> {
+    fn map_lora(mut self, f: &mut impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
+        let mut layers = Vec::with_capacity(self.encoder.layers.len());
+        for (i, mut layer) in self.encoder.layers.into_iter().enumerate() {
+            let p = format!("text_model.encoder.layers.{i}.self_attn");
+            let a = layer.self_attn;
+            layer.self_attn = ClipAttention {
+                q_proj: f(&format!("{p}.q_proj"), a.q_proj),
+                k_proj: f(&format!("{p}.k_proj"), a.k_proj),
+                v_proj: f(&format!("{p}.v_proj"), a.v_proj),
+                out_proj: f(&format!("{p}.out_proj"), a.out_proj),
+                ..a
+            };
+            layers.push(layer);
+        }
+        self.encoder.layers = layers;
+        self
+    }
+
+    fn visit_lora(&self, f: &mut impl FnMut(&str, &LoraLinear<B>)) {
+        for (i, layer) in self.encoder.layers.iter().enumerate() {
+            let p = format!("text_model.encoder.layers.{i}.self_attn");
+            let a = &layer.self_attn;
+            f(&format!("{p}.q_proj"), &a.q_proj);
+            f(&format!("{p}.k_proj"), &a.k_proj);
+            f(&format!("{p}.v_proj"), &a.v_proj);
+            f(&format!("{p}.out_proj"), &a.out_proj);
         }
     }
 }

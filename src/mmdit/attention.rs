@@ -7,7 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 
 use crate::attention::{AttentionBackend, AttentionHook, AttentionSite, attend_joint};
 use crate::attention::{merge_heads, norm_heads, split_heads};
-use crate::lora::LoraLinear;
+use crate::nn::LoraLinear;
 
 /// Joint attention of one MMDiT block (`transformer_blocks.{i}.attn`).
 ///

@@ -170,7 +170,7 @@ impl SD3Transformer2DConfig {
     /// defaults, unknown fields are errors naming the field (so a config of another model is
     /// not silently misread).
     pub fn from_diffusers_json(path: &Path) -> crate::Result<Self> {
-        crate::weights::read_diffusers_config(
+        crate::config::read_diffusers_config(
             path,
             &Self::new(),
             &KNOWN_FIELDS,

@@ -1,6 +1,7 @@
 //! The MMDiT's input embeddings (diffusers `embeddings.py`): patches with a cropped 2D sin-cos
 //! position table (`PatchEmbed`), and timestep plus pooled text (`CombinedTimestepTextProjEmbeddings`).
 
+use crate::backend::KernelBackend;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -59,7 +60,10 @@ impl<B: Backend> PatchEmbed<B> {
     /// # Shapes
     /// - `x`: `[batch, c, h * p, w * p]` with `h, w <= max_size`
     /// - returns `[batch, h * w, width]` (row-major patch order)
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 3>
+    where
+        B: KernelBackend,
+    {
         let patches = conv2d(&self.proj, x);
         let [b, d, h, w] = patches.dims();
         let tokens = patches.reshape([b, d, h * w]).swap_dims(1, 2);

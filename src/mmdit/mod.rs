@@ -25,8 +25,10 @@ use crate::attention::{
     AttentionBackend, AttentionConfig, AttentionHook, AttentionKind, AttentionSite, BlockPos,
     NoHook, Slot,
 };
+use crate::denoiser::{Denoiser, TextCond};
 use crate::error::{Error, Result};
 use crate::nn::{FeedForwardActivation, FeedForwardConfig};
+use crate::precision::{cast_to, upcast};
 use norm::NORM_EPS;
 
 /// diffusers' `SD3Transformer2DModel` (SD 3 and SD 3.5 layouts).
@@ -248,5 +250,38 @@ impl<B: Backend> SD3Transformer2DModel<B> {
             )));
         }
         Ok(())
+    }
+}
+
+/// The MMDiT as a [`Denoiser`]: needs pooled embeddings; inputs cast to the parameters' type, the prediction returned wide.
+impl<B: AttentionBackend> Denoiser<B> for SD3Transformer2DModel<B> {
+    fn denoise<H: AttentionHook<B>>(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        cond: &TextCond<B>,
+        hook: &mut H,
+    ) -> Result<Tensor<B, 4>> {
+        let pooled = cond.pooled.clone().ok_or_else(|| {
+            Error::Input(
+                "the SD 3 transformer needs pooled text embeddings (TextCond::pooled)".into(),
+            )
+        })?;
+        self.check_inputs(
+            x.dims(),
+            timesteps.dims(),
+            cond.hidden.dims(),
+            pooled.dims(),
+        )?;
+        let dtype = self.pos_embed.proj.weight.val().dtype();
+        let (x, hidden) = (cast_to(x, dtype), cast_to(cond.hidden.clone(), dtype));
+        let pooled = cast_to(pooled, dtype);
+        Ok(upcast(
+            self.forward_with_hook(x, timesteps, hidden, pooled, hook),
+        ))
+    }
+
+    fn map_kind(&self) -> AttentionKind {
+        AttentionKind::Joint
     }
 }

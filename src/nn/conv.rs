@@ -5,36 +5,33 @@
 //! (benches/RESULTS.md). Written as slices, one concatenation and a matmul, the convolution
 //! runs on the backend's matmul kernel and differentiates through ops burn already has, at the
 //! cost of the `kh * kw`-times larger column tensor (377 MB for SD 2.1's first level at batch
-//! 8 in f32). [`conv2d`] picks it on cubecl backends built without autotuning and for
-//! overlapping windows on ndarray, whose own convolution backward is slow: two training steps
-//! of the shapes benchmark's UNet (32x32 RGB, batch 16, 3x3 convolutions, start-up included)
-//! took 45.8 s with burn-ndarray's convolution and 7.4 s with this one on 2 cores. Autotuned
-//! cubecl keeps burn's implicit-GEMM kernels (the wgpu tests ran 15% slower on im2col), and
-//! patch embeddings (kernel = stride) keep burn's convolution everywhere.
+//! 8 in f32). [`conv2d`] picks it where the backend's [`KernelBackend::CONV_PATH`] says so:
+//! on cubecl backends built without autotuning, and for overlapping windows on ndarray, whose
+//! own convolution backward is slow (two training steps of the shapes benchmark's UNet, 32x32
+//! RGB, batch 16, 3x3 convolutions, start-up included, took 45.8 s with burn-ndarray's
+//! convolution and 7.4 s with this one on 2 cores). Autotuned cubecl keeps burn's
+//! implicit-GEMM kernels (the wgpu tests ran 15% slower on im2col), and patch embeddings
+//! (kernel = stride) keep burn's convolution everywhere.
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Slice, Tensor};
 
-/// Whether burn-cubecl is built without autotuning: `cuda-untuned` is the only cubecl feature
-/// (`cuda` and `wgpu` turn burn's autotuning on for every cubecl backend of the build).
-const UNTUNED_CUBECL: bool = cfg!(all(
-    feature = "cuda-untuned",
-    not(feature = "cuda"),
-    not(feature = "wgpu")
-));
+use crate::backend::{ConvPath, KernelBackend};
 
-/// `conv.forward(x)`, through [`im2col_conv2d`] on cubecl backends built without autotuning,
-/// and on ndarray for convolutions whose windows overlap (kernel larger than stride).
-pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let overlapping = conv.kernel_size[0] > conv.stride[0] || conv.kernel_size[1] > conv.stride[1];
-    let pointwise = conv.kernel_size == [1, 1];
-    let overlapping = overlapping || pointwise;
-    // The backend's name is a fresh String: asked only when the answer can change the path.
-    let im2col = (UNTUNED_CUBECL || overlapping) && {
-        let name = B::name(&x.device());
-        (UNTUNED_CUBECL && name.contains("cubecl")) || (overlapping && name.contains("ndarray"))
+/// `conv.forward(x)`, or [`im2col_conv2d`] where the backend's [`ConvPath`] says so.
+pub fn conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let im2col = match B::CONV_PATH {
+        ConvPath::Native => false,
+        ConvPath::Im2col => true,
+        // Overlapping windows (kernel larger than stride) and pointwise kernels; patch
+        // embeddings (kernel = stride) keep burn's convolution.
+        ConvPath::Im2colOverlapping => {
+            conv.kernel_size[0] > conv.stride[0]
+                || conv.kernel_size[1] > conv.stride[1]
+                || conv.kernel_size == [1, 1]
+        }
     };
     if im2col {
         im2col_conv2d(conv, x)

@@ -5,14 +5,16 @@ pub mod activation;
 mod conv;
 mod embeddings;
 mod feed_forward;
-mod heap;
+mod lora_linear;
 mod noise;
 mod norm;
+mod sampling;
 
 pub use activation::{gelu, gelu_tanh, quick_gelu, silu};
 pub use conv::{conv2d, im2col_conv2d};
 pub use embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
-pub use heap::retain_freed_memory;
+pub use lora_linear::LoraLinear;
 pub use noise::normal_tensor;
 pub use norm::layer_norm;
+pub use sampling::{Downsample2D, Upsample2D, conv3x3, nearest_resize};

@@ -9,7 +9,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::attention::NoHook;
-use crate::ctcal::{Denoiser, TextCond};
+use crate::backend::KernelBackend;
+use crate::denoiser::{Denoiser, TextCond};
 use crate::error::Error;
 use crate::schedule::{Sampler, cfg};
 use crate::text::Encoding;
@@ -140,7 +141,7 @@ pub(crate) struct Generation<'a, B: Backend> {
     pub device: &'a B::Device,
 }
 
-impl<B: Backend> Generation<'_, B> {
+impl<B: KernelBackend> Generation<'_, B> {
     /// Encodes prompts (and negative prompts under guidance), draws or takes the initial
     /// latents, denoises with classifier-free guidance and decodes.
     #[allow(clippy::too_many_arguments)]
@@ -194,7 +195,7 @@ impl<B: Backend> Generation<'_, B> {
 }
 
 /// Decodes scaled latents to images in `[0, 1]` (diffusers' `postprocess` denormalisation).
-pub fn decode<B: Backend>(
+pub fn decode<B: KernelBackend>(
     vae: &AutoencoderKL<B>,
     latents: Tensor<B, 4>,
 ) -> crate::Result<Tensor<B, 4>> {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::config::ConfigFile;
 use crate::error::{Error, Result};
 
 /// One entry of `model_index.json`: `"vae": ["diffusers", "AutoencoderKL"]`.
@@ -37,18 +38,11 @@ impl PipelineFolder {
     /// Reads `root/model_index.json`.
     pub fn open(root: &Path) -> Result<Self> {
         let path = root.join("model_index.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|error| Error::Json {
-            path: path.clone(),
-            error,
-        })?;
-        let bad = |what: String| Error::Config(format!("{}: {what}", path.display()));
-        let Value::Object(map) = value else {
-            return Err(bad("expected a JSON object".into()));
-        };
-        let class = map
-            .get("_class_name")
-            .and_then(Value::as_str)
+        let file = ConfigFile::read(&path)?;
+        let bad = |what: String| file.error(&what);
+        let map = file.fields();
+        let class = file
+            .class_name()
             .ok_or_else(|| bad("no `_class_name`".into()))?
             .to_string();
         let mut components = BTreeMap::new();

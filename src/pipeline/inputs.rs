@@ -6,14 +6,16 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 
 use super::{GenerateConfig, Generated, StableDiffusion, StableDiffusion3};
-use crate::attention::AttentionBackend;
-use crate::ctcal::Denoiser;
-use crate::ctcal::{TextCond, TrainBatch};
-use crate::data::Batch;
+use crate::attention::{AttentionBackend, AutodiffAttentionBackend};
+use crate::backend::KernelBackend;
+use crate::calibration::TrainBatch;
+use crate::data::{Batch, BatchFeatures};
+use crate::denoiser::Denoiser;
+use crate::denoiser::TextCond;
 use crate::error::Result;
 use crate::mmdit::SD3Transformer2DModel;
-use crate::text::WordTokens;
-use crate::train::BatchInputs;
+use crate::nouns::WordTokens;
+use crate::train::{TrainConfig, TrainInputs};
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
 
@@ -41,7 +43,7 @@ pub trait TrainingPipeline<B: Backend> {
 }
 
 /// [`TrainingPipeline::encode_images`] for a latent model: `vae` encodes, then scales.
-pub fn vae_latents<B: Backend>(
+pub fn vae_latents<B: KernelBackend>(
     vae: &AutoencoderKL<B>,
     pixels: Tensor<B, 4>,
     sample_posterior: bool,
@@ -102,39 +104,85 @@ impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion3<B> {
     }
 }
 
-/// [`BatchInputs`] for image folders: the pipeline `P` (on the inner, gradient-free backend)
-/// encodes pixels to the denoiser's input and captions to conditioning; nouns get exact token positions.
+/// [`TrainInputs`] of a pipeline's denoiser: image batches are encoded by its frozen VAE (or
+/// taken as pixels) and text encoders on the inner, gradient-free backend; cached features go
+/// straight in. Nouns get exact token positions from its tokenizer. Validation images are
+/// rendered with diffusers' default guidance.
 ///
-/// The latent is a posterior sample (`sample_posterior`, diffusers' `latent_dist.sample()`
+/// The latent is a posterior sample (`config.sample_posterior`, diffusers' `latent_dist.sample()`
 /// in its training scripts) drawn from the device RNG the trainer seeds per step, or the
 /// posterior mean.
-#[derive(Debug)]
-pub struct ImageInputs<'a, P> {
-    /// The frozen encoders.
-    pub pipeline: &'a P,
-    /// Sample the VAE posterior rather than take its mean.
-    pub sample_posterior: bool,
-}
-
-impl<B, P> BatchInputs<B> for ImageInputs<'_, P>
+pub(crate) fn pipeline_train_batch<B, P>(
+    pipeline: &P,
+    batch: &Batch,
+    config: &TrainConfig,
+    device: &B::Device,
+) -> Result<TrainBatch<B>>
 where
     B: AutodiffBackend,
     P: TrainingPipeline<B::InnerBackend>,
 {
-    fn train_batch(&self, batch: &Batch, device: &B::Device) -> Result<TrainBatch<B>> {
-        let pixels = batch.pixels::<B::InnerBackend>(device)?;
-        let latents = self.pipeline.encode_images(pixels, self.sample_posterior)?;
-        let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
-        let (cond, _) = self.pipeline.encode_prompts_for_training(&captions)?;
-        let tokens = cond.hidden.dims()[1];
-        let nouns = batch.checked_noun_groups(self.pipeline.word_tokens(), tokens)?;
-        Ok(TrainBatch {
-            latents: Tensor::from_inner(latents),
-            cond: TextCond {
-                hidden: Tensor::from_inner(cond.hidden),
-                pooled: cond.pooled.map(Tensor::from_inner),
-            },
-            nouns,
-        })
+    if matches!(batch.features, BatchFeatures::Cached { .. }) {
+        return batch.train_batch_with(device, pipeline.word_tokens());
     }
+    let pixels = batch.pixels::<B::InnerBackend>(device)?;
+    let latents = pipeline.encode_images(pixels, config.sample_posterior)?;
+    let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
+    let (cond, _) = pipeline.encode_prompts_for_training(&captions)?;
+    let tokens = cond.hidden.dims()[1];
+    let nouns = batch.checked_noun_groups(pipeline.word_tokens(), tokens)?;
+    Ok(TrainBatch {
+        latents: Tensor::from_inner(latents),
+        cond: TextCond {
+            hidden: Tensor::from_inner(cond.hidden),
+            pooled: cond.pooled.map(Tensor::from_inner),
+        },
+        nouns,
+    })
 }
+
+/// Validation images of `pipeline` with `denoiser` in place of its own, in `[0, 1]`.
+pub(crate) fn pipeline_render<B: Backend, P: TrainingPipeline<B>>(
+    pipeline: &P,
+    denoiser: &P::Denoiser,
+    prompts: &[&str],
+    steps: usize,
+    seed: u64,
+) -> Result<Tensor<B, 4>> {
+    let config = GenerateConfig::new().with_steps(steps).with_seed(seed);
+    Ok(pipeline.render(denoiser, prompts, &config)?.images)
+}
+
+/// Implements [`TrainInputs`] for a pipeline type through [`pipeline_train_batch`] and
+/// [`pipeline_render`].
+macro_rules! train_inputs_for_pipeline {
+    ($pipeline:ident, $denoiser:ident) => {
+        impl<B> TrainInputs<B, $denoiser<B>> for $pipeline<B::InnerBackend>
+        where
+            B: AutodiffAttentionBackend,
+        {
+            fn train_batch(
+                &self,
+                _model: &$denoiser<B>,
+                batch: &Batch,
+                config: &TrainConfig,
+                device: &B::Device,
+            ) -> Result<TrainBatch<B>> {
+                pipeline_train_batch(self, batch, config, device)
+            }
+
+            fn render(
+                &self,
+                model: &$denoiser<B::InnerBackend>,
+                prompts: &[&str],
+                steps: usize,
+                seed: u64,
+            ) -> Result<Tensor<B::InnerBackend, 4>> {
+                pipeline_render(self, model, prompts, steps, seed)
+            }
+        }
+    };
+}
+
+train_inputs_for_pipeline!(StableDiffusion, UNet2DConditionModel);
+train_inputs_for_pipeline!(StableDiffusion3, SD3Transformer2DModel);

@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use super::denoise::{GenerateConfig, Generated, Generation, token_ids, truncated};
 use super::index::PipelineFolder;
 use crate::attention::AttentionBackend;
-use crate::ctcal::{Denoiser, TextCond};
+use crate::denoiser::{Denoiser, TextCond};
 use crate::error::Result;
 use crate::schedule::{DDIM_COMPATIBLE, DdimConfig, DdimScheduler};
 use crate::text::{

@@ -8,11 +8,11 @@ use burn::optim::GradientsParams;
 use burn::tensor::{DType, Distribution, FloatDType, Tensor};
 
 use super::*;
-use crate::ctcal::{
-    CtcalConfig, Denoiser, MapAutoEncoderConfig, NounGroups, Schedule, StepDraw, TextCond,
-    TrainBatch, ctcal_step,
-};
+use crate::calibration::{CtcalConfig, MapAutoEncoderConfig, StepDraw, TrainBatch, ctcal_step};
+use crate::denoiser::{Denoiser, TextCond};
 use crate::mmdit::SD3Transformer2DConfig;
+use crate::nouns::NounGroups;
+use crate::schedule::Schedule;
 use crate::schedule::{DdpmConfig, FlowConfig};
 use crate::unet::UNet2DConditionConfig;
 

@@ -8,9 +8,9 @@ use burn::tensor::{Tensor, backend::Backend};
 use serde_json::Value;
 
 use super::betas::{BetaSchedule, alphas_cumprod};
-use super::json::{JsonSpec, read_config};
 use super::spacing::{TimestepSpacing, spread};
 use super::{PredictionType, Sampler};
+use crate::config::ConfigFile;
 use crate::error::Error;
 
 /// Scheduler classes whose `scheduler_config.json` [`DdimConfig::from_diffusers_json`] reads
@@ -107,18 +107,14 @@ impl DdimConfig {
     /// `trained_betas` and `thresholding`, which must keep their defaults (null, false).
     /// Missing fields take diffusers' `DDIMScheduler` defaults.
     pub fn from_diffusers_json(path: &Path) -> crate::Result<Self> {
-        let spec = JsonSpec {
-            classes: DDIM_COMPATIBLE,
-            known: KNOWN,
-            fixed: &[
-                ("trained_betas", Value::Null),
-                ("thresholding", false.into()),
-            ],
-        };
-        let config = read_config(path, &Self::new(), &spec)?;
-        config
-            .validate()
-            .map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
+        let file = ConfigFile::read(path)?;
+        file.expect_class(DDIM_COMPATIBLE)?;
+        file.reject_changed(&[
+            ("trained_betas", Value::Null),
+            ("thresholding", false.into()),
+        ])?;
+        let config = file.overlay(&Self::new(), KNOWN)?;
+        config.validate().map_err(|m| file.error(&m))?;
         Ok(config)
     }
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::Sampler;
 use super::flow::shift_sigma;
-use super::json::{JsonSpec, read_config};
+use crate::config::ConfigFile;
 use crate::error::Error;
 
 /// Flow-matching Euler settings with diffusers' names; `new()` holds diffusers' defaults.
@@ -42,23 +42,19 @@ impl FlowEulerConfig {
     /// (`base_shift`, `max_shift`, `base_image_seq_len`, `max_image_seq_len`,
     /// `time_shift_type`) and bookkeeping (`_diffusers_version`) are ignored.
     pub fn from_diffusers_json(path: &Path) -> crate::Result<Self> {
-        let spec = JsonSpec {
-            classes: &["FlowMatchEulerDiscreteScheduler"],
-            known: &["num_train_timesteps", "shift"],
-            fixed: &[
-                ("use_dynamic_shifting", false.into()),
-                ("invert_sigmas", false.into()),
-                ("shift_terminal", Value::Null),
-                ("use_karras_sigmas", false.into()),
-                ("use_exponential_sigmas", false.into()),
-                ("use_beta_sigmas", false.into()),
-                ("stochastic_sampling", false.into()),
-            ],
-        };
-        let config = read_config(path, &Self::new(), &spec)?;
-        config
-            .validate()
-            .map_err(|m| Error::Config(format!("{}: {m}", path.display())))?;
+        let file = ConfigFile::read(path)?;
+        file.expect_class(&["FlowMatchEulerDiscreteScheduler"])?;
+        file.reject_changed(&[
+            ("use_dynamic_shifting", false.into()),
+            ("invert_sigmas", false.into()),
+            ("shift_terminal", Value::Null),
+            ("use_karras_sigmas", false.into()),
+            ("use_exponential_sigmas", false.into()),
+            ("use_beta_sigmas", false.into()),
+            ("stochastic_sampling", false.into()),
+        ])?;
+        let config = file.overlay(&Self::new(), &["num_train_timesteps", "shift"])?;
+        config.validate().map_err(|m| file.error(&m))?;
         Ok(config)
     }
 

@@ -1,7 +1,8 @@
 //! Noise schedules. Training: SD 2.1's DDPM (epsilon or v targets, optional min-SNR weighting)
 //! and SD 3's rectified flow (logit-normal sigmas with the timestep shift). Inference: DDIM
 //! (SD 2.1) and flow-matching Euler (SD 3) behind one [`Sampler`] trait, plus classifier-free
-//! guidance.
+//! guidance. [`Schedule`] is the training side seen by a step: levels in, noised inputs,
+//! targets and weights out.
 //!
 //! Ports the training-time parts of diffusers' `DDPMScheduler` (`add_noise`, `get_velocity`)
 //! and `FlowMatchEulerDiscreteScheduler` (`scale_noise`, the `shift` of its sigmas), and the
@@ -12,9 +13,9 @@ mod ddim;
 mod ddpm;
 mod flow;
 mod flow_euler;
-mod json;
 mod sampler;
 mod spacing;
+mod training;
 
 pub use betas::BetaSchedule;
 pub use ddim::{DDIM_COMPATIBLE, DdimConfig, DdimScheduler, DdimStepOutput};
@@ -23,6 +24,7 @@ pub use flow::{FlowConfig, FlowSchedule};
 pub use flow_euler::{FlowEulerConfig, FlowEulerScheduler};
 pub use sampler::{Sampler, cfg, rescale_noise_cfg};
 pub use spacing::TimestepSpacing;
+pub use training::Schedule;
 
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 

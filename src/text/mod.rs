@@ -14,7 +14,6 @@
 //! Token ids come in as `Tensor<B, 2, Int>` `[batch, seq]`.
 
 pub mod clip;
-mod json;
 mod load;
 pub mod sd3;
 pub mod t5;
@@ -26,7 +25,4 @@ pub use sd3::{
     Sd3PromptEmbeds, Sd3TextEncoders, Sd3TokenIds, sd3_prompt_embeds, sd21_prompt_embeds,
 };
 pub use t5::{T5Config, T5EncoderModel};
-pub use tokenizer::{
-    CLIP_MAX_LENGTH, ClipTokenizer, CountedTokens, Encoding, SD3_T5_MAX_LENGTH, T5Tokenizer,
-    WordTokens,
-};
+pub use tokenizer::{CLIP_MAX_LENGTH, ClipTokenizer, Encoding, SD3_T5_MAX_LENGTH, T5Tokenizer};

@@ -4,7 +4,7 @@
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::ctcal::CtcalConfig;
+use crate::calibration::CtcalConfig;
 use crate::precision::MixedPrecision;
 
 /// How the learning rate evolves after the linear warm-up.
@@ -66,6 +66,14 @@ pub struct TrainConfig {
     /// backend's float type (`precision::cast_params`).
     #[config(default = "MixedPrecision::No")]
     pub mixed_precision: MixedPrecision,
+    /// Encode training images to a sample of the VAE posterior (diffusers'
+    /// `latent_dist.sample()`) rather than its mean.
+    #[config(default = true)]
+    pub sample_posterior: bool,
+    /// Share of captions replaced by the empty one, for classifier-free guidance (diffusers'
+    /// `--proportion_empty_prompts`); needs image data, whose captions are encoded per step.
+    #[config(default = 0.0)]
+    pub caption_dropout: f64,
     /// The CTCal loss (weights, tau, layers, teacher rule).
     pub ctcal: CtcalConfig,
 }
@@ -83,6 +91,9 @@ impl TrainConfig {
         }
         if self.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
             return bad("ema_decay must lie in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.caption_dropout) {
+            return bad("caption_dropout must lie in [0, 1)");
         }
         if self.max_grad_norm.is_some_and(|n| !positive(n)) {
             return bad("max_grad_norm must be > 0");

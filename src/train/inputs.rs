@@ -1,41 +1,118 @@
-//! How a loaded [`Batch`] becomes the model inputs of a training step.
+//! What a [`Trainer`](super::Trainer) needs besides the data: the module it updates
+//! ([`Trainable`]) and the frozen side around it that turns loaded batches into step inputs and
+//! renders validation images ([`TrainInputs`]).
 //!
-//! Cached features already hold latents and text embeddings: all that is left is to place
-//! the caption nouns on token positions, which any `Fn(&str) -> usize` (a word's token count)
-//! does. Image folders need a VAE and text encoders first: the pipeline types implement
-//! [`BatchInputs`] with their frozen encoders.
+//! The pipelines implement [`TrainInputs`] for their denoisers (their frozen VAE, tokenizers and
+//! text encoders encode images and captions; cached features go straight in). A module that
+//! trains its own text encoder computes the conditioning from the module it is handed, so the
+//! gradient reaches the encoder.
 
-use burn::tensor::backend::Backend;
+use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
 
-use crate::ctcal::TrainBatch;
+use super::TrainConfig;
+use crate::calibration::TrainBatch;
 use crate::data::Batch;
-use crate::error::Result;
+use crate::denoiser::Denoiser;
+use crate::error::{Error, Result};
+use crate::lora::LoraTarget;
+use crate::mmdit::SD3Transformer2DModel;
+use crate::nouns::WordTokens;
+use crate::unet::UNet2DConditionModel;
 
-/// Turns a loaded batch into the [`TrainBatch`] of one training step on `device`.
+/// A module a [`Trainer`](super::Trainer) updates: a denoiser, or a denoiser with the text
+/// encoder trained beside it.
+///
+/// The CTCal step runs [`denoiser`](Self::denoiser); the optimiser updates every trainable
+/// parameter of the whole module; [`LoraTarget`] lets the trainer attach adapters to it.
+pub trait Trainable<B: AutodiffBackend>: AutodiffModule<B> + LoraTarget<B> + Clone {
+    /// The denoiser inside (the module itself for a plain UNet or MMDiT).
+    type Denoiser: Denoiser<B> + AutodiffModule<B, InnerModule: Denoiser<B::InnerBackend>>;
+
+    /// The denoiser the step runs.
+    fn denoiser(&self) -> &Self::Denoiser;
+}
+
+impl<B> Trainable<B> for UNet2DConditionModel<B>
+where
+    B: AutodiffBackend + crate::attention::AttentionBackend,
+    B::InnerBackend: crate::attention::AttentionBackend,
+{
+    type Denoiser = Self;
+    fn denoiser(&self) -> &Self {
+        self
+    }
+}
+
+impl<B> Trainable<B> for SD3Transformer2DModel<B>
+where
+    B: AutodiffBackend + crate::attention::AttentionBackend,
+    B::InnerBackend: crate::attention::AttentionBackend,
+{
+    type Denoiser = Self;
+    fn denoiser(&self) -> &Self {
+        self
+    }
+}
+
+/// The side of a training run that is not trained: it turns each loaded [`Batch`] into the
+/// inputs of a step and renders validation images with the module being trained.
 ///
 /// Randomness (a VAE posterior sample, say) must come from the device RNG, which the trainer
 /// seeds from `(seed, step)` before every step, so a resumed run draws what an uninterrupted
 /// one would.
-pub trait BatchInputs<B: Backend> {
-    /// The step inputs of `batch` on `device`.
-    fn train_batch(&self, batch: &Batch, device: &B::Device) -> Result<TrainBatch<B>>;
+pub trait TrainInputs<B: AutodiffBackend, M: AutodiffModule<B>> {
+    /// The step inputs of `batch` on `device`: latents (or pixels), conditioning and noun
+    /// positions. `model` is the module as it is being trained (a compute copy under mixed
+    /// precision), for conditioning that its own text encoder computes.
+    fn train_batch(
+        &self,
+        model: &M,
+        batch: &Batch,
+        config: &TrainConfig,
+        device: &B::Device,
+    ) -> Result<TrainBatch<B>>;
+
+    /// Images `[n, 3, h, w]` in `[0, 1]` for `prompts`, sampled in `steps` steps from `seed`
+    /// with `model` (the module as trained so far, without its graph).
+    fn render(
+        &self,
+        model: &M::InnerModule,
+        prompts: &[&str],
+        steps: usize,
+        seed: u64,
+    ) -> Result<Tensor<B::InnerBackend, 4>>;
 }
 
-/// Cached features: `self` gives a lower-cased word's number of text tokens, which places
-/// nouns given as words (see [`crate::data::Nouns::groups`]).
-impl<B: Backend, F: Fn(&str) -> usize> BatchInputs<B> for F {
-    fn train_batch(&self, batch: &Batch, device: &B::Device) -> Result<TrainBatch<B>> {
-        batch.train_batch(device, self)
+/// Cached features (latents and text embeddings computed beforehand) with no pipeline around
+/// the module: `W` places caption words on token positions (a tokenizer, or
+/// [`CountedTokens`](crate::nouns::CountedTokens)). Nothing renders validation images.
+#[derive(Debug, Clone, Copy)]
+pub struct CachedInputs<W>(pub W);
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>, W: WordTokens> TrainInputs<B, M>
+    for CachedInputs<W>
+{
+    fn train_batch(
+        &self,
+        _model: &M,
+        batch: &Batch,
+        _config: &TrainConfig,
+        device: &B::Device,
+    ) -> Result<TrainBatch<B>> {
+        batch.train_batch_with(device, &self.0)
     }
-}
 
-/// Cached features whose nouns a real tokenizer places ([`crate::text::ClipTokenizer`] gives
-/// exact positions, punctuation included).
-#[derive(Clone, Copy)]
-pub struct CachedInputs<'a>(pub &'a dyn crate::text::WordTokens);
-
-impl<B: Backend> BatchInputs<B> for CachedInputs<'_> {
-    fn train_batch(&self, batch: &Batch, device: &B::Device) -> Result<TrainBatch<B>> {
-        batch.train_batch_with(device, self.0)
+    fn render(
+        &self,
+        _model: &M::InnerModule,
+        _prompts: &[&str],
+        _steps: usize,
+        _seed: u64,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        Err(Error::Config(
+            "validation images need a pipeline; cached features have none".into(),
+        ))
     }
 }

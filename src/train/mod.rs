@@ -1,6 +1,14 @@
-//! Training: the CTCal step of [`crate::ctcal`] in a loop with burn's AdamW, gradient
-//! accumulation and global-norm clipping, an optional EMA, `metrics.jsonl`, and checkpoints
-//! a killed run resumes from bit for bit.
+//! Training as a library: a [`Trainer`] runs CTCal fine-tuning (or plain diffusion training) of
+//! any [`Trainable`] module, the UNet, the MMDiT or a model zoo's own, on a
+//! [`Dataset`](crate::data::Dataset), and reports progress as [`Event`]s.
+//!
+//! ```text
+//! Trainer::new(config)        TrainConfig: steps, batch, optimiser, CTCal loss, seed
+//!     .output_dir("out/run")  checkpoints/, metrics.jsonl, previews, exports
+//!     .lora(lora_config)      adapters instead of every parameter
+//!     .listen(|event| ..)     progress bars, loggers
+//!     .fit(model, &pipeline, dataset, &schedule, &device)
+//! ```
 //!
 //! What burn provides is used as is (AdamW and its records, gradient accumulation, the
 //! safetensors store). Three pieces are our own, for reasons given where they live:
@@ -12,9 +20,12 @@
 mod checkpoint;
 mod config;
 mod ema;
+mod events;
 mod inputs;
+mod outputs;
 mod params;
 mod preview;
+mod steps;
 mod trainer;
 
 pub use checkpoint::{
@@ -23,7 +34,10 @@ pub use checkpoint::{
 };
 pub use config::{LrSchedule, TrainConfig};
 pub use ema::Ema;
-pub use inputs::{BatchInputs, CachedInputs};
+pub use events::{Event, Output, StepLog};
+pub use inputs::{CachedInputs, TrainInputs, Trainable};
+pub use outputs::Validation;
 pub use params::{clip_global_norm, count_params, grad_sq_norm, scale_grads, stable_ids};
 pub use preview::{loss_plot, map_preview, preview_levels};
-pub use trainer::{RunDirs, StepLog, TrainedModels, step_seed, train};
+pub use steps::step_seed;
+pub use trainer::{Fitted, Trainer};

@@ -6,10 +6,10 @@ use burn::tensor::backend::AutodiffBackend;
 use image::RgbImage;
 
 use super::StepLog;
-use crate::ctcal::{
-    CtcalConfig, Denoiser, Schedule, StepDraw, TeacherRule, TrainBatch, teacher_maps,
-};
+use crate::calibration::{CtcalConfig, StepDraw, TeacherRule, TrainBatch, teacher_maps};
+use crate::denoiser::Denoiser;
 use crate::error::Result;
+use crate::schedule::Schedule;
 use crate::viz::{COLOURS, Series, draw_text, heatmap_row, line_plot, stack_rows};
 
 /// One row per sample of `batch`: for each noun, its map at `teacher_level` then at

@@ -1,341 +1,323 @@
-//! The training loop: CTCal steps with gradient accumulation, global-norm clipping, AdamW,
-//! an optional EMA, metrics and crash-safe checkpoints; written once for every [`Denoiser`].
+//! [`Trainer`]: configure a run, then [`fit`](Trainer::fit) a module on a dataset; progress
+//! goes out as [`Event`]s to the listeners.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use burn::backend::{Autodiff, NdArray};
+//! # use ctcal::calibration::CtcalConfig;
+//! # use ctcal::data::{BadRowPolicy, ImageFolder};
+//! # use ctcal::lora::LoraConfig;
+//! # use ctcal::pipeline::StableDiffusion;
+//! # use ctcal::schedule::{DdpmConfig, Schedule};
+//! # use ctcal::train::{Event, TrainConfig, Trainer};
+//! # use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+//! # fn main() -> ctcal::Result<()> {
+//! type B = Autodiff<NdArray>;
+//! let device = Default::default();
+//! let pipe = StableDiffusion::<NdArray>::load("weights/tiny-sd21".as_ref(), None, &device)?;
+//! let unet: UNet2DConditionModel<B> = ctcal::weights::load_module(
+//!     UNet2DConditionConfig::from_diffusers_json("weights/tiny-sd21/unet/config.json".as_ref())?
+//!         .init(&device),
+//!     "weights/tiny-sd21/unet".as_ref(),
+//!     None,
+//! )?
+//! .0;
+//! let data = ImageFolder::open("data/metadata.jsonl".as_ref(), 64, BadRowPolicy::Skip)?;
+//! let fitted = Trainer::new(TrainConfig::new(CtcalConfig::sd21()).with_steps(100))
+//!     .output_dir("out/run")
+//!     .lora(LoraConfig::unet_default().with_rank(4))
+//!     .listen(|event| {
+//!         if let Event::Step(log) = event {
+//!             println!("step {} loss {:.4}", log.step, log.loss.total);
+//!         }
+//!     })
+//!     .fit(unet, &pipe, Arc::new(data), &Schedule::Ddpm(DdpmConfig::sd21().init()), &device)?;
+//! # let _ = fitted;
+//! # Ok(())
+//! # }
+//! ```
 
-use crate::nn::normal_tensor;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use std::cell::RefCell;
+
 use burn::tensor::backend::AutodiffBackend;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use serde::Serialize;
 
-use super::checkpoint::{
-    CheckpointParts, CheckpointState, Trained, latest_checkpoint, load_checkpoint, read_state,
-    save_checkpoint,
-};
-use super::{BatchInputs, Ema, TrainConfig, clip_global_norm, stable_ids};
-use crate::ctcal::{Denoiser, LossParts, MapAutoEncoder, Schedule, StepDraw, ctcal_step};
-use crate::data::{Dataset, Loader, LoaderConfig};
+use super::checkpoint::{Trained, save_params};
+use super::outputs::{PreviewBatch, Validation, write_validation};
+use super::steps::{LoopSetup, run_steps};
+use super::{Event, Output, StepLog, TrainConfig, TrainInputs, Trainable, count_params, loss_plot};
+use crate::backend::KernelBackend;
+use crate::calibration::MapAutoEncoder;
+use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::precision::{MixedPrecision, cast_params};
+use crate::lora::{LoraConfig, apply_lora, export_peft};
+use crate::precision::MixedPrecision;
+use crate::schedule::Schedule;
+use crate::viz::save_png;
 
-/// Mixes `(seed, step, stream)` into one seed (SplitMix64 finaliser), so the randomness of a
-/// step does not depend on what ran before it: a resumed run draws exactly what an
-/// uninterrupted one would.
-pub fn step_seed(seed: u64, step: usize, stream: u64) -> u64 {
-    let mut z = seed
-        .wrapping_add((step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-        .wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+/// A training run's settings and listeners; [`fit`](Self::fit) runs it.
+///
+/// What a run writes into its output folder (`out/` by default): `checkpoints/` (every
+/// `checkpoint_every` steps and at the end; `resume(true)` continues from the latest),
+/// `metrics.jsonl`, `maps_start.png` / `maps_end.png` (teacher | student noun maps of the first
+/// captions, before and after), `validation/` when set, `loss.png`, `autoencoder.safetensors`
+/// and, for a LoRA run, `pytorch_lora_weights.safetensors` (PEFT keys under the model's
+/// diffusers prefix, what `pipe.load_lora_weights()` reads). A fully fine-tuned model is in the
+/// returned [`Fitted`]; saving it is the caller's (its layout depends on the model).
+pub struct Trainer<'a> {
+    config: TrainConfig,
+    out: PathBuf,
+    resume: bool,
+    lora: Option<LoraConfig>,
+    previews: bool,
+    validation: Option<Validation>,
+    listeners: Vec<Listener<'a>>,
 }
 
-/// What one optimiser step did, for logging (also a line of `metrics.jsonl`).
-#[derive(Debug, Clone, Serialize)]
-pub struct StepLog {
-    /// Optimiser steps completed.
-    pub step: usize,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Global gradient norm before clipping (0 without clipping).
-    pub grad_norm: f64,
-    /// Loss parts averaged over the micro-batches.
-    pub loss: LossParts,
-    /// Bad samples skipped while loading this step's batches (one line), if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skipped: Option<String>,
-    /// The checkpoint written after this step, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<PathBuf>,
-}
+/// A function that sees every event of a run.
+type Listener<'a> = Box<dyn FnMut(&Event<'_>) + 'a>;
 
-/// Where and how a run writes and resumes.
-#[derive(Debug, Clone)]
-pub struct RunDirs {
-    /// Output folder: `checkpoints/` and `metrics.jsonl` go here.
-    pub out: PathBuf,
-    /// Continue from `out/checkpoints/latest` when it exists.
-    pub resume: bool,
-}
-
-/// The result of [`train`].
+/// What [`Trainer::fit`] returns.
 #[derive(Debug)]
-pub struct TrainedModels<M, A> {
-    /// The trained denoiser.
+pub struct Fitted<M, B: AutodiffBackend> {
+    /// The trained module (adapters not merged).
     pub model: M,
-    /// Its EMA, when kept.
+    /// Its EMA, when the config keeps one.
     pub ema: Option<M>,
     /// The trained map auto-encoder.
-    pub ae: A,
+    pub autoencoder: MapAutoEncoder<B>,
     /// The step the run started from (0, or the resumed checkpoint's).
     pub start_step: usize,
-    /// The last step's log.
-    pub last: Option<StepLog>,
+    /// The logs of the steps this call ran.
+    pub logs: Vec<StepLog>,
 }
 
-/// Trains `model` (its trainable parameters: LoRA adapters or everything, as `trained` says)
-/// with the CTCal loss on `dataset` under `schedule`.
-///
-/// `inputs` turns each loaded batch into model inputs: for cached features any
-/// `Fn(&str) -> usize` giving a noun word's number of text tokens, for image folders a
-/// pipeline's frozen encoders. `on_step` sees every step's log and the model after it (to
-/// render validation images, say); an error from it stops the run. Checkpoints go to `dirs.out/checkpoints` every
-/// `config.checkpoint_every` steps and at the end.
-#[allow(clippy::too_many_arguments)]
-pub fn train<B, M, D>(
-    model: M,
-    trained: Trained,
-    dataset: Arc<D>,
-    schedule: &Schedule,
-    config: &TrainConfig,
-    dirs: &RunDirs,
-    inputs: &dyn BatchInputs<B>,
-    device: &B::Device,
-    mut on_step: impl FnMut(&StepLog, &M) -> Result<()>,
-) -> Result<TrainedModels<M, MapAutoEncoder<B>>>
-where
-    B: AutodiffBackend,
-    M: AutodiffModule<B> + Denoiser<B> + Clone,
-    M::InnerModule: Denoiser<B::InnerBackend>,
-    D: Dataset + 'static,
-{
-    config.validate()?;
-    if config.mixed_precision != MixedPrecision::No && B::name(device).contains("ndarray") {
-        return Err(Error::Config(format!(
-            "mixed_precision {:?}: the ndarray backend has no bf16/f16; train on cuda (or wgpu)",
-            config.mixed_precision
-        )));
+impl<M, B: AutodiffBackend> Fitted<M, B> {
+    /// The model to export: the EMA when kept, else the trained one.
+    pub fn final_model(&self) -> &M {
+        self.ema.as_ref().unwrap_or(&self.model)
     }
-    B::seed(device, step_seed(config.seed, 0, 0xAE));
-    let mut model = stable_ids(model, "denoiser");
-    let mut ae = stable_ids(config.ctcal.autoencoder.init::<B>(device), "autoencoder");
-    let adamw = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .with_epsilon(config.adam_epsilon as f32);
-    let mut optim = adamw.init::<B, M>();
-    let mut optim_ae = adamw.init::<B, MapAutoEncoder<B>>();
-    let root = dirs.out.join("checkpoints");
-    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+}
 
-    // Resume.
-    let mut start = 0;
-    let mut cursor = None;
-    let mut ema = None;
-    if dirs.resume
-        && let Some(dir) = latest_checkpoint(&root)?
-    {
-        let state = read_state(&dir)?;
-        check_compatible(&state, config, trained, &dir)?;
-        let loaded = load_checkpoint(&dir, &state, model, ae, optim, optim_ae, device)?;
-        (model, ae, optim, optim_ae, ema) = loaded;
-        start = state.step;
-        cursor = Some(state.cursor);
-    }
-    let mut ema = config.ema_decay.map(|decay| match ema.take() {
-        Some(m) => Ema { model: m, decay },
-        None => Ema::new(&model, decay),
-    });
-    let metrics_path = dirs.out.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, start)?;
-
-    let loader_config = LoaderConfig::new(config.batch_size, config.seed);
-    let mut loader = Loader::new(dataset, &loader_config, cursor)?;
-    let ae_peak = config.ae_lr.unwrap_or(config.lr);
-    let mut last = None;
-    for step in start..config.steps {
-        B::seed(device, step_seed(config.seed, step, 0xD0));
-        let mut acc = GradientsAccumulator::<M>::new();
-        let mut acc_ae = GradientsAccumulator::<MapAutoEncoder<B>>::new();
-        let mut parts = LossParts::default();
-        let mut skipped = Vec::new();
-        for micro in 0..config.grad_accum {
-            let batch = loader.next_batch()?;
-            if !batch.skipped.0.is_empty() {
-                skipped.push(batch.skipped.to_string());
-            }
-            let data = inputs.train_batch(&batch, device)?;
-            let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step, micro as u64));
-            let draw = draw_step(&mut rng, schedule, config, data.latents.dims(), device)?;
-            let out = match config.mixed_precision.compute_dtype() {
-                // A compute copy per micro-batch; its casts hand the gradients to `model`.
-                Some(dtype) => {
-                    let compute = cast_params(&model, dtype);
-                    ctcal_step(&compute, &ae, &data, &draw, schedule, &config.ctcal)?
-                }
-                None => ctcal_step(&model, &ae, &data, &draw, schedule, &config.ctcal)?,
-            };
-            let mut grads = out.loss.div_scalar(config.grad_accum as f64).backward();
-            acc.accumulate(&model, GradientsParams::from_module(&mut grads, &model));
-            acc_ae.accumulate(&ae, GradientsParams::from_module(&mut grads, &ae));
-            parts = add_parts(parts, out.parts, 1.0 / config.grad_accum as f64);
+impl<'a> Trainer<'a> {
+    /// A run with these settings, writing to `out/`, training every parameter of the module
+    /// (see [`lora`](Self::lora)), with map previews and without validation images.
+    pub fn new(config: TrainConfig) -> Self {
+        Self {
+            config,
+            out: PathBuf::from("out"),
+            resume: false,
+            lora: None,
+            previews: true,
+            validation: None,
+            listeners: Vec::new(),
         }
-        if !parts.total.is_finite() {
-            return Err(Error::Training(format!(
-                "step {}: the loss is {} (diffusion {}, ctcal {}); stopped before updating the \
-                 weights, the last checkpoint in {} is intact (lower --lr or check the data)",
-                step + 1,
-                parts.total,
-                parts.diffusion,
-                parts.ctcal,
-                root.display()
+    }
+
+    /// The output folder.
+    pub fn output_dir(mut self, out: impl Into<PathBuf>) -> Self {
+        self.out = out.into();
+        self
+    }
+
+    /// Continue from the latest checkpoint in the output folder, when there is one.
+    pub fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// Freeze the module and train LoRA adapters on the projections `config` names (seeded by
+    /// the run's seed) instead of every parameter.
+    pub fn lora(mut self, config: LoraConfig) -> Self {
+        self.lora = Some(config);
+        self
+    }
+
+    /// Write teacher | student noun maps of the first captions before and after (default on).
+    pub fn map_previews(mut self, on: bool) -> Self {
+        self.previews = on;
+        self
+    }
+
+    /// Render validation images during the run.
+    pub fn validation(mut self, validation: Validation) -> Self {
+        self.validation = Some(validation);
+        self
+    }
+
+    /// Adds a listener that sees every [`Event`] of the run.
+    pub fn listen(mut self, listener: impl FnMut(&Event<'_>) + 'a) -> Self {
+        self.listeners.push(Box::new(listener));
+        self
+    }
+
+    /// The run's settings.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    fn emit(&mut self, event: &Event<'_>) {
+        for listener in &mut self.listeners {
+            listener(event);
+        }
+    }
+
+    fn wrote(&mut self, output: Output, path: &Path, step: usize) {
+        self.emit(&Event::Wrote { output, path, step });
+    }
+
+    /// Trains `model` on `dataset` under `schedule`, with `inputs` (a pipeline's frozen
+    /// encoders, or cached features) turning batches into step inputs, and writes the run's
+    /// outputs.
+    pub fn fit<B, M, I, D>(
+        mut self,
+        model: M,
+        inputs: &I,
+        dataset: Arc<D>,
+        schedule: &Schedule,
+        device: &B::Device,
+    ) -> Result<Fitted<M, B>>
+    where
+        B: AutodiffBackend + KernelBackend,
+        M: Trainable<B>,
+        I: TrainInputs<B, M> + ?Sized,
+        D: Dataset + 'static,
+    {
+        self.config.validate()?;
+        if self.config.mixed_precision != MixedPrecision::No && !B::HALF_PRECISION {
+            return Err(Error::Config(format!(
+                "mixed_precision {:?}: the ndarray backend has no bf16/f16; train on cuda (or \
+                 wgpu)",
+                self.config.mixed_precision
             )));
         }
-        let (mut grads, mut grads_ae) = (acc.grads(), acc_ae.grads());
-        let grad_norm = match config.max_grad_norm {
-            Some(max) => clip_global_norm((&model, &mut grads), (&ae, &mut grads_ae), max),
-            None => 0.0,
+        let (model, trained, report) = match &self.lora {
+            Some(lora) => {
+                let (model, report) = apply_lora(model, lora, self.config.seed)?;
+                (model, Trained::Lora, Some(report))
+            }
+            None => (model, Trained::Full, None),
         };
-        let lr = config.lr_at(step, config.lr);
-        model = optim.step(lr, model, grads);
-        ae = optim_ae.step(config.lr_at(step, ae_peak), ae, grads_ae);
-        if let Some(ema) = ema.as_mut() {
-            ema.update(&model);
+        let (trainable, total) = count_params(&model);
+        self.emit(&Event::Prepared {
+            lora: report.as_ref(),
+            trainable,
+            total,
+        });
+
+        let out = self.out.clone();
+        let preview = match self.previews {
+            true => Some(PreviewBatch::new(
+                &*dataset,
+                inputs,
+                &model,
+                &self.config,
+                device,
+            )?),
+            false => None,
+        };
+        if let Some(preview) = &preview {
+            let path = out.join("maps_start.png");
+            preview.write(model.denoiser(), schedule, &self.config, &path)?;
+            self.wrote(Output::MapPreview, &path, 0);
+        }
+        let validation = self.validation.clone().map(|mut v| {
+            if v.prompts.is_empty() {
+                v.prompts = preview
+                    .as_ref()
+                    .map(|p| p.first_captions(2))
+                    .unwrap_or_default();
+            }
+            v
+        });
+        let last = self.config.steps;
+        let due = |v: &Validation, step: usize| {
+            v.every > 0 && !v.prompts.is_empty() && (step.is_multiple_of(v.every) || step == last)
+        };
+        if let Some(v) = validation.as_ref().filter(|v| due(v, 0)) {
+            let path = write_validation(inputs, &model.valid(), v, self.config.seed, 0, &out)?;
+            self.wrote(Output::Validation, &path, 0);
         }
 
-        let done = step + 1;
-        let every = config.checkpoint_every;
-        let checkpoint = if done == config.steps || (every > 0 && done % every == 0) {
-            let state = CheckpointState {
-                step: done,
-                cursor: loader.cursor(),
-                config: config.clone(),
-                trained,
-            };
-            let parts = CheckpointParts {
-                model: &model,
-                ae: &ae,
-                optim: &optim,
-                optim_ae: &optim_ae,
-                ema: ema.as_ref().map(|e| &e.model),
-                _b: std::marker::PhantomData,
-            };
-            Some(save_checkpoint(&root, &state, parts)?)
-        } else {
-            None
+        let config = self.config.clone();
+        let mut logs = Vec::new();
+        let samples = dataset.len();
+        let setup = LoopSetup {
+            config: &config,
+            trained,
+            inputs,
+            dataset,
+            schedule,
+            out: &out,
+            resume: self.resume,
         };
-        let log = StepLog {
-            step: done,
-            lr,
-            grad_norm,
-            loss: parts,
-            skipped: (!skipped.is_empty()).then(|| skipped.join("; ")),
-            checkpoint,
+        let listeners = RefCell::new(&mut self.listeners);
+        let emit = |event: &Event<'_>| {
+            listeners
+                .borrow_mut()
+                .iter_mut()
+                .for_each(|listener| listener(event))
         };
-        write_metrics(&mut metrics, &metrics_path, &log)?;
-        on_step(&log, &model)?;
-        last = Some(log);
+        let end = run_steps(
+            model,
+            setup,
+            device,
+            |start| {
+                emit(&Event::Started {
+                    start,
+                    steps: config.steps,
+                    samples,
+                })
+            },
+            |log, model| {
+                emit(&Event::Step(log));
+                if let Some(dir) = &log.checkpoint {
+                    emit(&Event::Wrote {
+                        output: Output::Checkpoint,
+                        path: dir,
+                        step: log.step,
+                    });
+                }
+                if let Some(v) = validation.as_ref().filter(|v| due(v, log.step)) {
+                    let path =
+                        write_validation(inputs, &model.valid(), v, config.seed, log.step, &out)?;
+                    emit(&Event::Wrote {
+                        output: Output::Validation,
+                        path: &path,
+                        step: log.step,
+                    });
+                }
+                logs.push(log.clone());
+                Ok(())
+            },
+        )?;
+
+        let fitted = Fitted {
+            model: end.model,
+            ema: end.ema,
+            autoencoder: end.ae,
+            start_step: end.start,
+            logs,
+        };
+        let step = config.steps;
+        if trained == Trained::Lora {
+            let path = out.join("pytorch_lora_weights.safetensors");
+            export_peft(fitted.final_model(), &path, M::PEFT_PREFIX)?;
+            self.wrote(Output::LoraWeights, &path, step);
+        }
+        let path = out.join("autoencoder.safetensors");
+        save_params(&fitted.autoencoder, &path, |_, _| true)?;
+        self.wrote(Output::AutoEncoder, &path, step);
+        if let Some(preview) = &preview {
+            let path = out.join("maps_end.png");
+            preview.write(fitted.final_model().denoiser(), schedule, &config, &path)?;
+            self.wrote(Output::MapPreview, &path, step);
+        }
+        let path = out.join("loss.png");
+        save_png(&loss_plot(&fitted.logs, config.ctcal.lambda_ctcal), &path)?;
+        self.wrote(Output::LossPlot, &path, step);
+        Ok(fitted)
     }
-    Ok(TrainedModels {
-        model,
-        ema: ema.map(|e| e.model),
-        ae,
-        start_step: start,
-        last,
-    })
-}
-
-/// The noise and levels of one micro-batch, from its own RNG.
-fn draw_step<B: AutodiffBackend>(
-    rng: &mut StdRng,
-    schedule: &Schedule,
-    config: &TrainConfig,
-    shape: [usize; 4],
-    device: &B::Device,
-) -> Result<StepDraw<B>> {
-    let (student, teacher) = schedule.sample_levels(rng, shape[0], config.ctcal.teacher)?;
-    Ok(StepDraw {
-        noise: normal_tensor(rng, shape, device),
-        student,
-        teacher,
-    })
-}
-
-fn add_parts(a: LossParts, b: LossParts, w: f64) -> LossParts {
-    LossParts {
-        total: a.total + w * b.total,
-        diffusion: a.diffusion + w * b.diffusion,
-        ctcal: a.ctcal + w * b.ctcal,
-        pixel: a.pixel + w * b.pixel,
-        semantic: a.semantic + w * b.semantic,
-        recon: a.recon + w * b.recon,
-        balance: a.balance + w * b.balance,
-    }
-}
-
-/// A resumed run must draw the same data and randomness as the one it continues.
-fn check_compatible(
-    state: &CheckpointState,
-    config: &TrainConfig,
-    trained: Trained,
-    dir: &Path,
-) -> Result<()> {
-    let c = &state.config;
-    let differs = [
-        ("seed", c.seed != config.seed),
-        ("batch_size", c.batch_size != config.batch_size),
-        ("grad_accum", c.grad_accum != config.grad_accum),
-        (
-            "trained parameters (LoRA or full)",
-            state.trained != trained,
-        ),
-        (
-            "ema_decay",
-            c.ema_decay.is_some() != config.ema_decay.is_some(),
-        ),
-    ];
-    match differs.iter().find(|(_, d)| *d) {
-        Some((field, _)) => Err(Error::Config(format!(
-            "cannot resume from {}: its {field} differs from this run's",
-            dir.display()
-        ))),
-        None if state.step > config.steps => Err(Error::Config(format!(
-            "cannot resume from {}: it is at step {} but this run has steps = {}",
-            dir.display(),
-            state.step,
-            config.steps
-        ))),
-        None => Ok(()),
-    }
-}
-
-/// Opens `metrics.jsonl` for appending, dropping lines past `start` (left by a run that died
-/// after its last checkpoint).
-fn open_metrics(path: &Path, start: usize) -> Result<std::fs::File> {
-    let kept: Vec<String> = if start > 0 && path.exists() {
-        std::fs::read_to_string(path)
-            .map_err(|e| Error::io(path, e))?
-            .lines()
-            .filter(|line| {
-                serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v["step"].as_u64())
-                    .is_some_and(|s| s as usize <= start)
-            })
-            .map(str::to_string)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut text = kept.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    crate::weights::write_atomic(path, text.as_bytes())?;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))
-}
-
-fn write_metrics(file: &mut std::fs::File, path: &Path, log: &StepLog) -> Result<()> {
-    let line = serde_json::to_string(log).map_err(|error| Error::Json {
-        path: path.to_path_buf(),
-        error,
-    })?;
-    writeln!(file, "{line}").map_err(|e| Error::io(path, e))
 }

@@ -7,9 +7,10 @@
 use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use super::resnet::ResnetBlock2D;
 use super::transformer::Transformer2DModel;
 use crate::attention::{AttentionBackend, AttentionHook};
+use crate::nn::{Downsample2D, Upsample2D};
 
 /// `CrossAttnDownBlock2D` (with `attentions`) or `DownBlock2D` (without).
 #[derive(Module, Debug)]

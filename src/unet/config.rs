@@ -6,6 +6,7 @@ use std::path::Path;
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ConfigFile;
 use crate::error::Error;
 
 /// A down block type (diffusers `down_block_types` entries).
@@ -191,13 +192,9 @@ impl UNet2DConditionConfig {
     /// embeddings, additional embeddings, other block types, activations other than SiLU) are
     /// errors naming the field rather than silently ignored.
     pub fn from_diffusers_json(path: &Path) -> crate::Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let raw: DiffusersUNetConfig = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: path.to_path_buf(),
-            error: e,
-        })?;
-        raw.into_config()
-            .map_err(|msg| Error::Config(format!("{}: {msg}", path.display())))
+        let file = ConfigFile::read(path)?;
+        let raw: DiffusersUNetConfig = file.deserialize()?;
+        raw.into_config().map_err(|msg| file.error(&msg))
     }
 }
 

@@ -9,23 +9,26 @@ mod config;
 mod resnet;
 mod transformer;
 
+pub use crate::nn::{Downsample2D, Upsample2D};
 pub use blocks::{DownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D};
 pub use config::{DownBlockType, UNet2DConditionConfig, UpBlockType};
-pub(crate) use resnet::nearest_resize; // also used by the CTCal map auto-encoder
-pub use resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+pub use resnet::ResnetBlock2D;
 pub use transformer::{BasicTransformerBlock, Projection, Transformer2DModel};
 
-use crate::nn::{conv2d, silu};
+use crate::nn::{conv2d, conv3x3, silu};
 use crate::precision::in_accumulation;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::{FloatDType, Tensor, backend::Backend};
 
-use crate::attention::{AttentionBackend, AttentionHook, AttentionSite, BlockPos, NoHook};
+use crate::attention::{
+    AttentionBackend, AttentionHook, AttentionKind, AttentionSite, BlockPos, NoHook,
+};
+use crate::denoiser::{Denoiser, TextCond};
 use crate::error::{Error, Result};
 use crate::nn::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
-use resnet::conv3x3;
+use crate::precision::{cast_to, upcast};
 use transformer::{TransformerArgs, TransformerPlace};
 
 /// The parameter-free sinusoidal timestep features (diffusers `Timesteps`).
@@ -319,5 +322,26 @@ impl<B: Backend> UNet2DConditionModel<B> {
             .flat_map(|t| t.transformer_blocks.iter())
             .flat_map(|tb| [tb.attn1.site, tb.attn2.site])
             .collect()
+    }
+}
+
+/// The UNet as a [`Denoiser`]: inputs cast to the parameters' type, the prediction returned wide.
+impl<B: AttentionBackend> Denoiser<B> for UNet2DConditionModel<B> {
+    fn denoise<H: AttentionHook<B>>(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        cond: &TextCond<B>,
+        hook: &mut H,
+    ) -> Result<Tensor<B, 4>> {
+        self.check_inputs(x.dims(), timesteps.dims(), cond.hidden.dims())?;
+        // Inputs in the parameters' type (bf16 for a `cast_params` copy), prediction wide.
+        let dtype = self.conv_in.weight.val().dtype();
+        let (x, hidden) = (cast_to(x, dtype), cast_to(cond.hidden.clone(), dtype));
+        Ok(upcast(self.forward_with_hook(x, timesteps, hidden, hook)))
+    }
+
+    fn map_kind(&self) -> AttentionKind {
+        AttentionKind::Cross
     }
 }

@@ -1,28 +1,12 @@
-//! `ResnetBlock2D`, `Downsample2D` and `Upsample2D` (diffusers `resnet.py`, `downsampling.py`,
-//! `upsampling.py`), in the variants SD 1.x/2.x use.
+//! `ResnetBlock2D` (diffusers `resnet.py`) in the variant SD 1.x/2.x's UNet uses.
 
-use crate::nn::{conv2d, silu};
+use crate::backend::KernelBackend;
+use crate::nn::{conv2d, conv3x3, silu};
 use crate::precision::in_accumulation;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
-
-/// A 3x3 convolution with padding 1 and the given stride.
-pub(crate) fn conv3x3<B: Backend>(
-    cin: usize,
-    cout: usize,
-    stride: usize,
-    padding: usize,
-    device: &B::Device,
-) -> Conv2d<B> {
-    Conv2dConfig::new([cin, cout], [3, 3])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(
-            padding, padding, padding, padding,
-        ))
-        .init(device)
-}
 
 /// `norm1 -> SiLU -> conv1 (+ time_emb_proj(SiLU(temb))) -> norm2 -> SiLU -> conv2`, plus a
 /// shortcut (`conv_shortcut`, 1x1, when the widths differ), divided by `output_scale_factor`.
@@ -75,7 +59,10 @@ impl<B: Backend> ResnetBlock2D<B> {
     /// # Shapes
     /// - `x`: `[batch, in_channels, h, w]`, `temb`: `[batch, temb_channels]`
     /// - returns `[batch, out_channels, h, w]`
-    pub fn forward(&self, x: Tensor<B, 4>, temb: Tensor<B, 2>) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<B, 4>, temb: Tensor<B, 2>) -> Tensor<B, 4>
+    where
+        B: KernelBackend,
+    {
         let h = conv2d(
             &self.conv1,
             silu(in_accumulation(x.clone(), |x| self.norm1.forward(x))),
@@ -96,65 +83,5 @@ impl<B: Backend> ResnetBlock2D<B> {
         } else {
             out.div_scalar(self.output_scale_factor)
         }
-    }
-}
-
-/// A stride-2 3x3 convolution (`downsamplers.0.conv`).
-#[derive(Module, Debug)]
-pub struct Downsample2D<B: Backend> {
-    /// The convolution.
-    pub conv: Conv2d<B>,
-}
-
-impl<B: Backend> Downsample2D<B> {
-    /// Builds the layer with diffusers' `downsample_padding`.
-    pub fn new(channels: usize, padding: usize, device: &B::Device) -> Self {
-        Self {
-            conv: conv3x3(channels, channels, 2, padding, device),
-        }
-    }
-
-    /// `[b, c, h, w]` to `[b, c, (h + 2p - 3) / 2 + 1, ...]`.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        conv2d(&self.conv, x)
-    }
-}
-
-/// Nearest-neighbour upsampling to a target size, then a 3x3 convolution
-/// (`upsamplers.0.conv`).
-#[derive(Module, Debug)]
-pub struct Upsample2D<B: Backend> {
-    /// The convolution.
-    pub conv: Conv2d<B>,
-}
-
-impl<B: Backend> Upsample2D<B> {
-    /// Builds the layer.
-    pub fn new(channels: usize, device: &B::Device) -> Self {
-        Self {
-            conv: conv3x3(channels, channels, 1, 1, device),
-        }
-    }
-
-    /// Upsamples `x` to `size` (`2h`, or `2h - 1` where the skip connection it meets has an
-    /// odd side, as diffusers' `upsample_size`), then convolves.
-    pub fn forward(&self, x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
-        conv2d(&self.conv, nearest_resize(x, size))
-    }
-}
-
-/// Nearest-neighbour resize to `size` where each side is `2n` or `2n - 1`: pixel `i` takes
-/// source `floor(i * n / out)`, which equals `floor(i / 2)` for those sizes, so an exact 2x
-/// repeat cropped to `size` reproduces PyTorch's `interpolate(mode="nearest")`.
-pub(crate) fn nearest_resize<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
-    let [b, c, h, w] = x.dims();
-    let up = x
-        .reshape([b, c, h, 1, w, 1])
-        .expand([b, c, h, 2, w, 2])
-        .reshape([b, c, 2 * h, 2 * w]);
-    if size == [2 * h, 2 * w] {
-        up
-    } else {
-        up.slice([0..b, 0..c, 0..size[0], 0..size[1]])
     }
 }

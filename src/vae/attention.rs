@@ -14,7 +14,7 @@ use burn::module::Module;
 use burn::nn::{GroupNorm, Linear, LinearConfig};
 use burn::tensor::{DType, Tensor, backend::Backend};
 
-use super::blocks::group_norm;
+use super::norm::group_norm;
 use crate::attention::chunked;
 
 /// The largest score block (`batch * query_chunk * keys` elements) computed at once: 16 Mi

@@ -8,29 +8,13 @@
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
+use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::{Tensor, backend::Backend};
 
 use super::attention::Attention;
-use crate::nn::silu;
-use crate::unet::{Downsample2D, Upsample2D};
-
-/// The epsilon of every group norm in diffusers' VAE encoder and decoder.
-pub(crate) const VAE_EPS: f64 = 1e-6;
-
-/// A group norm with the VAE's epsilon.
-pub(crate) fn group_norm<B: Backend>(groups: usize, c: usize, device: &B::Device) -> GroupNorm<B> {
-    GroupNormConfig::new(groups, c)
-        .with_epsilon(VAE_EPS)
-        .init(device)
-}
-
-/// A 3x3 convolution with padding 1.
-pub(crate) fn conv3x3<B: Backend>(cin: usize, cout: usize, device: &B::Device) -> Conv2d<B> {
-    Conv2dConfig::new([cin, cout], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .init(device)
-}
+use super::norm::{conv3x3, group_norm};
+use crate::backend::KernelBackend;
+use crate::nn::{Downsample2D, Upsample2D, silu};
 
 /// `norm1 -> SiLU -> conv1 -> norm2 -> SiLU -> conv2`, plus a shortcut (`conv_shortcut`, 1x1,
 /// when the widths differ): diffusers' `ResnetBlock2D` without a time embedding.
@@ -114,7 +98,10 @@ impl<B: Backend> DownEncoderBlock2D<B> {
 
     /// `[b, cin, h, w]` to `[b, cout, floor(h / 2), floor(w / 2)]` (or `[b, cout, h, w]` at the
     /// last level).
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4>
+    where
+        B: KernelBackend,
+    {
         let x = self.resnets.iter().fold(x, |x, r| r.forward(x));
         self.downsamplers.iter().fold(x, |x, d| d.forward(x))
     }
@@ -154,7 +141,10 @@ impl<B: Backend> UpDecoderBlock2D<B> {
     }
 
     /// `[b, cin, h, w]` to `[b, cout, 2h, 2w]` (or `[b, cout, h, w]` at the last level).
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4>
+    where
+        B: KernelBackend,
+    {
         let x = self.resnets.iter().fold(x, |x, r| r.forward(x));
         self.upsamplers.iter().fold(x, |x, u| {
             let [_, _, h, w] = x.dims();

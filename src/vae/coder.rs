@@ -5,8 +5,10 @@ use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, backend::Backend};
 
-use super::blocks::{DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D, conv3x3, group_norm};
+use super::blocks::{DownEncoderBlock2D, UNetMidBlock2D, UpDecoderBlock2D};
 use super::config::AutoencoderKLConfig;
+use super::norm::{conv3x3, group_norm};
+use crate::backend::KernelBackend;
 use crate::nn::silu;
 
 /// Image to latent moments: `conv_in`, one [`DownEncoderBlock2D`] per level, the mid block,
@@ -57,7 +59,10 @@ impl<B: Backend> Encoder<B> {
     /// # Shapes
     /// - `x`: `[batch, in_channels, h, w]`
     /// - returns `[batch, 2 * latent_channels, h / f, w / f]` with `f = 2^(levels - 1)`
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4>
+    where
+        B: KernelBackend,
+    {
         let x = self.conv_in.forward(x);
         let x = self.down_blocks.iter().fold(x, |x, b| b.forward(x));
         let x = self.mid_block.forward(x);
@@ -113,7 +118,10 @@ impl<B: Backend> Decoder<B> {
     /// # Shapes
     /// - `z`: `[batch, latent_channels, h, w]`
     /// - returns `[batch, out_channels, h * f, w * f]` with `f = 2^(levels - 1)`
-    pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4>
+    where
+        B: KernelBackend,
+    {
         let x = self.conv_in.forward(z);
         let x = self.mid_block.forward(x);
         let x = self.up_blocks.iter().fold(x, |x, b| b.forward(x));

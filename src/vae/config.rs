@@ -190,7 +190,7 @@ impl AutoencoderKLConfig {
     /// defaults, unknown fields are errors naming the field (so a config of another
     /// autoencoder is not silently misread).
     pub fn from_diffusers_json(path: &Path) -> crate::Result<Self> {
-        crate::weights::read_diffusers_config(
+        crate::config::read_diffusers_config(
             path,
             &Self::new(),
             &KNOWN_FIELDS,

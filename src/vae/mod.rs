@@ -18,6 +18,7 @@ mod coder;
 mod config;
 mod gaussian;
 mod image;
+mod norm;
 
 pub use attention::{Attention, MAX_SCORES};
 pub use blocks::{DownEncoderBlock2D, ResnetBlock2D, UNetMidBlock2D, UpDecoderBlock2D};
@@ -30,6 +31,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Tensor, backend::Backend};
 
+use crate::backend::KernelBackend;
 use crate::error::{Error, Result};
 
 /// diffusers' `AutoencoderKL`: [`Encoder`], optional 1x1 `quant_conv` and `post_quant_conv`,
@@ -85,7 +87,10 @@ impl<B: Backend> AutoencoderKL<B> {
     /// - `x`: `[batch, 3, h, w]` in `[-1, 1]`, `h` and `w` multiples of the `downscale` field
     ///   (other sizes are floored, as in diffusers)
     /// - mean and log-variance: `[batch, latent_channels, h / f, w / f]`
-    pub fn encode(&self, x: Tensor<B, 4>) -> Result<DiagonalGaussian<B>> {
+    pub fn encode(&self, x: Tensor<B, 4>) -> Result<DiagonalGaussian<B>>
+    where
+        B: KernelBackend,
+    {
         let [_, c, h, w] = x.dims();
         let expected = self.encoder.conv_in.weight.dims()[1];
         if c != expected || h < self.downscale || w < self.downscale {
@@ -107,7 +112,10 @@ impl<B: Backend> AutoencoderKL<B> {
     ///
     /// # Shapes
     /// - `z`: `[batch, latent_channels, h, w]`; returns `[batch, 3, h * f, w * f]`
-    pub fn decode(&self, z: Tensor<B, 4>) -> Result<Tensor<B, 4>> {
+    pub fn decode(&self, z: Tensor<B, 4>) -> Result<Tensor<B, 4>>
+    where
+        B: KernelBackend,
+    {
         let [_, c, _, _] = z.dims();
         if c != self.latent_channels {
             return Err(Error::Input(format!(

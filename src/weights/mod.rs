@@ -19,14 +19,12 @@
 //! `TensorSnapshot`s ourselves. Missing, unexpected and mis-shaped keys are errors, never
 //! ignored.
 
-mod config_json;
 mod expected;
 pub mod keys;
 mod reader;
 mod save;
 mod tensor_file;
 
-pub use config_json::read_diffusers_config;
 pub use expected::{ExpectedTensor, expected_tensors};
 pub use keys::{is_adapter_path, to_diffusers_key};
 pub use reader::CheckpointFiles;

@@ -10,6 +10,7 @@ use burn_store::TensorSnapshotError;
 use safetensors::{Dtype, SafeTensors};
 
 use super::tensor_file::decode_f32;
+use crate::config::ConfigFile;
 use crate::error::{Error, Result};
 
 /// The files holding one model's weights.
@@ -80,12 +81,9 @@ impl CheckpointFiles {
 
     /// The shards listed in a `*.safetensors.index.json` (paths relative to the index).
     pub fn from_index(index: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-            path: index.to_path_buf(),
-            error: e,
-        })?;
-        let map = json
+        let file = ConfigFile::read(index)?;
+        let map = file
+            .fields()
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| {
@@ -213,12 +211,8 @@ fn check_index(
     tensors: &HashMap<String, LazyTensor>,
     skip: &dyn Fn(&str) -> bool,
 ) -> Result<()> {
-    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
-        path: index.to_path_buf(),
-        error: e,
-    })?;
-    if let Some(map) = json.get("weight_map").and_then(|m| m.as_object()) {
+    let file = ConfigFile::read(index)?;
+    if let Some(map) = file.fields().get("weight_map").and_then(|m| m.as_object()) {
         for (key, file) in map {
             if !skip(key) && !tensors.contains_key(key) {
                 return Err(Error::Weights(format!(

@@ -8,11 +8,13 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::ctcal::{
-    CtcalConfig, Denoiser, LossParts, MapAutoEncoderConfig, NounGroups, Schedule, StepDraw,
-    TextCond, TrainBatch, ctcal_step,
+use ctcal::calibration::{
+    CtcalConfig, LossParts, MapAutoEncoderConfig, StepDraw, TrainBatch, ctcal_step,
 };
+use ctcal::denoiser::{Denoiser, TextCond};
 use ctcal::mmdit::SD3Transformer2DConfig;
+use ctcal::nouns::NounGroups;
+use ctcal::schedule::Schedule;
 use ctcal::schedule::{DdpmConfig, FlowConfig};
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::{CheckpointFiles, TensorFile, load_files, load_module};

@@ -9,18 +9,33 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
-use ctcal::ctcal::{CtcalConfig, Schedule};
+use ctcal::calibration::CtcalConfig;
 use ctcal::data::{BadRowPolicy, CachedFeatures, ImageFolder};
-use ctcal::lora::{LoraConfig, apply_lora};
+use ctcal::lora::LoraConfig;
 use ctcal::mmdit::SD3Transformer2DConfig;
-use ctcal::pipeline::ImageInputs;
-use ctcal::schedule::FlowConfig;
-use ctcal::shapes::load_shapes_pipeline;
-use ctcal::train::{RunDirs, StepLog, TrainConfig, Trained, train};
+use ctcal::nouns::CountedTokens;
+use ctcal::pipeline::shapes::load_shapes_pipeline;
+use ctcal::schedule::{FlowConfig, Schedule};
+use ctcal::train::{CachedInputs, Event, StepLog, TrainConfig, Trainer};
 use ctcal::unet::UNet2DConditionModel;
 use ctcal::weights::load_module;
 
 use crate::common::Cpu;
+
+/// 30 steps of batch 2 at lr 1e-4, seed 0, checkpoints only at the end, into a fresh folder.
+fn trainer<'a>(config: TrainConfig, out: &Path, logs: &'a mut Vec<StepLog>) -> Trainer<'a> {
+    let config = config
+        .with_steps(30)
+        .with_batch_size(2)
+        .with_lr(1e-4)
+        .with_checkpoint_every(0);
+    let _ = std::fs::remove_dir_all(out);
+    Trainer::new(config).output_dir(out).listen(|event| {
+        if let Event::Step(log) = event {
+            logs.push((*log).clone())
+        }
+    })
+}
 
 #[test]
 fn tiny_sd3_cached_features_run_lowers_the_loss() {
@@ -29,36 +44,21 @@ fn tiny_sd3_cached_features_run_lowers_the_loss() {
     let dir = root.join("weights/tiny-sd3/transformer");
     let config = SD3Transformer2DConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     let (model, _) = load_module(config.init::<Autodiff<Cpu>>(&device), &dir, None).unwrap();
-    let (model, _) = apply_lora(model, &LoraConfig::mmdit_default(), 0).unwrap();
     let meta = root.join("weights/tiny-data/metadata.jsonl");
     let dataset = Arc::new(CachedFeatures::open(&meta, BadRowPolicy::Fail).unwrap());
     let schedule = Schedule::Flow(FlowConfig::sd3_medium().init());
-    let config = TrainConfig::new(CtcalConfig::sd3())
-        .with_steps(30)
-        .with_batch_size(2)
-        .with_lr(1e-4)
-        .with_checkpoint_every(0);
     let out = std::env::temp_dir().join(format!("ctcal-default-{}", std::process::id()));
-    let dirs = RunDirs {
-        out: out.clone(),
-        resume: false,
-    };
-    let mut logs: Vec<StepLog> = Vec::new();
-    train(
-        model,
-        Trained::Lora,
-        dataset,
-        &schedule,
-        &config,
-        &dirs,
-        &|_: &str| 1,
-        &device,
-        |l, _| {
-            logs.push(l.clone());
-            Ok(())
-        },
-    )
-    .unwrap();
+    let mut logs = Vec::new();
+    trainer(TrainConfig::new(CtcalConfig::sd3()), &out, &mut logs)
+        .lora(LoraConfig::mmdit_default())
+        .fit(
+            model,
+            &CachedInputs(CountedTokens(|_: &str| 1)),
+            dataset,
+            &schedule,
+            &device,
+        )
+        .unwrap();
     assert_lowered(&logs);
     let _ = std::fs::remove_dir_all(&out);
 }
@@ -73,40 +73,23 @@ fn embedded_default_run_lowers_the_loss() {
     )
     .unwrap();
     let arch = pipe.arch;
-    let (model, _) = apply_lora(unet, &arch.lora(4), 0).unwrap();
     let meta = root.join("weights/shapes-data/metadata.jsonl");
     let dataset = Arc::new(ImageFolder::open(&meta, 32, BadRowPolicy::Fail).unwrap());
-    let config = TrainConfig::new(arch.ctcal())
-        .with_steps(30)
-        .with_batch_size(2)
-        .with_lr(1e-4)
-        .with_checkpoint_every(0);
     let out = std::env::temp_dir().join(format!("ctcal-shapes-default-{}", std::process::id()));
-    let dirs = RunDirs {
-        out: out.clone(),
-        resume: false,
-    };
-    let inputs = ImageInputs {
-        pipeline: &pipe,
-        sample_posterior: true,
-    };
-    let mut logs: Vec<StepLog> = Vec::new();
-    train(
-        model,
-        Trained::Lora,
-        dataset,
-        &arch.schedule(),
-        &config,
-        &dirs,
-        &inputs,
-        &device,
-        |l, _| {
-            logs.push(l.clone());
-            Ok(())
-        },
-    )
-    .unwrap();
+    let mut logs = Vec::new();
+    trainer(TrainConfig::new(arch.ctcal()), &out, &mut logs)
+        .lora(arch.lora(4))
+        .fit(unet, &pipe, dataset, &arch.schedule(), &device)
+        .unwrap();
     assert_lowered(&logs);
+    for file in [
+        "pytorch_lora_weights.safetensors",
+        "maps_start.png",
+        "maps_end.png",
+        "loss.png",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
     let _ = std::fs::remove_dir_all(&out);
 }
 

@@ -17,6 +17,7 @@ mod text_naming;
 mod text_parity;
 mod tokenizer_parity;
 mod train_resume;
+mod trainer_api;
 mod unet_naming;
 mod unet_parity;
 mod vae_naming;

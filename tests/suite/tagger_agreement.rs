@@ -1,7 +1,7 @@
 //! The built-in noun tagger against spaCy's `en_core_web_sm` (3.8) on 600 compositional
 //! captions (`scripts/make_noun_captions.py`): word-level agreement on noun / not noun.
 
-use ctcal::ctcal::tagger::{tag_nouns, words};
+use ctcal::nouns::{tag_nouns, words};
 
 use crate::common::fixture;
 

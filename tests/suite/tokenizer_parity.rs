@@ -6,10 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ctcal::ctcal::NounGroups;
-use ctcal::ctcal::tagger::{tag_nouns, word_spans, words};
-use ctcal::data::Nouns;
-use ctcal::text::{ClipTokenizer, CountedTokens, Encoding, T5Tokenizer, WordTokens};
+use ctcal::nouns::NounGroups;
+use ctcal::nouns::Nouns;
+use ctcal::nouns::{CountedTokens, WordTokens};
+use ctcal::nouns::{tag_nouns, word_spans, words};
+use ctcal::text::{ClipTokenizer, Encoding, T5Tokenizer};
 use serde_json::Value;
 
 use crate::common::fixture;

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::backend::Autodiff;
-use ctcal::ctcal::{CtcalConfig, Schedule};
+use ctcal::calibration::CtcalConfig;
 use ctcal::data::{BadRowPolicy, CachedFeatures, HostTensor, write_cached_sample};
-use ctcal::lora::{LoraConfig, apply_lora};
+use ctcal::lora::LoraConfig;
+use ctcal::nouns::CountedTokens;
 use ctcal::schedule::DdpmConfig;
-use ctcal::train::{RunDirs, TrainConfig, Trained, train};
+use ctcal::schedule::Schedule;
+use ctcal::train::{CachedInputs, Event, TrainConfig, Trained, Trainer};
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::{TensorFile, load_module};
 
@@ -81,14 +83,6 @@ fn run_with(
     let dir = fixture("unet_sd2/unet");
     let unet_config = UNet2DConditionConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     let (unet, _) = load_module(unet_config.init::<A>(&device), &dir, None).unwrap();
-    let unet = match trained {
-        Trained::Full => unet,
-        Trained::Lora => {
-            apply_lora(unet, &LoraConfig::unet_default().with_rank(2), 3)
-                .unwrap()
-                .0
-        }
-    };
     let data = out.join("data");
     let meta = if data.exists() {
         data.join("metadata.jsonl")
@@ -97,24 +91,20 @@ fn run_with(
     };
     let dataset = Arc::new(CachedFeatures::open(&meta, BadRowPolicy::Fail).unwrap());
     let schedule = Schedule::Ddpm(DdpmConfig::sd21().init());
-    let dirs = RunDirs {
-        out: out.to_path_buf(),
-        resume,
-    };
-    train(
-        unet,
-        trained,
-        dataset,
-        &schedule,
-        &config,
-        &dirs,
-        &|_: &str| 1,
-        &device,
-        |log, _| {
-            on_step(log);
-            Ok(())
-        },
-    )?;
+    let mut trainer = Trainer::new(config)
+        .output_dir(out)
+        .resume(resume)
+        .map_previews(false)
+        .listen(|event| {
+            if let Event::Step(log) = event {
+                on_step(log)
+            }
+        });
+    if trained == Trained::Lora {
+        trainer = trainer.lora(LoraConfig::unet_default().with_rank(2));
+    }
+    let inputs = CachedInputs(CountedTokens(|_: &str| 1));
+    trainer.fit(unet, &inputs, dataset, &schedule, &device)?;
     Ok(())
 }
 

@@ -20,7 +20,7 @@ fn load_vae<B: Backend>(dir: &Path, device: &B::Device) -> ctcal::Result<Autoenc
 }
 
 /// Runs `case` with the weights in `weights` and checks every output against diffusers.
-fn check_case<B: Backend>(case: &str, weights: &Path, device: &B::Device) {
+fn check_case<B: ctcal::backend::KernelBackend>(case: &str, weights: &Path, device: &B::Device) {
     let vae = load_vae::<B>(weights, device).unwrap();
     let inputs = TensorFile::read(&fixture(case).join("inputs.safetensors")).unwrap();
     let expected = TensorFile::read(&fixture(case).join("outputs.safetensors")).unwrap();

@@ -7,7 +7,7 @@ use std::path::Path;
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::text::json::ConfigJson;
+use crate::config::ConfigFile;
 
 /// The MLP activation (`hidden_act`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,10 +145,10 @@ impl ClipTextConfig {
     ///
     /// Reads the fields of this struct, missing ones taking transformers' defaults; a field
     /// of the wrong type (e.g. `"hidden_size": "1024"`, an `eos_token_id` list) is an error
-    /// naming it. Other fields are ignored (see `ConfigJson`), except that an
+    /// naming it. Other fields are ignored (see [`ConfigFile`]), except that an
     /// `attention_dropout` above 0 is refused as unsupported (the port has no dropout).
     pub fn from_transformers_json(path: &Path) -> crate::Result<Self> {
-        let json = ConfigJson::read(path)?;
+        let json = ConfigFile::read(path)?;
         let d = Self::new();
         let config = Self {
             vocab_size: json.get(FIELDS[0], d.vocab_size)?,

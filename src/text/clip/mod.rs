@@ -23,7 +23,6 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Int, Tensor, backend::Backend};
 
 use crate::error::Result;
-use crate::lora::{LoraLinear, LoraTarget};
 
 /// transformers' `CLIPTextModel`: the text tower without projection (SD 2.1's text encoder).
 #[derive(Module, Debug)]
@@ -91,70 +90,5 @@ impl<B: Backend> ClipTextModelWithProjection<B> {
         let mut out = self.text_model.forward(input_ids, output_hidden_states)?;
         out.text_embeds = Some(self.text_projection.forward(out.pooler_output.clone()));
         Ok(out)
-    }
-}
-
-impl<B: Backend> ClipTextTransformer<B> {
-    fn map_lora(mut self, f: &mut impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
-        let mut layers = Vec::with_capacity(self.encoder.layers.len());
-        for (i, mut layer) in self.encoder.layers.into_iter().enumerate() {
-            let p = format!("text_model.encoder.layers.{i}.self_attn");
-            let a = layer.self_attn;
-            layer.self_attn = ClipAttention {
-                q_proj: f(&format!("{p}.q_proj"), a.q_proj),
-                k_proj: f(&format!("{p}.k_proj"), a.k_proj),
-                v_proj: f(&format!("{p}.v_proj"), a.v_proj),
-                out_proj: f(&format!("{p}.out_proj"), a.out_proj),
-                ..a
-            };
-            layers.push(layer);
-        }
-        self.encoder.layers = layers;
-        self
-    }
-
-    fn visit_lora(&self, f: &mut impl FnMut(&str, &LoraLinear<B>)) {
-        for (i, layer) in self.encoder.layers.iter().enumerate() {
-            let p = format!("text_model.encoder.layers.{i}.self_attn");
-            let a = &layer.self_attn;
-            f(&format!("{p}.q_proj"), &a.q_proj);
-            f(&format!("{p}.k_proj"), &a.k_proj);
-            f(&format!("{p}.v_proj"), &a.v_proj);
-            f(&format!("{p}.out_proj"), &a.out_proj);
-        }
-    }
-}
-
-/// Self-attention projections, with the PEFT names diffusers' text-encoder LoRAs use
-/// (`text_model.encoder.layers.0.self_attn.q_proj`); prefix `text_encoder.`
-/// (`StableDiffusionLoraLoaderMixin.text_encoder_name`).
-impl<B: Backend> LoraTarget<B> for ClipTextModel<B> {
-    const PEFT_PREFIX: &'static str = "text_encoder.";
-
-    fn map_lora(self, f: &mut impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
-        Self {
-            text_model: self.text_model.map_lora(f),
-        }
-    }
-
-    fn visit_lora(&self, f: &mut impl FnMut(&str, &LoraLinear<B>)) {
-        self.text_model.visit_lora(f);
-    }
-}
-
-/// As for [`ClipTextModel`]. The prefix is SD 3's CLIP-L one (`text_encoder.`); pass
-/// `"text_encoder_2."` to [`export_peft`](crate::lora::export_peft) for CLIP-G.
-impl<B: Backend> LoraTarget<B> for ClipTextModelWithProjection<B> {
-    const PEFT_PREFIX: &'static str = "text_encoder.";
-
-    fn map_lora(self, f: &mut impl FnMut(&str, LoraLinear<B>) -> LoraLinear<B>) -> Self {
-        Self {
-            text_model: self.text_model.map_lora(f),
-            text_projection: self.text_projection,
-        }
-    }
-
-    fn visit_lora(&self, f: &mut impl FnMut(&str, &LoraLinear<B>)) {
-        self.text_model.visit_lora(f);
     }
 }

@@ -9,7 +9,7 @@ use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 
 use super::config::{ClipActivation, ClipTextConfig};
 use crate::error::{Error, Result};
-use crate::lora::LoraLinear;
+use crate::nn::LoraLinear;
 use crate::nn::{gelu, quick_gelu};
 
 /// Token plus learned position embeddings (`embeddings`).

@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::config::Config;
 use serde::{Deserialize, Serialize};
 
-use crate::text::json::ConfigJson;
+use crate::config::ConfigFile;
 
 /// The feed-forward activation `feed_forward_proj` names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,10 +108,10 @@ impl T5Config {
     /// Reads a transformers `config.json` (`T5Config`, e.g. `text_encoder_3/config.json`).
     ///
     /// Reads the fields of this struct, missing ones taking transformers' defaults; a field
-    /// of the wrong type is an error naming it. Other fields are ignored (see `ConfigJson`),
+    /// of the wrong type is an error naming it. Other fields are ignored (see [`ConfigFile`]),
     /// except `is_decoder: true`, which asks for a causal decoder stack.
     pub fn from_transformers_json(path: &Path) -> crate::Result<Self> {
-        let json = ConfigJson::read(path)?;
+        let json = ConfigFile::read(path)?;
         let d = Self::new();
         let config = Self {
             vocab_size: json.get("vocab_size", d.vocab_size)?,

@@ -27,6 +27,7 @@ use tokenizers::{SplitDelimiterBehavior, Tokenizer};
 use super::files::{Specials, bad, read_json, required};
 use super::{Encoding, encode_error, positions};
 use crate::error::{Error, Result};
+use crate::nouns::WordTokens;
 
 /// CLIP's pre-tokenizer pattern (the words it keeps; what lies between is dropped).
 const PATTERN: &str =
@@ -185,7 +186,7 @@ impl ClipTokenizer {
         texts.iter().map(|t| self.encode(t)).collect()
     }
 
-    /// For each word of `caption` as [`tagger::words`](crate::ctcal::tagger::words) splits
+    /// For each word of `caption` as [`tagger::words`](crate::nouns::words) splits
     /// it: its byte span in the caption and the token positions it covers (start token at 0;
     /// empty for a word truncated away). Surrounding punctuation is not part of a word, so
     /// its tokens are not either.
@@ -194,7 +195,7 @@ impl ClipTokenizer {
     }
 
     /// The number of BPE tokens of one word, for the counting convention of
-    /// [`noun_groups`](crate::ctcal::tagger::noun_groups) (`tokens_of`). Exact for plain
+    /// [`noun_groups`](crate::nouns::noun_groups) (`tokens_of`). Exact for plain
     /// words; prefer [`word_positions`](Self::word_positions) or the [`WordTokens`]
     /// implementation for captions with punctuation.
     ///
@@ -264,4 +265,11 @@ fn read_merges(path: &Path) -> Result<Value> {
         merges.push(json!([parts[0], parts[1]]));
     }
     Ok(Value::Array(merges))
+}
+/// Exact positions from the tokens' spans in the caption ([`word_positions`](super::word_positions)).
+impl WordTokens for ClipTokenizer {
+    fn word_tokens(&self, caption: &str) -> Result<Vec<Range<usize>>> {
+        let positions = self.word_positions(caption)?;
+        Ok(positions.into_iter().map(|(_, tokens)| tokens).collect())
+    }
 }

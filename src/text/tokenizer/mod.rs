@@ -6,8 +6,8 @@
 //!   `tokenizer_2/` of SD 3), ported from `transformers/models/clip/tokenization_clip.py`.
 //! - [`T5Tokenizer`]: T5's sentencepiece unigram model (`tokenizer_3/` of SD 3), ported from
 //!   `transformers/models/t5/tokenization_t5.py`.
-//! - [`WordTokens`]: which token positions each caption word covers, from the tokens' spans
-//!   in the caption, for the CTCal noun groups.
+//! - [`word_positions`]: which token positions each caption word covers, from the tokens'
+//!   spans in the caption ([`crate::nouns::WordTokens`] for the CLIP tokenizer).
 //!
 //! Both build the pipeline transformers builds, on the `tokenizers` crate (the library
 //! transformers itself runs), taking only the vocabulary, merges, normaliser charsmap and
@@ -19,7 +19,7 @@ mod positions;
 mod t5;
 
 pub use clip::{CLIP_MAX_LENGTH, ClipTokenizer};
-pub use positions::{CountedTokens, WordTokens, word_positions};
+pub use positions::word_positions;
 pub use t5::{SD3_T5_MAX_LENGTH, T5Tokenizer};
 
 use crate::error::{Error, Result};

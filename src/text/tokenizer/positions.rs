@@ -1,54 +1,11 @@
-//! Which token positions each caption word covers: the link between the noun tagger's words
-//! and the text encoder's sequence that the CTCal noun groups need.
+//! Which token positions each caption word covers in a real tokenizer's encoding, exact where
+//! punctuation tokens sit between words (what [`ClipTokenizer`](super::ClipTokenizer)'s
+//! [`WordTokens`](crate::nouns::WordTokens) answers).
 
 use std::ops::Range;
 
-use super::{ClipTokenizer, Encoding};
-use crate::ctcal::tagger::word_spans;
-use crate::error::Result;
-
-/// Maps the words of a caption, as [`tagger::words`](crate::ctcal::tagger::words) splits it,
-/// to text-token positions: one range per word, empty for a word with no token (truncated
-/// away).
-pub trait WordTokens {
-    /// Token positions of each word of `caption`.
-    fn word_tokens(&self, caption: &str) -> Result<Vec<Range<usize>>>;
-}
-
-/// The counting convention of [`noun_groups`](crate::ctcal::tagger::noun_groups): the start
-/// token at position 0, then each word `w` covering `tokens_of(w)` (at least 1) consecutive
-/// positions. Exact only when no punctuation token sits between words; a real tokenizer
-/// ([`ClipTokenizer`] implements [`WordTokens`]) is exact always.
-#[derive(Debug, Clone, Copy)]
-pub struct CountedTokens<F>(pub F);
-
-impl<F: Fn(&str) -> usize> CountedTokens<F> {
-    /// The positions of each word of `caption` under the counting convention.
-    pub fn positions(&self, caption: &str) -> Vec<Range<usize>> {
-        let mut next = 1;
-        crate::ctcal::tagger::words(caption)
-            .iter()
-            .map(|w| {
-                let start = next;
-                next += (self.0)(w).max(1);
-                start..next
-            })
-            .collect()
-    }
-}
-
-impl<F: Fn(&str) -> usize> WordTokens for CountedTokens<F> {
-    fn word_tokens(&self, caption: &str) -> Result<Vec<Range<usize>>> {
-        Ok(self.positions(caption))
-    }
-}
-
-impl WordTokens for ClipTokenizer {
-    fn word_tokens(&self, caption: &str) -> Result<Vec<Range<usize>>> {
-        let positions = self.word_positions(caption)?;
-        Ok(positions.into_iter().map(|(_, tokens)| tokens).collect())
-    }
-}
+use super::Encoding;
+use crate::nouns::word_spans;
 
 /// For each word of `caption` (as [`word_spans`] gives them): its byte span and the range of
 /// positions of `encoding` (the encoding of `caption`) whose tokens overlap it. Tokens of
@@ -75,6 +32,7 @@ pub fn word_positions(caption: &str, encoding: &Encoding) -> Vec<(Range<usize>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nouns::CountedTokens;
 
     /// An encoding of "A cat, a dog." with CLIP-like positions: start, a, cat, ",", a, dog,
     /// ".", end, two pads.
@@ -119,12 +77,5 @@ mod tests {
         enc.offsets[5] = (0, 0);
         let got = word_positions("A cat, a dog.", &enc);
         assert_eq!(got[3], (9..12, 6..6));
-    }
-
-    #[test]
-    fn counted_tokens_follow_the_piece_counts() {
-        let pieces = |w: &str| if w == "giraffe" { 3 } else { 0 };
-        let got = CountedTokens(pieces).positions("a giraffe, eating");
-        assert_eq!(got, [1..2, 2..5, 5..6]);
     }
 }

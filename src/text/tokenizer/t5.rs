@@ -131,7 +131,7 @@ impl T5Tokenizer {
         texts.iter().map(|t| self.encode(t, max_length)).collect()
     }
 
-    /// For each word of `caption` as [`tagger::words`](crate::ctcal::tagger::words) splits
+    /// For each word of `caption` as [`tagger::words`](crate::nouns::words) splits
     /// it: its byte span and the token positions it covers (no start token: the first word
     /// starts at 0; empty for a word truncated away at `max_length`).
     pub fn word_positions(

@@ -1,0 +1,581 @@
+//! The `bench` stage: the base model and paired fine-tunes measured for the method's three
+//! claims, reported as a table (mean and standard deviation over seeds) and a plot.
+//!
+//! Each run (the base model's measurement, or one seed of one arm: fine-tune, then measure)
+//! is a child process of this binary (`shapes_bench run <spec.json>`), `--jobs` at a time:
+//! burn's autodiff graph and the CPU backend's allocations contend across threads of one
+//! process (two fine-tunes on two threads took as long as in sequence), not across
+//! processes. Every run seeds itself, so the results do not depend on `--jobs`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use ctcal::attention::AutodiffAttentionBackend;
+use ctcal::calibration::LossParts;
+use ctcal::pipeline::shapes::{ShapesModel, ShapesModelConfig, Vocab, load_shapes_model};
+use ctcal::viz::{COLOURS, Series, line_plot};
+use ctcal_shapes::{
+    AgreementProbe, ArchLevels, LevelAgreement, ShapesConfig, ShapesSet, Split, TrainRun,
+    agreement_by_level, train_shapes,
+};
+
+use super::write_json;
+
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct BenchArgs {
+    /// The base model folder (default: the shipped one of `--arch`).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Fine-tuning steps per run.
+    #[arg(long, default_value_t = 80)]
+    steps: usize,
+    /// Seeds (runs per arm).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Batch size.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Learning rate (adapters and map auto-encoder).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Held-out scenes for every measurement.
+    #[arg(long, default_value_t = 64)]
+    eval_scenes: usize,
+    /// Sampler steps per sample (flow Euler or DDIM).
+    #[arg(long, default_value_t = 12)]
+    sample_steps: usize,
+    /// Classifier-free guidance scale of the samples.
+    #[arg(long, default_value_t = 3.0)]
+    guidance: f64,
+    /// Runs (fine-tune + measurement) at once, each a process (default: the CPU count).
+    #[arg(long)]
+    jobs: Option<usize>,
+}
+
+/// One model's measurements.
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct Measured {
+    curve: Vec<LevelAgreement>,
+    large_t_mass: f64,
+    large_t_iou: f64,
+    heldout_loss: f64,
+    compbench: BTreeMap<String, f64>,
+    /// Seconds spent on the agreement curve, the held-out loss and the samples.
+    seconds: [f64; 3],
+}
+
+fn measure<B: AutodiffAttentionBackend>(
+    model: &ShapesModel<B>,
+    eval: &ShapesSet,
+    o: &BenchArgs,
+    seed: u64,
+    device: &B::Device,
+) -> Result<Measured> {
+    let arch = model.arch();
+    let probe = AgreementProbe {
+        levels: arch.levels(),
+        schedule: arch.schedule(),
+        config: arch.ctcal(),
+        batch: 32,
+        seed: seed + 7,
+    };
+    let clock = Instant::now();
+    let curve = agreement_by_level(model, eval, &probe, device)?;
+    let t_curve = clock.elapsed().as_secs_f64();
+    let large: Vec<_> = curve.iter().filter(|c| c.level >= arch.large_t()).collect();
+    let mean = |f: &dyn Fn(&LevelAgreement) -> f32| {
+        large.iter().map(|c| f(c) as f64).sum::<f64>() / large.len() as f64
+    };
+    let heldout_loss =
+        ctcal_shapes::heldout_loss(model, eval, &arch.loss_levels(), seed + 8, device)?;
+    let t_loss = clock.elapsed().as_secs_f64();
+    let compbench = ctcal_shapes::compbench(
+        &burn::module::AutodiffModule::valid(model),
+        eval,
+        o.sample_steps,
+        o.guidance,
+        seed + 9,
+        device,
+    )?;
+    Ok(Measured {
+        large_t_mass: mean(&|c| c.mass_inside),
+        large_t_iou: mean(&|c| c.iou),
+        curve,
+        heldout_loss,
+        compbench,
+        seconds: [
+            t_curve,
+            t_loss - t_curve,
+            clock.elapsed().as_secs_f64() - t_loss,
+        ],
+    })
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len().max(1) as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, var.sqrt())
+}
+
+/// Measures the base model in `base_dir`, fine-tunes it `o.seeds` times per arm (plain,
+/// CTCal) and reports.
+pub fn bench<B: AutodiffAttentionBackend>(
+    out: &Path,
+    base_dir: &Path,
+    o: &BenchArgs,
+    backend: &str,
+    seed: u64,
+    device: &B::Device,
+) -> Result<()> {
+    let start = Instant::now();
+    let vocab = Vocab::default();
+    let shapes = ShapesConfig::new();
+    let load = || -> Result<ShapesModel<B>> { Ok(load_shapes_model(base_dir, device)?) };
+    let arch = load()?.arch();
+    println!("{arch} base model from {}", base_dir.display());
+    let eval = ShapesSet::new(
+        shapes.generate(Split::HeldOut, o.eval_scenes, seed + 1000)?,
+        shapes.size,
+        &vocab,
+    )?;
+    // One run per model, longest first: each (seed, arm) fine-tune with its measurement, then
+    // the base model's measurement.
+    let mut specs = Vec::new();
+    for arm in ["ctcal", "plain"] {
+        for k in 0..o.seeds {
+            specs.push(RunSpec::new(arm, k, base_dir, out, backend, seed, o));
+        }
+    }
+    specs.push(RunSpec::new("base", 0, base_dir, out, backend, seed, o));
+    let jobs = o
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, specs.len());
+    println!(
+        "{} runs, {jobs} at a time, under {}",
+        specs.len(),
+        out.join("runs").display()
+    );
+    run_all(&specs, jobs, start)?;
+    let mut base = None;
+    let mut runs: Vec<(String, u64, Measured, Vec<LossParts>)> = Vec::new();
+    let mut shown: Vec<(String, ShapesModel<B>)> = vec![("base".into(), load()?)];
+    for spec in &specs {
+        let done = spec.read_result()?;
+        if spec.arm == "base" {
+            base = Some(done.measured);
+            continue;
+        }
+        if spec.k == 0 {
+            shown.push((
+                format!("{} seed 0", spec.arm),
+                load_shapes_model(&spec.dir, device)?,
+            ));
+        }
+        runs.push((spec.arm.clone(), spec.k, done.measured, done.log));
+    }
+    runs.sort_by_key(|r| (r.0 != "plain", r.1));
+    shown.sort_by_key(|(name, _)| (name != "base", !name.starts_with("plain")));
+    let base = base.ok_or_else(|| anyhow::anyhow!("the base model's run is missing"))?;
+    // Table: mean and standard deviation over seeds.
+    let mut table = String::from(
+        "| model | large-t mass inside | large-t IoU | held-out diffusion loss | colour binding | counting | spatial | shape | overall |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let cell = |v: Vec<f64>| {
+        let (m, s) = mean_std(&v);
+        if v.len() > 1 {
+            format!("{m:.3} ± {s:.3}")
+        } else {
+            format!("{m:.3}")
+        }
+    };
+    let row = |name: &str, ms: Vec<&Measured>| {
+        let cb = |k: &str| {
+            cell(
+                ms.iter()
+                    .map(|m| m.compbench.get(k).copied().unwrap_or(0.0))
+                    .collect(),
+            )
+        };
+        format!(
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            cell(ms.iter().map(|m| m.large_t_mass).collect()),
+            cell(ms.iter().map(|m| m.large_t_iou).collect()),
+            cell(ms.iter().map(|m| m.heldout_loss).collect()),
+            cb("colour_binding"),
+            cb("counting"),
+            cb("spatial"),
+            cb("shape"),
+            cb("overall"),
+        )
+    };
+    table += &row("base", vec![&base]);
+    for arm in ["plain", "ctcal"] {
+        let ms: Vec<&Measured> = runs.iter().filter(|r| r.0 == arm).map(|r| &r.2).collect();
+        table += &row(&format!("{arm} fine-tune ({} seeds)", ms.len()), ms);
+    }
+    println!("\n{table}");
+    ctcal::weights::write_atomic(&out.join("table.md"), table.as_bytes())?;
+    // Agreement curves: base, and each arm's mean over seeds.
+    let levels = arch.levels();
+    let mean_curve = |arm: &str| -> Vec<(f64, f64)> {
+        levels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter(|r| r.0 == arm)
+                    .map(|r| r.2.curve[i].mass_inside as f64)
+                    .collect();
+                (l, mean_std(&v).0)
+            })
+            .collect()
+    };
+    let series = vec![
+        Series {
+            label: "base".into(),
+            points: base
+                .curve
+                .iter()
+                .map(|c| (c.level, c.mass_inside as f64))
+                .collect(),
+            colour: COLOURS[0],
+        },
+        Series {
+            label: "plain".into(),
+            points: mean_curve("plain"),
+            colour: COLOURS[1],
+        },
+        Series {
+            label: "ctcal".into(),
+            points: mean_curve("ctcal"),
+            colour: COLOURS[2],
+        },
+        Series {
+            label: "chance".into(),
+            points: base
+                .curve
+                .iter()
+                .map(|c| (c.level, c.chance as f64))
+                .collect(),
+            colour: COLOURS[3],
+        },
+    ];
+    let title = format!(
+        "{arch}: map mass inside the noun's mask vs {}",
+        arch.level_name()
+    );
+    let plot = line_plot(&title, &series, 480, 320);
+    ctcal::viz::save_png(&plot, &out.join("agreement.png"))?;
+    figures(out, &eval, &shown, o, seed, device)?;
+    let runs_json: Vec<_> = runs
+        .iter()
+        .map(|(arm, seed, m, log)| serde_json::json!({"arm": arm, "seed": seed, "measured": m, "loss": log}))
+        .collect();
+    write_json(
+        &out.join("results.json"),
+        &serde_json::json!({"arch": arch, "base": base, "runs": runs_json, "seconds": start.elapsed().as_secs_f64()}),
+    )
+}
+
+/// `samples.png`: the first eight held-out captions drawn by each shown model (first row: the
+/// generator's own images), and `maps_<model>.png`: teacher | student noun maps of the first
+/// four held-out scenes (at the architecture's preview levels: sigma 0.02 | 0.9, t 20 | 900).
+fn figures<B: AutodiffAttentionBackend>(
+    out: &Path,
+    eval: &ShapesSet,
+    shown: &[(String, ShapesModel<B>)],
+    o: &BenchArgs,
+    seed: u64,
+    device: &B::Device,
+) -> Result<()> {
+    use burn::module::AutodiffModule;
+    use ctcal::viz::{draw_text, save_png, stack_rows};
+    use image::{Rgb, RgbImage};
+    let n = eval.len().min(8);
+    let s = eval.size;
+    let tile = |rgb: Vec<u8>| -> Result<RgbImage> {
+        let img = RgbImage::from_raw(s as u32, s as u32, rgb)
+            .ok_or_else(|| anyhow::anyhow!("sample of the wrong size"))?;
+        Ok(image::imageops::resize(
+            &img,
+            3 * s as u32,
+            3 * s as u32,
+            image::imageops::FilterType::Nearest,
+        ))
+    };
+    let row = |label: &str, images: Vec<Vec<u8>>| -> Result<RgbImage> {
+        let w = 3 * s as u32;
+        let mut img = RgbImage::from_pixel(n as u32 * (w + 4), w + 12, Rgb([255, 255, 255]));
+        draw_text(&mut img, 2, 2, label, 1, Rgb([0, 0, 0]));
+        for (i, rgb) in images.into_iter().enumerate() {
+            image::imageops::replace(&mut img, &tile(rgb)?, i as i64 * (w as i64 + 4), 12);
+        }
+        Ok(img)
+    };
+    let truth: Vec<Vec<u8>> = (0..n)
+        .map(|i| ctcal_shapes::render(&eval.scenes[i], s).rgb)
+        .collect();
+    let mut rows = vec![row("held-out captions, ground truth", truth)?];
+    let ids: Vec<Vec<usize>> = eval.ids[..n].to_vec();
+    for (name, model) in shown {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed + 11);
+        let noise = ctcal::nn::normal_tensor(&mut rng, [n, 3, s, s], device);
+        let images = ctcal_shapes::sample_images(
+            &model.valid(),
+            &ids,
+            eval,
+            noise,
+            o.sample_steps,
+            o.guidance,
+        )?;
+        rows.push(row(name, images)?);
+    }
+    save_png(&stack_rows(&rows), &out.join("samples.png"))?;
+    // Teacher | student maps.
+    let k = eval.len().min(4);
+    let index: Vec<usize> = (0..k).collect();
+    let b = eval.batch::<B>(&index, &[], device)?;
+    let captions: Vec<String> = eval.scenes[..k].iter().map(|sc| sc.caption()).collect();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed + 12);
+    let noise = ctcal::nn::normal_tensor(&mut rng, [k, 3, s, s], device);
+    for (name, model) in shown {
+        let arch = model.arch();
+        let (teacher, student) = arch.preview_levels();
+        let data = ctcal::calibration::TrainBatch {
+            latents: b.pixels.clone(),
+            cond: model.encode(&b.ids, device)?,
+            nouns: b.nouns.clone(),
+        };
+        let img = ctcal::train::map_preview(
+            &model.denoiser,
+            &data,
+            &captions,
+            noise.clone(),
+            &arch.schedule(),
+            &arch.ctcal(),
+            teacher,
+            student,
+        )?;
+        save_png(
+            &img,
+            &out.join(format!("maps_{}.png", name.replace(' ', "_"))),
+        )?;
+    }
+    Ok(())
+}
+
+/// One run of the bench, done by a child process from this spec (`runs/<name>/spec.json`).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct RunSpec {
+    /// `base` (measure the base model), `plain` or `ctcal` (fine-tune, then measure).
+    arm: String,
+    /// Seed index of a fine-tune: its data and training seed.
+    k: u64,
+    /// The base model folder.
+    base: PathBuf,
+    /// The run's folder: the spec, the fine-tuned model and `result.json`.
+    dir: PathBuf,
+    /// The backend the child runs on (`--backend`).
+    backend: String,
+    /// The bench's seed.
+    seed: u64,
+    /// The bench's settings.
+    args: BenchArgs,
+}
+
+/// What a run writes to `result.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunResult {
+    measured: Measured,
+    /// Training losses per step (empty for the base model).
+    log: Vec<LossParts>,
+    /// Seconds spent fine-tuning.
+    train_seconds: f64,
+}
+
+impl RunSpec {
+    fn new(
+        arm: &str,
+        k: u64,
+        base: &Path,
+        out: &Path,
+        backend: &str,
+        seed: u64,
+        args: &BenchArgs,
+    ) -> Self {
+        let name = if arm == "base" {
+            "base".to_string()
+        } else {
+            format!("{arm}-seed{k}")
+        };
+        RunSpec {
+            arm: arm.to_string(),
+            k,
+            base: base.to_path_buf(),
+            dir: out.join("runs").join(name),
+            backend: backend.to_string(),
+            seed,
+            args: args.clone(),
+        }
+    }
+
+    fn name(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Writes the spec and starts `this binary run <spec>` (stdout and stderr shared).
+    fn spawn(&self) -> Result<std::process::Child> {
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        // A result from an earlier bench must not stand in for this run's.
+        let _ = std::fs::remove_file(self.dir.join("result.json"));
+        let path = self.dir.join("spec.json");
+        write_json(&path, self)?;
+        let exe = std::env::current_exe().context("locating the shapes_bench binary")?;
+        std::process::Command::new(exe)
+            .args(["--backend", &self.backend, "run"])
+            .arg(&path)
+            .spawn()
+            .with_context(|| format!("starting the run {}", self.name()))
+    }
+
+    fn read_result(&self) -> Result<RunResult> {
+        let path = self.dir.join("result.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Runs every spec as a child process, `jobs` at a time; the first failure is the error
+/// (after the running ones end).
+fn run_all(specs: &[RunSpec], jobs: usize, start: Instant) -> Result<()> {
+    let mut pending = specs.iter();
+    let mut running: Vec<(&RunSpec, std::process::Child)> = Vec::new();
+    let mut failed: Option<anyhow::Error> = None;
+    loop {
+        while failed.is_none() && running.len() < jobs {
+            match pending.next() {
+                Some(spec) => match spec.spawn() {
+                    Ok(child) => running.push((spec, child)),
+                    Err(e) => failed = Some(e),
+                },
+                None => break,
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut still = Vec::new();
+        for (spec, mut child) in running {
+            match child.try_wait() {
+                Ok(None) => still.push((spec, child)),
+                Ok(Some(status)) if status.success() => println!(
+                    "run {} done ({:.0} s)",
+                    spec.name(),
+                    start.elapsed().as_secs_f64()
+                ),
+                Ok(Some(status)) => {
+                    failed.get_or_insert(anyhow::anyhow!("run {} failed: {status}", spec.name()));
+                }
+                Err(e) => {
+                    failed.get_or_insert(anyhow::anyhow!("run {}: {e}", spec.name()));
+                }
+            }
+        }
+        running = still;
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// The child process's side: reads the spec at `path`, fine-tunes (unless `base`), measures,
+/// and writes the model (fine-tunes) and `result.json` into the run's folder.
+pub fn run<B: AutodiffAttentionBackend>(path: &Path, device: &B::Device) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let spec: RunSpec =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let o = &spec.args;
+    let vocab = Vocab::default();
+    let shapes = ShapesConfig::new();
+    let eval = ShapesSet::new(
+        shapes.generate(Split::HeldOut, o.eval_scenes, spec.seed + 1000)?,
+        shapes.size,
+        &vocab,
+    )?;
+    let model: ShapesModel<B> = load_shapes_model(&spec.base, device)?;
+    let arch = model.arch();
+    let clock = Instant::now();
+    let (model, log) = if spec.arm == "base" {
+        (model, Vec::new())
+    } else {
+        let lambda = match spec.arm.as_str() {
+            "plain" => 0.0,
+            "ctcal" => 1.0,
+            other => anyhow::bail!("{}: unknown arm {other:?}", path.display()),
+        };
+        let data = ShapesSet::new(
+            shapes.generate(Split::Train, 2000, spec.seed + 100 + spec.k)?,
+            shapes.size,
+            &vocab,
+        )?;
+        let mut run = TrainRun::finetune(
+            o.steps,
+            o.batch,
+            o.lr,
+            o.rank,
+            arch.ctcal().with_lambda_ctcal(lambda),
+        );
+        run.seed = spec.seed + spec.k;
+        let mut log = Vec::with_capacity(o.steps);
+        let config = ShapesModelConfig::read(&spec.base.join("base_config.json"))?;
+        let train_dir = spec.dir.join("train");
+        let model = train_shapes(
+            model,
+            &config,
+            Arc::new(data),
+            &run,
+            &train_dir,
+            false,
+            device,
+            |step| log.push(step.loss),
+        )?;
+        model.save_dir(&config, &spec.dir)?;
+        (model, log)
+    };
+    let train_seconds = clock.elapsed().as_secs_f64();
+    let m = measure(&model, &eval, o, spec.seed, device)?;
+    let name = spec.name();
+    println!(
+        "{name:<12}: large-t mass {:.3}, iou {:.3}, held-out loss {:.4}, compbench {:?}; \
+         train {train_seconds:.0} s, curve {:.0} s, loss {:.0} s, samples {:.0} s",
+        m.large_t_mass,
+        m.large_t_iou,
+        m.heldout_loss,
+        m.compbench,
+        m.seconds[0],
+        m.seconds[1],
+        m.seconds[2],
+    );
+    write_json(
+        &spec.dir.join("result.json"),
+        &RunResult {
+            measured: m,
+            log,
+            train_seconds,
+        },
+    )
+}

@@ -1,0 +1,125 @@
+//! Claim 1 and 2 of the method: how well each noun's map agrees with its true mask, level by
+//! level, for a given model.
+
+use burn::module::AutodiffModule;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use super::agreement::agreement;
+use super::data::ShapesSet;
+use ctcal::attention::AutodiffAttentionBackend;
+use ctcal::calibration::{CtcalConfig, StepDraw, TrainBatch, teacher_maps};
+use ctcal::nn::normal_tensor;
+use ctcal::pipeline::shapes::ShapesModel;
+use ctcal::schedule::Schedule;
+
+/// Mean agreement of the noun maps at one noise level.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LevelAgreement {
+    /// Flow sigma (or DDPM timestep).
+    pub level: f64,
+    /// Mean share of each map's mass inside its noun's mask.
+    pub mass_inside: f32,
+    /// Mean IoU of the map thresholded at half its maximum with the mask.
+    pub iou: f32,
+    /// Mean share of the image the masks cover (what a uniform map scores as mass inside).
+    pub chance: f32,
+    /// Maps averaged.
+    pub maps: usize,
+}
+
+/// What to measure: the levels, how maps are collected (CTCal's teacher rules under `config`),
+/// and the batch and noise seed (the same images and noise at every level).
+#[derive(Debug, Clone)]
+pub struct AgreementProbe {
+    /// Noise levels (flow sigmas or DDPM timesteps).
+    pub levels: Vec<f64>,
+    /// The noise process.
+    pub schedule: Schedule,
+    /// Which layers' maps, on which grid.
+    pub config: CtcalConfig,
+    /// Scenes per forward.
+    pub batch: usize,
+    /// Seed of the noise.
+    pub seed: u64,
+}
+
+/// For each of `probe.levels`, the agreement of every noun map of `set` with its mask.
+pub fn agreement_by_level<B: AutodiffAttentionBackend>(
+    model: &ShapesModel<B>,
+    set: &ShapesSet,
+    probe: &AgreementProbe,
+    device: &B::Device,
+) -> ctcal::Result<Vec<LevelAgreement>>
+where
+    ShapesModel<B>: AutodiffModule<B>,
+{
+    let (levels, schedule, config, batch, seed) = (
+        &probe.levels[..],
+        &probe.schedule,
+        &probe.config,
+        probe.batch,
+        probe.seed,
+    );
+    let mut sums = vec![(0.0f64, 0.0f64, 0.0f64, 0usize); levels.len()];
+    let s = set.size;
+    let mut rng = StdRng::seed_from_u64(seed);
+    for index in set.chunks(batch) {
+        let b = set.batch::<B>(&index, &[], device)?;
+        let cond = model.encode(&b.ids, device)?;
+        let noise = normal_tensor::<B, 4>(&mut rng, [index.len(), 3, s, s], device);
+        let data = TrainBatch {
+            latents: b.pixels,
+            cond,
+            nouns: b.nouns,
+        };
+        for (l, &level) in levels.iter().enumerate() {
+            let draw = StepDraw {
+                noise: noise.clone(),
+                student: vec![level; index.len()],
+                teacher: vec![level; index.len()],
+            };
+            let maps = teacher_maps(&model.denoiser, &data, &draw, schedule, config)?;
+            for (k, m) in maps.into_iter().enumerate() {
+                let Some(m) = m else { continue };
+                let [n, h, w] = m.dims();
+                let values = m
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|e| ctcal::Error::Input(format!("maps: {e:?}")))?;
+                for noun in 0..n {
+                    let mask = &set.masks[index[k]][noun];
+                    let a = agreement(
+                        &values[noun * h * w..(noun + 1) * h * w],
+                        [h, w],
+                        mask,
+                        [s, s],
+                        0.5,
+                    )?;
+                    let chance = mask.iter().sum::<f32>() / mask.len() as f32;
+                    let e = &mut sums[l];
+                    e.0 += a.mass_inside as f64;
+                    e.1 += a.iou as f64;
+                    e.2 += chance as f64;
+                    e.3 += 1;
+                }
+            }
+        }
+    }
+    Ok(levels
+        .iter()
+        .zip(sums)
+        .map(|(&level, (m, i, c, n))| {
+            let d = n.max(1) as f64;
+            LevelAgreement {
+                level,
+                mass_inside: (m / d) as f32,
+                iou: (i / d) as f32,
+                chance: (c / d) as f32,
+                maps: n,
+            }
+        })
+        .collect())
+}

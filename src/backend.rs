@@ -1,0 +1,97 @@
+//! [`KernelBackend`]: the per-backend choices this crate makes (how convolutions run, whether
+//! the backend computes in half precision), as a backend extension trait implemented for each
+//! backend the cargo features add, the way burn's own extension traits are.
+//!
+//! Code asks `B::CONV_PATH` or `B::HALF_PRECISION`; nothing matches backend names. `Autodiff<B>`
+//! and `Fusion<B>` answer what `B` answers.
+
+use burn::tensor::backend::Backend;
+
+/// How [`conv2d`](crate::nn::conv2d) computes a 2-D convolution on a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvPath {
+    /// burn's own convolution (autotuned implicit GEMM on cubecl backends).
+    Native,
+    /// im2col + matmul ([`im2col_conv2d`](crate::nn::im2col_conv2d)) for kernels whose windows
+    /// overlap and for 1x1 kernels, burn's convolution for patch embeddings: burn-ndarray,
+    /// whose own convolution backward is slow.
+    Im2colOverlapping,
+    /// im2col + matmul for every convolution it handles: cubecl built without autotuning,
+    /// whose untuned convolution is its slow direct kernel.
+    Im2col,
+}
+
+/// The kernels and capabilities this crate picks per backend.
+///
+/// Implemented for burn-ndarray, cubecl's `CubeBackend` (what `Wgpu` and `Cuda` are), `Fusion`
+/// and `Autodiff` over any of them. A backend of your own implements it with the defaults
+/// (`impl KernelBackend for MyBackend {}`) or its own answers.
+pub trait KernelBackend: Backend {
+    /// How 2-D convolutions run.
+    const CONV_PATH: ConvPath = ConvPath::Native;
+    /// Whether the backend computes in bf16 and f16, which mixed-precision training needs.
+    const HALF_PRECISION: bool = true;
+}
+
+impl<B: KernelBackend, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy>
+    KernelBackend for burn::backend::Autodiff<B, C>
+{
+    const CONV_PATH: ConvPath = B::CONV_PATH;
+    const HALF_PRECISION: bool = B::HALF_PRECISION;
+}
+
+#[cfg(feature = "ndarray")]
+mod ndarray_impl {
+    use burn::backend::NdArray;
+    use burn::backend::ndarray::{
+        FloatNdArrayElement, IntNdArrayElement, NdArrayTensor, QuantElement, SharedArray,
+    };
+
+    use super::{ConvPath, KernelBackend};
+
+    /// burn-ndarray's convolution backward is slow (two shapes UNet training steps: 45.8 s
+    /// with it, 7.4 s with im2col on 2 cores), and it has no bf16/f16 kernels.
+    impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> KernelBackend
+        for NdArray<E, I, Q>
+    where
+        NdArrayTensor: From<SharedArray<E>>,
+        NdArrayTensor: From<SharedArray<I>>,
+    {
+        const CONV_PATH: ConvPath = ConvPath::Im2colOverlapping;
+        const HALF_PRECISION: bool = false;
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda-untuned"))]
+mod cube_impl {
+    use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
+    use burn_fusion::{Fusion, FusionBackend};
+
+    use super::{ConvPath, KernelBackend};
+
+    /// Whether burn-cubecl is built without autotuning: `cuda-untuned` is the only cubecl
+    /// feature (`cuda` and `wgpu` turn burn's autotuning on for every cubecl backend of the
+    /// build).
+    const UNTUNED_CUBECL: bool = cfg!(all(
+        feature = "cuda-untuned",
+        not(feature = "cuda"),
+        not(feature = "wgpu")
+    ));
+
+    /// Untuned cubecl convolves with its direct kernel (SD 2.1 step 9 s on an H200); its
+    /// matmul is the faster route there.
+    impl<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement> KernelBackend
+        for CubeBackend<R, F, I, BT>
+    {
+        const CONV_PATH: ConvPath = if UNTUNED_CUBECL {
+            ConvPath::Im2col
+        } else {
+            ConvPath::Native
+        };
+    }
+
+    impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
+        const CONV_PATH: ConvPath = B::CONV_PATH;
+        const HALF_PRECISION: bool = B::HALF_PRECISION;
+    }
+}

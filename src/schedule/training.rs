@@ -1,0 +1,104 @@
+//! [`Schedule`]: the noise process a denoiser is trained with, seen by a training step
+//! through levels (DDPM timesteps or flow sigmas), one per sample.
+
+use burn::tensor::{Tensor, backend::Backend};
+use rand::Rng;
+
+use super::{DdpmSchedule, FlowSchedule};
+use crate::error::{Error, Result};
+
+/// The noise process a model is trained with.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// SD 2.1's DDPM; levels are integer timesteps `0..T`.
+    Ddpm(DdpmSchedule),
+    /// SD 3's rectified flow; levels are sigmas in `[0, 1]`.
+    Flow(FlowSchedule),
+}
+
+impl Schedule {
+    /// One draw of the level a sample is trained at: a uniform timestep in `0..T` (DDPM,
+    /// diffusers' `torch.randint`), or a sigma from the flow's density (SD 3's logit-normal with
+    /// the timestep shift).
+    pub fn sample_level<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
+        match self {
+            Schedule::Ddpm(s) => rng.random_range(0..s.num_train_timesteps()) as f64,
+            Schedule::Flow(s) => s.sample_sigma(rng),
+        }
+    }
+
+    /// The level that `timestep` (a DDPM step out of the schedule's `T`) stands for: the step
+    /// itself, or `timestep / T` as a flow sigma.
+    pub fn level_of_timestep(&self, timestep: usize) -> f64 {
+        match self {
+            Schedule::Ddpm(_) => timestep as f64,
+            Schedule::Flow(s) => timestep as f64 / s.config.num_train_timesteps as f64,
+        }
+    }
+
+    fn timesteps(&self, levels: &[f64]) -> Result<Vec<usize>> {
+        levels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| {
+                if l < 0.0 || l.fract() != 0.0 {
+                    Err(Error::Input(format!(
+                        "timestep[{i}] = {l} is not a whole step"
+                    )))
+                } else {
+                    Ok(l as usize)
+                }
+            })
+            .collect()
+    }
+
+    /// The noised latents at `levels` (one per sample).
+    pub fn noisy<B: Backend>(
+        &self,
+        x0: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        levels: &[f64],
+    ) -> Result<Tensor<B, 4>> {
+        match self {
+            Schedule::Ddpm(s) => s.add_noise(x0, noise, &self.timesteps(levels)?),
+            Schedule::Flow(s) => s.add_noise(x0, noise, levels),
+        }
+    }
+
+    /// The prediction target at `levels`.
+    pub fn target<B: Backend>(
+        &self,
+        x0: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        levels: &[f64],
+    ) -> Result<Tensor<B, 4>> {
+        match self {
+            Schedule::Ddpm(s) => s.target(x0, noise, &self.timesteps(levels)?),
+            Schedule::Flow(s) => Ok(s.target(x0, noise)),
+        }
+    }
+
+    /// What the model is fed for `levels`.
+    pub fn model_timesteps(&self, levels: &[f64]) -> Vec<f32> {
+        match self {
+            Schedule::Ddpm(_) => levels.iter().map(|&l| l as f32).collect(),
+            Schedule::Flow(s) => levels.iter().map(|&l| s.timestep(l) as f32).collect(),
+        }
+    }
+
+    /// The CTCal weight `w`: `t / T` (DDPM) or `sigma` (flow), as the paper sets it.
+    pub fn ctcal_weight(&self, level: f64) -> f64 {
+        match self {
+            Schedule::Ddpm(s) => level / s.num_train_timesteps() as f64,
+            Schedule::Flow(_) => level,
+        }
+    }
+
+    /// The diffusion-loss weight of a sample (min-SNR-gamma for DDPM when set, else 1).
+    pub fn diffusion_weight(&self, level: f64, min_snr_gamma: Option<f64>) -> f64 {
+        match (self, min_snr_gamma) {
+            (Schedule::Ddpm(s), Some(g)) => s.min_snr_weight(level as usize, g),
+            _ => 1.0,
+        }
+    }
+}

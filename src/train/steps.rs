@@ -1,0 +1,342 @@
+//! The optimiser loop of a [`Trainer`](super::Trainer): CTCal steps with gradient accumulation,
+//! global-norm clipping, AdamW, an optional EMA, `metrics.jsonl` and crash-safe checkpoints,
+//! resumed bit for bit; written once for every [`Trainable`] module.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::checkpoint::{
+    CheckpointParts, CheckpointState, Trained, latest_checkpoint, load_checkpoint, read_state,
+    save_checkpoint,
+};
+use super::{Ema, StepLog, TrainConfig, TrainInputs, Trainable, clip_global_norm, stable_ids};
+use crate::backend::KernelBackend;
+use crate::calibration::{LossParts, MapAutoEncoder, StepDraw, ctcal_step};
+use crate::data::{Batch, BatchFeatures, Dataset, Loader, LoaderConfig};
+use crate::error::{Error, Result};
+use crate::nn::normal_tensor;
+use crate::nouns::Nouns;
+use crate::precision::cast_params;
+use crate::schedule::Schedule;
+
+/// Mixes `(seed, step, stream)` into one seed (SplitMix64 finaliser), so the randomness of a
+/// step does not depend on what ran before it: a resumed run draws exactly what an
+/// uninterrupted one would.
+pub fn step_seed(seed: u64, step: usize, stream: u64) -> u64 {
+    let mut z = seed
+        .wrapping_add((step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .wrapping_add(stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Everything the loop reads.
+pub(crate) struct LoopSetup<'a, I: ?Sized, D> {
+    pub config: &'a TrainConfig,
+    pub trained: Trained,
+    pub inputs: &'a I,
+    pub dataset: Arc<D>,
+    pub schedule: &'a Schedule,
+    /// Output folder: `checkpoints/` and `metrics.jsonl` go here.
+    pub out: &'a Path,
+    /// Continue from `out/checkpoints/latest` when it exists.
+    pub resume: bool,
+}
+
+/// What the loop leaves.
+pub(crate) struct LoopEnd<M, A> {
+    pub model: M,
+    pub ema: Option<M>,
+    pub ae: A,
+    /// The step the loop started from (0, or the resumed checkpoint's).
+    pub start: usize,
+}
+
+/// Trains `model` from its current parameters (or the latest checkpoint when resuming).
+/// `started` is called once with the first step; `on_step` sees every step's log and the model
+/// after it (to render validation images, say); an error from it stops the run.
+pub(crate) fn run_steps<B, M, I, D>(
+    model: M,
+    setup: LoopSetup<'_, I, D>,
+    device: &B::Device,
+    mut started: impl FnMut(usize),
+    mut on_step: impl FnMut(&StepLog, &M) -> Result<()>,
+) -> Result<LoopEnd<M, MapAutoEncoder<B>>>
+where
+    B: AutodiffBackend + KernelBackend,
+    M: Trainable<B>,
+    I: TrainInputs<B, M> + ?Sized,
+    D: Dataset + 'static,
+{
+    let LoopSetup {
+        config,
+        trained,
+        inputs,
+        dataset,
+        schedule,
+        out,
+        resume,
+    } = setup;
+    B::seed(device, step_seed(config.seed, 0, 0xAE));
+    let mut model = stable_ids(model, "denoiser");
+    let mut ae = stable_ids(config.ctcal.autoencoder.init::<B>(device), "autoencoder");
+    let adamw = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .with_epsilon(config.adam_epsilon as f32);
+    let mut optim = adamw.init::<B, M>();
+    let mut optim_ae = adamw.init::<B, MapAutoEncoder<B>>();
+    let root = out.join("checkpoints");
+    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+
+    // Resume.
+    let mut start = 0;
+    let mut cursor = None;
+    let mut ema = None;
+    if resume && let Some(dir) = latest_checkpoint(&root)? {
+        let state = read_state(&dir)?;
+        check_compatible(&state, config, trained, &dir)?;
+        let loaded = load_checkpoint(&dir, &state, model, ae, optim, optim_ae, device)?;
+        (model, ae, optim, optim_ae, ema) = loaded;
+        start = state.step;
+        cursor = Some(state.cursor);
+    }
+    let mut ema = config.ema_decay.map(|decay| match ema.take() {
+        Some(m) => Ema { model: m, decay },
+        None => Ema::new(&model, decay),
+    });
+    let metrics_path = out.join("metrics.jsonl");
+    let mut metrics = open_metrics(&metrics_path, start)?;
+
+    let loader_config = LoaderConfig::new(config.batch_size, config.seed);
+    let mut loader = Loader::new(dataset, &loader_config, cursor)?;
+    let ae_peak = config.ae_lr.unwrap_or(config.lr);
+    started(start);
+    for step in start..config.steps {
+        B::seed(device, step_seed(config.seed, step, 0xD0));
+        let mut acc = GradientsAccumulator::<M>::new();
+        let mut acc_ae = GradientsAccumulator::<MapAutoEncoder<B>>::new();
+        let mut parts = LossParts::default();
+        let mut skipped = Vec::new();
+        for micro in 0..config.grad_accum {
+            let mut batch = loader.next_batch()?;
+            if !batch.skipped.0.is_empty() {
+                skipped.push(batch.skipped.to_string());
+            }
+            drop_captions(&mut batch, config, step, micro)?;
+            // A compute copy per micro-batch under mixed precision; its casts hand the
+            // gradients to `model`.
+            let compute = config
+                .mixed_precision
+                .compute_dtype()
+                .map(|dtype| cast_params(&model, dtype));
+            let module = compute.as_ref().unwrap_or(&model);
+            let data = inputs.train_batch(module, &batch, config, device)?;
+            let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step, micro as u64));
+            let draw = draw_step(&mut rng, schedule, config, data.latents.dims(), device)?;
+            let out = ctcal_step(
+                module.denoiser(),
+                &ae,
+                &data,
+                &draw,
+                schedule,
+                &config.ctcal,
+            )?;
+            let mut grads = out.loss.div_scalar(config.grad_accum as f64).backward();
+            acc.accumulate(&model, GradientsParams::from_module(&mut grads, &model));
+            acc_ae.accumulate(&ae, GradientsParams::from_module(&mut grads, &ae));
+            parts = add_parts(parts, out.parts, 1.0 / config.grad_accum as f64);
+        }
+        if !parts.total.is_finite() {
+            return Err(Error::Training(format!(
+                "step {}: the loss is {} (diffusion {}, ctcal {}); stopped before updating the \
+                 weights, the last checkpoint in {} is intact (lower --lr or check the data)",
+                step + 1,
+                parts.total,
+                parts.diffusion,
+                parts.ctcal,
+                root.display()
+            )));
+        }
+        let (mut grads, mut grads_ae) = (acc.grads(), acc_ae.grads());
+        let grad_norm = match config.max_grad_norm {
+            Some(max) => clip_global_norm((&model, &mut grads), (&ae, &mut grads_ae), max),
+            None => 0.0,
+        };
+        let lr = config.lr_at(step, config.lr);
+        model = optim.step(lr, model, grads);
+        ae = optim_ae.step(config.lr_at(step, ae_peak), ae, grads_ae);
+        if let Some(ema) = ema.as_mut() {
+            ema.update(&model);
+        }
+
+        let done = step + 1;
+        let every = config.checkpoint_every;
+        let checkpoint = if done == config.steps || (every > 0 && done % every == 0) {
+            let state = CheckpointState {
+                step: done,
+                cursor: loader.cursor(),
+                config: config.clone(),
+                trained,
+            };
+            let parts = CheckpointParts {
+                model: &model,
+                ae: &ae,
+                optim: &optim,
+                optim_ae: &optim_ae,
+                ema: ema.as_ref().map(|e| &e.model),
+                _b: std::marker::PhantomData,
+            };
+            Some(save_checkpoint(&root, &state, parts)?)
+        } else {
+            None
+        };
+        let log = StepLog {
+            step: done,
+            lr,
+            grad_norm,
+            loss: parts,
+            skipped: (!skipped.is_empty()).then(|| skipped.join("; ")),
+            checkpoint,
+        };
+        write_metrics(&mut metrics, &metrics_path, &log)?;
+        on_step(&log, &model)?;
+    }
+    Ok(LoopEnd {
+        model,
+        ema: ema.map(|e| e.model),
+        ae,
+        start,
+    })
+}
+
+/// Replaces each caption by the empty one with probability `config.caption_dropout` (its
+/// nouns go with it), from an RNG of its own per micro-batch.
+fn drop_captions(batch: &mut Batch, config: &TrainConfig, step: usize, micro: usize) -> Result<()> {
+    if config.caption_dropout == 0.0 {
+        return Ok(());
+    }
+    if matches!(batch.features, BatchFeatures::Cached { .. }) {
+        return Err(Error::Config(
+            "caption_dropout needs image data: cached features hold encoded captions".into(),
+        ));
+    }
+    let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step, 0xC0 + micro as u64));
+    for (caption, nouns) in batch.captions.iter_mut().zip(&mut batch.nouns) {
+        if rng.random_bool(config.caption_dropout) {
+            caption.clear();
+            *nouns = Nouns::Words(Vec::new());
+        }
+    }
+    Ok(())
+}
+
+/// The noise and levels of one micro-batch, from its own RNG.
+fn draw_step<B: AutodiffBackend>(
+    rng: &mut StdRng,
+    schedule: &Schedule,
+    config: &TrainConfig,
+    shape: [usize; 4],
+    device: &B::Device,
+) -> Result<StepDraw<B>> {
+    let (student, teacher) = config
+        .ctcal
+        .teacher
+        .sample_levels(schedule, rng, shape[0])?;
+    Ok(StepDraw {
+        noise: normal_tensor(rng, shape, device),
+        student,
+        teacher,
+    })
+}
+
+fn add_parts(a: LossParts, b: LossParts, w: f64) -> LossParts {
+    LossParts {
+        total: a.total + w * b.total,
+        diffusion: a.diffusion + w * b.diffusion,
+        ctcal: a.ctcal + w * b.ctcal,
+        pixel: a.pixel + w * b.pixel,
+        semantic: a.semantic + w * b.semantic,
+        recon: a.recon + w * b.recon,
+        balance: a.balance + w * b.balance,
+    }
+}
+
+/// A resumed run must draw the same data and randomness as the one it continues.
+fn check_compatible(
+    state: &CheckpointState,
+    config: &TrainConfig,
+    trained: Trained,
+    dir: &Path,
+) -> Result<()> {
+    let c = &state.config;
+    let differs = [
+        ("seed", c.seed != config.seed),
+        ("batch_size", c.batch_size != config.batch_size),
+        ("grad_accum", c.grad_accum != config.grad_accum),
+        (
+            "trained parameters (LoRA or full)",
+            state.trained != trained,
+        ),
+        (
+            "ema_decay",
+            c.ema_decay.is_some() != config.ema_decay.is_some(),
+        ),
+    ];
+    match differs.iter().find(|(_, d)| *d) {
+        Some((field, _)) => Err(Error::Config(format!(
+            "cannot resume from {}: its {field} differs from this run's",
+            dir.display()
+        ))),
+        None if state.step > config.steps => Err(Error::Config(format!(
+            "cannot resume from {}: it is at step {} but this run has steps = {}",
+            dir.display(),
+            state.step,
+            config.steps
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Opens `metrics.jsonl` for appending, dropping lines past `start` (left by a run that died
+/// after its last checkpoint).
+fn open_metrics(path: &Path, start: usize) -> Result<std::fs::File> {
+    let kept: Vec<String> = if start > 0 && path.exists() {
+        std::fs::read_to_string(path)
+            .map_err(|e| Error::io(path, e))?
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s as usize <= start)
+            })
+            .map(str::to_string)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut text = kept.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    crate::weights::write_atomic(path, text.as_bytes())?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+fn write_metrics(file: &mut std::fs::File, path: &Path, log: &StepLog) -> Result<()> {
+    let line = serde_json::to_string(log).map_err(|error| Error::Json {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    writeln!(file, "{line}").map_err(|e| Error::io(path, e))
+}
