@@ -21,9 +21,8 @@ mod common;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use burn::module::AutodiffModule;
 use clap::{Parser, ValueEnum};
-use common::train::{TrainArgs, fit, fit_shapes, progress_bar};
+use common::train::{DiffusersModel, TrainArgs, fit_pipeline, fit_shapes};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::calibration::{CtcalConfig, TeacherRule};
 use ctcal::launch::{OnAutodiffBackend, launch_autodiff};
@@ -32,7 +31,7 @@ use ctcal::pipeline::StableDiffusion;
 use ctcal::pipeline::shapes::is_shapes_model;
 use ctcal::schedule::{DdpmConfig, Schedule};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
-use ctcal::weights::{load_module, save_diffusers};
+use ctcal::weights::load_module;
 
 /// What the UNet predicts (the scheduler's `prediction_type`).
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -125,24 +124,23 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         }
         .init(),
     );
-    let data = cli.train.open_data(resolution)?;
-    let out = cli.train.out(DEFAULT_OUT);
-    let bar = progress_bar();
-    let config = cli.train.config(CtcalConfig::sd21().with_teacher(teacher));
-    let trainer = cli
-        .train
-        .trainer(config, LoraConfig::unet_default(), &out, &bar);
-    let fitted = fit(trainer, unet, &pipe, data, &schedule, device)?;
-    bar.finish();
-    if cli.train.full {
-        let dir = out.join("unet");
-        let n = save_diffusers(
-            &fitted.final_model().valid(),
-            &model_dir.join("config.json"),
-            &dir,
-            |_| false,
-        )?;
-        println!("{n} tensors in diffusers layout: {}", dir.display());
-    }
-    Ok(())
+    let denoiser = DiffusersModel {
+        model: unet,
+        dir: &model_dir,
+        folder: "unet",
+        resolution,
+    };
+    let configs = (
+        CtcalConfig::sd21().with_teacher(teacher),
+        LoraConfig::unet_default(),
+    );
+    fit_pipeline(
+        &cli.train,
+        denoiser,
+        &pipe,
+        configs,
+        &schedule,
+        DEFAULT_OUT,
+        device,
+    )
 }

@@ -22,9 +22,8 @@ mod common;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use burn::module::AutodiffModule;
 use clap::Parser;
-use common::train::{TrainArgs, fit, fit_shapes, progress_bar};
+use common::train::{DiffusersModel, TrainArgs, fit_pipeline, fit_shapes};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::calibration::{CtcalConfig, TeacherRule};
 use ctcal::launch::{OnAutodiffBackend, launch_autodiff};
@@ -33,7 +32,7 @@ use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 use ctcal::pipeline::StableDiffusion3;
 use ctcal::pipeline::shapes::is_shapes_model;
 use ctcal::schedule::{FlowConfig, Schedule};
-use ctcal::weights::{load_module, save_diffusers};
+use ctcal::weights::load_module;
 
 /// Fine-tune an SD 3 transformer with CTCal.
 #[derive(Parser, Debug)]
@@ -117,24 +116,20 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     if let Some(rule) = teacher {
         ctcal = ctcal.with_teacher(rule);
     }
-    let data = cli.train.open_data(resolution)?;
-    let out = cli.train.out(DEFAULT_OUT);
-    let bar = progress_bar();
-    let config = cli.train.config(ctcal);
-    let trainer = cli
-        .train
-        .trainer(config, LoraConfig::mmdit_default(), &out, &bar);
-    let fitted = fit(trainer, model, &pipe, data, &schedule, device)?;
-    bar.finish();
-    if cli.train.full {
-        let dir = out.join("transformer");
-        let n = save_diffusers(
-            &fitted.final_model().valid(),
-            &model_dir.join("config.json"),
-            &dir,
-            |_| false,
-        )?;
-        println!("{n} tensors in diffusers layout: {}", dir.display());
-    }
-    Ok(())
+    let denoiser = DiffusersModel {
+        model,
+        dir: &model_dir,
+        folder: "transformer",
+        resolution,
+    };
+    let configs = (ctcal, LoraConfig::mmdit_default());
+    fit_pipeline(
+        &cli.train,
+        denoiser,
+        &pipe,
+        configs,
+        &schedule,
+        DEFAULT_OUT,
+        device,
+    )
 }

@@ -73,21 +73,25 @@ for rel, t in files.items():
             target = cands
         for tgt in target:
             if tgt != rel: edges[rel].add(tgt)
-index, low, stack, on, sccs, i = {}, {}, [], set(), [], [0]
+def strongly_connected(nodes, edges):
+    """Tarjan's strongly connected components of more than one node."""
+    index, low, stack, on, out, i = {}, {}, [], set(), [], [0]
+    def visit(v):
+        index[v] = low[v] = i[0]; i[0] += 1; stack.append(v); on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index: visit(w); low[v] = min(low[v], low[w])
+            elif w in on: low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            c = []
+            while True:
+                w = stack.pop(); on.discard(w); c.append(w)
+                if w == v: break
+            if len(c) > 1: out.append(sorted(c))
+    for v in sorted(nodes):
+        if v not in index: visit(v)
+    return out
 sys.setrecursionlimit(100000)
-def visit(v):
-    index[v] = low[v] = i[0]; i[0] += 1; stack.append(v); on.add(v)
-    for w in edges[v]:
-        if w not in index: visit(w); low[v] = min(low[v], low[w])
-        elif w in on: low[v] = min(low[v], index[w])
-    if low[v] == index[v]:
-        c = []
-        while True:
-            w = stack.pop(); on.discard(w); c.append(w)
-            if w == v: break
-        if len(c) > 1: sccs.append(sorted(c))
-for v in sorted(files):
-    if v not in index: visit(v)
+sccs = strongly_connected(files, edges)
 for c in sccs:
     print('file cycle:', ' <-> '.join(c))
     for a in c: print('   ', a, '->', ', '.join(sorted(b for b in edges[a] if b in c)))
@@ -99,21 +103,7 @@ for a, bs in edges.items():
         if top(a) != top(b) and top(a) != 'lib' and top(b) != 'lib':
             medges.setdefault(top(a), set()).add(top(b))
 mods = sorted({top(r) for r in files} - {'lib'})
-index.clear(); low.clear(); stack.clear(); on.clear(); i[0] = 0
-msccs = []
-def mvisit(v):
-    index[v] = low[v] = i[0]; i[0] += 1; stack.append(v); on.add(v)
-    for w in medges.get(v, ()):
-        if w not in index: mvisit(w); low[v] = min(low[v], low[w])
-        elif w in on: low[v] = min(low[v], index[w])
-    if low[v] == index[v]:
-        c = []
-        while True:
-            w = stack.pop(); on.discard(w); c.append(w)
-            if w == v: break
-        if len(c) > 1: msccs.append(sorted(c))
-for v in mods:
-    if v not in index: mvisit(v)
+msccs = strongly_connected(mods, medges)
 for c in msccs:
     print('module cycle:', ' <-> '.join(c))
 print(f'{len(files)} files, {sum(len(v) for v in edges.values())} file edges, {len(sccs)} file cycles; '

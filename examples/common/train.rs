@@ -17,6 +17,7 @@ use ctcal::schedule::Schedule;
 use ctcal::train::{
     Event, Fitted, LrSchedule, Output, TrainConfig, TrainInputs, Trainable, Trainer, Validation,
 };
+use ctcal::weights::save_diffusers;
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Compute type of the forward and backward passes (weights and optimiser state stay f32).
@@ -293,7 +294,7 @@ pub fn progress_bar() -> ProgressBar {
 }
 
 /// Runs `trainer` and prints the loss summary.
-pub fn fit<B, M, I>(
+fn fit<B, M, I>(
     trainer: Trainer<'_>,
     model: M,
     inputs: &I,
@@ -321,6 +322,49 @@ where
         );
     }
     Ok(fitted)
+}
+
+/// A diffusers denoiser to fine-tune: the model and where it came from.
+pub struct DiffusersModel<'a, M> {
+    /// The loaded denoiser.
+    pub model: M,
+    /// Its folder (its `config.json` is written back with a `--full` fine-tune).
+    pub dir: &'a Path,
+    /// Its folder name in a pipeline (`unet`, `transformer`), for the `--full` export.
+    pub folder: &'a str,
+    /// The image side it was trained at (its `sample_size` times the VAE's factor).
+    pub resolution: u32,
+}
+
+/// Fine-tunes a diffusers denoiser with the frozen rest of its pipeline `pipe` as `args` say
+/// (`lora` adapters of `--rank` unless `--full`, which writes the model in diffusers layout).
+pub fn fit_pipeline<B, M, P>(
+    args: &TrainArgs,
+    denoiser: DiffusersModel<'_, M>,
+    pipe: &P,
+    (ctcal, lora): (CtcalConfig, LoraConfig),
+    schedule: &Schedule,
+    default_out: &str,
+    device: &B::Device,
+) -> Result<()>
+where
+    B: AutodiffAttentionBackend,
+    M: Trainable<B>,
+    P: TrainInputs<B, M>,
+{
+    let data = args.open_data(denoiser.resolution)?;
+    let out = args.out(default_out);
+    let bar = progress_bar();
+    let trainer = args.trainer(args.config(ctcal), lora, &out, &bar);
+    let fitted = fit(trainer, denoiser.model, pipe, data, schedule, device)?;
+    bar.finish();
+    if args.full {
+        let dir = out.join(denoiser.folder);
+        let config = denoiser.dir.join("config.json");
+        let n = save_diffusers(&fitted.final_model().valid(), &config, &dir, |_| false)?;
+        println!("{n} tensors in diffusers layout: {}", dir.display());
+    }
+    Ok(())
 }
 
 /// Fine-tunes the `D` (UNet or MMDiT) of the shapes model in `dir` with its architecture's
