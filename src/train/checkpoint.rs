@@ -81,15 +81,29 @@ fn store_err(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Saves `module`'s parameters selected by `filter` (burn paths, f32; enum variant names are
 /// left out, so a model wrapped in an enum module keeps its own paths).
+///
+/// The file is written beside `path` under a temporary name and renamed over it: an existing
+/// file is replaced whole or not at all.
 pub fn save_params<B: Backend, M: Module<B>>(
     module: &M,
     path: &Path,
     filter: fn(&str, &str) -> bool,
 ) -> Result<()> {
-    let mut store = SafetensorsStore::from_file(path)
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "params".into());
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    // A temporary file left by a killed save is stale; the store will not overwrite it.
+    let _ = std::fs::remove_file(&tmp);
+    let mut store = SafetensorsStore::from_file(&tmp)
         .with_predicate(filter)
         .skip_enum_variants(true);
-    module.save_into(&mut store).map_err(|e| store_err(path, e))
+    if let Err(e) = module.save_into(&mut store) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(store_err(path, e));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Loads parameters saved by [`save_params`] with the same filter; every selected parameter

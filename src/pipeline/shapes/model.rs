@@ -287,11 +287,7 @@ impl<B: Backend> ShapesModel<B> {
 
     /// Writes the parameters to `path` (safetensors, burn paths) through a temporary file.
     pub fn save(&self, path: &Path) -> crate::Result<()> {
-        let tmp = path.with_extension("safetensors.tmp");
-        // A temporary file left by an interrupted save is stale; the store will not overwrite.
-        let _ = std::fs::remove_file(&tmp);
-        save_params(self, &tmp, |_, _| true)?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        save_params(self, path, |_, _| true)
     }
 
     /// Loads parameters written by [`save`](Self::save).

@@ -29,7 +29,8 @@ fn models_round_trip_through_their_folder() {
         assert_eq!(model.arch(), arch);
         let dir = TempDir::new("shapes-model");
         let path = dir.path("base.safetensors");
-        std::fs::write(path.with_extension("safetensors.tmp"), b"stale").unwrap();
+        let stale = format!(".base.safetensors.tmp-{}", std::process::id());
+        std::fs::write(dir.path(&stale), b"stale").unwrap();
         model.save_dir(&config, &dir.path("")).unwrap();
         model.save_dir(&config, &dir.path("")).unwrap(); // over an existing folder too
         let loaded: ShapesModel<Nd> = load_shapes_model(&dir.path(""), &device).unwrap();
