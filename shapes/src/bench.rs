@@ -40,7 +40,7 @@ pub struct TrainRun {
     pub lora_rank: Option<usize>,
     /// Share of captions replaced by the empty one (for classifier-free guidance).
     pub caption_dropout: f64,
-    /// Loss config (see [`ShapesArch::ctcal`]): `lambda_ctcal = 0` is the plain diffusion loss.
+    /// Loss config (see [`ShapesArch::ctcal`](ctcal::pipeline::shapes::ShapesArch::ctcal)): `lambda_ctcal = 0` is the plain diffusion loss.
     pub ctcal: CtcalConfig,
     /// Seed of the adapters, the auto-encoder, the data order and the noise.
     pub seed: u64,

@@ -60,7 +60,7 @@ pub fn initial_latents<B: Backend>(
 ///
 /// With guidance, `uncond` holds the negative-prompt conditioning and each step runs the model
 /// once on the doubled batch `[uncond ; cond]` (diffusers' order), then mixes the halves with
-/// [`cfg`].
+/// [`cfg()`].
 pub fn denoise<B: Backend, M: Denoiser<B>, S: Sampler>(
     model: &M,
     sampler: &S,

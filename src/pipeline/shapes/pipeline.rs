@@ -103,7 +103,7 @@ pub fn is_shapes_model(dir: &Path) -> bool {
     dir.join(CONFIG).is_file()
 }
 
-/// Loads the shapes model in `dir` (see [`load_shapes_model`]) split for training: the frozen
+/// Loads the shapes model in `dir` (see [`load_shapes_model`](super::load_shapes_model)) split for training: the frozen
 /// pipeline on `B`'s inner backend and the denoiser, which must be a `D`, on `B`.
 #[allow(clippy::type_complexity)]
 pub fn load_shapes_pipeline<B, D>(

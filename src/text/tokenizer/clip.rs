@@ -199,7 +199,7 @@ impl ClipTokenizer {
     /// words; prefer [`word_positions`](Self::word_positions) or the [`WordTokens`]
     /// implementation for captions with punctuation.
     ///
-    /// [`WordTokens`]: super::WordTokens
+    /// [`WordTokens`]: crate::nouns::WordTokens
     pub fn count_tokens(&self, word: &str) -> usize {
         self.tokenizer
             .encode(word, false)
