@@ -33,11 +33,13 @@ pub enum BackendKind {
     Wgpu,
     /// burn-cuda (feature `cuda`, or `cuda-untuned`).
     Cuda,
+    /// burn-tch: PyTorch's kernels through LibTorch, on the CPU (feature `tch`).
+    Tch,
 }
 
 impl BackendKind {
     /// Every kind, in the order listed in messages.
-    pub const ALL: [BackendKind; 3] = [Self::Ndarray, Self::Wgpu, Self::Cuda];
+    pub const ALL: [BackendKind; 4] = [Self::Ndarray, Self::Wgpu, Self::Cuda, Self::Tch];
 
     /// Whether this build has the backend.
     pub fn is_compiled(self) -> bool {
@@ -45,6 +47,7 @@ impl BackendKind {
             Self::Ndarray => cfg!(feature = "ndarray"),
             Self::Wgpu => cfg!(feature = "wgpu"),
             Self::Cuda => cfg!(feature = "cuda-untuned"),
+            Self::Tch => cfg!(feature = "tch"),
         }
     }
 
@@ -54,6 +57,7 @@ impl BackendKind {
             Self::Ndarray => "ndarray",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
+            Self::Tch => "tch",
         }
     }
 
@@ -89,7 +93,7 @@ impl FromStr for BackendKind {
             .find(|k| k.feature() == s.to_ascii_lowercase())
             .ok_or_else(|| {
                 Error::Config(format!(
-                    "unknown backend {s:?}: expected ndarray, wgpu or cuda"
+                    "unknown backend {s:?}: expected ndarray, wgpu, cuda or tch"
                 ))
             })
     }
@@ -121,6 +125,8 @@ pub fn launch<F: OnBackend>(kind: BackendKind, f: F) -> Result<F::Output> {
         BackendKind::Wgpu => Ok(f.run::<burn::backend::Wgpu<f32>>(&Default::default())),
         #[cfg(feature = "cuda-untuned")]
         BackendKind::Cuda => Ok(f.run::<burn::backend::Cuda<f32>>(&Default::default())),
+        #[cfg(feature = "tch")]
+        BackendKind::Tch => Ok(f.run::<burn::backend::LibTorch<f32>>(&Default::default())),
         #[allow(unreachable_patterns)]
         _ => unreachable!("checked above"),
     }
@@ -153,6 +159,8 @@ pub fn launch_autodiff<F: OnAutodiffBackend>(
         BackendKind::Wgpu => on!(burn::backend::Wgpu<f32>),
         #[cfg(feature = "cuda-untuned")]
         BackendKind::Cuda => on!(burn::backend::Cuda<f32>),
+        #[cfg(feature = "tch")]
+        BackendKind::Tch => on!(burn::backend::LibTorch<f32>),
         #[allow(unreachable_patterns)]
         _ => unreachable!("checked above"),
     }

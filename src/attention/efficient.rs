@@ -165,3 +165,10 @@ mod cube_impl {
 
     impl<B: FusionBackend + KernelBackend> super::AttentionBackend for Fusion<B> {}
 }
+
+#[cfg(feature = "tch")]
+mod tch_impl {
+    use burn_tch::{LibTorch, TchElement};
+
+    impl<E: TchElement> super::AttentionBackend for LibTorch<E> {}
+}

@@ -1,11 +1,12 @@
-//! 2-D convolution as one matrix product over shifted views of the input (im2col).
+//! 2-D convolution as one matrix product over the input's kernel windows (im2col).
 //!
 //! burn-cubecl built without autotuning (`cuda-untuned`) runs every convolution and both of
 //! its gradients with its direct kernel; an SD 2.1 training step then took 9 s on an H200
 //! (benches/RESULTS.md). Written as slices, one concatenation and a matmul, the convolution
 //! runs on the backend's matmul kernel and differentiates through ops burn already has, at the
 //! cost of the `kh * kw`-times larger column tensor (377 MB for SD 2.1's first level at batch
-//! 8 in f32). [`conv2d`] picks it where the backend's [`KernelBackend::CONV_PATH`] says so:
+//! 8 in f32). The columns come from the backend's [`KernelBackend::im2col`], whose gradient is
+//! its [`KernelBackend::col2im`]. [`conv2d`] picks it where the backend's [`KernelBackend::CONV_PATH`] says so:
 //! on cubecl backends built without autotuning, and for overlapping windows on ndarray, whose
 //! own convolution backward is slow (two training steps of the shapes benchmark's UNet, 32x32
 //! RGB, batch 16, 3x3 convolutions, start-up included, took 45.8 s with burn-ndarray's
@@ -15,10 +16,9 @@
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
-use burn::tensor::backend::Backend;
-use burn::tensor::{Slice, Tensor};
+use burn::tensor::{Tensor, TensorPrimitive};
 
-use crate::backend::{ConvPath, KernelBackend};
+use crate::backend::{Columns, ConvPath, KernelBackend};
 
 /// `conv.forward(x)`, or [`im2col_conv2d`] where the backend's [`ConvPath`] says so.
 pub fn conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -49,63 +49,47 @@ fn explicit_padding(padding: &PaddingConfig2d) -> Option<[usize; 4]> {
     }
 }
 
-/// `conv.forward(x)` computed as `W [c_out, kh*kw*c_in] x columns [kh*kw*c_in, h_out*w_out]`
-/// per image, the columns being the `kh * kw` strided views of the padded input stacked along
-/// the channel axis. Grouped convolutions and `Same` padding use `conv.forward`.
+/// `conv.forward(x)` computed as `W [c_out, c_in*kh*kw] x columns [c_in*kh*kw, h_out*w_out]`
+/// per image, the columns gathered by the backend's [`KernelBackend::im2col`] (one pass over
+/// memory on burn-ndarray; slices of the padded input elsewhere). Grouped convolutions, `Same`
+/// padding and kernels larger than the padded input use `conv.forward`.
 ///
 /// # Shapes
 /// - `x`: `[batch, c_in, h, w]`; returns `[batch, c_out, h_out, w_out]`
-pub fn im2col_conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let Some([top, left, bottom, right]) = explicit_padding(&conv.padding) else {
+pub fn im2col_conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let Some(padding) = explicit_padding(&conv.padding) else {
         return conv.forward(x);
     };
-    if conv.groups != 1 {
+    let [batch, c_in, h, w] = x.dims();
+    let geometry = Columns {
+        batch,
+        channels: c_in,
+        input: [h, w],
+        kernel: conv.kernel_size,
+        stride: conv.stride,
+        dilation: conv.dilation,
+        padding,
+    };
+    let [h_out, w_out] = geometry.output();
+    if conv.groups != 1 || h_out * w_out == 0 {
         return conv.forward(x);
     }
-    let [batch, c_in, h, w] = x.dims();
-    let ([kh, kw], [sh, sw], [dh, dw]) = (conv.kernel_size, conv.stride, conv.dilation);
-    let (hp, wp) = (h + top + bottom, w + left + right);
-    let h_out = (hp - dh * (kh - 1) - 1) / sh + 1;
-    let w_out = (wp - dw * (kw - 1) - 1) / sw + 1;
-    let x = if top + left + bottom + right > 0 {
-        // Zeros in x's own type (burn's `pad` fills in the backend default type).
-        let zeros = Tensor::<B, 4>::zeros([batch, c_in, hp, wp], (&x.device(), x.dtype()));
-        zeros.slice_assign([0..batch, 0..c_in, top..top + h, left..left + w], x)
-    } else {
-        x
-    };
-    let columns = if kh * kw == 1 && sh * sw == 1 {
-        x
-    } else {
-        let view = |start: usize, stride: usize, len: usize| {
-            Slice::new(
-                start as isize,
-                Some((start + stride * (len - 1) + 1) as isize),
-                stride as isize,
-            )
+    let columns: Tensor<B, 3> =
+        if geometry.taps() == 1 && conv.stride == [1, 1] && padding == [0; 4] {
+            x.reshape([batch, c_in, h * w])
+        } else {
+            Tensor::from_primitive(TensorPrimitive::Float(B::im2col(
+                x.into_primitive().tensor(),
+                &geometry,
+            )))
         };
-        let taps = (0..kh)
-            .flat_map(|i| (0..kw).map(move |j| (i, j)))
-            .map(|(i, j)| {
-                x.clone().slice([
-                    Slice::full(),
-                    Slice::full(),
-                    view(i * dh, sh, h_out),
-                    view(j * dw, sw, w_out),
-                ])
-            })
-            .collect();
-        Tensor::cat(taps, 1)
-    };
-    let k = kh * kw * c_in;
-    let columns = columns.reshape([batch, k, h_out * w_out]);
-    // Tap-major rows, as the columns are stacked: [c_out, kh, kw, c_in].
+    let k = geometry.shape()[1];
+    // Rows ordered (c_in, kh, kw) like the columns: a reshape, no permutation.
     let weight = conv.weight.val();
     let c_out = weight.dims()[0];
-    let weight = weight
-        .permute([0, 2, 3, 1])
-        .reshape([1, c_out, k])
-        .expand([batch, c_out, k]);
+    // Batch dimension 1, broadcast by the matmul (an expanded weight is copied per image on
+    // burn-ndarray, whose matmul makes its operands contiguous).
+    let weight = weight.reshape([1, c_out, k]);
     let out = weight.matmul(columns);
     let out = match &conv.bias {
         Some(bias) => out + bias.val().reshape([1, c_out, 1]),

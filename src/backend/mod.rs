@@ -2,10 +2,19 @@
 //! the backend computes in half precision), as a backend extension trait implemented for each
 //! backend the cargo features add, the way burn's own extension traits are.
 //!
-//! Code asks `B::CONV_PATH` or `B::HALF_PRECISION`; nothing matches backend names. `Autodiff<B>`
-//! and `Fusion<B>` answer what `B` answers.
+//! Code asks `B::CONV_PATH` or `B::HALF_PRECISION`, and gathers convolution windows with
+//! `B::im2col`; nothing matches backend names. `Autodiff<B>` and `Fusion<B>` answer what `B`
+//! answers; `Autodiff<B>` differentiates `im2col` and `col2im` as each other's adjoint.
 
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+
+mod autodiff;
+pub mod columns;
+#[cfg(feature = "ndarray")]
+mod host;
+
+pub use columns::Columns;
 
 /// How [`conv2d`](crate::nn::conv2d) computes a 2-D convolution on a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,21 +32,32 @@ pub enum ConvPath {
 
 /// The kernels and capabilities this crate picks per backend.
 ///
-/// Implemented for burn-ndarray, cubecl's `CubeBackend` (what `Wgpu` and `Cuda` are), `Fusion`
-/// and `Autodiff` over any of them. A backend of your own implements it with the defaults
+/// Implemented for burn-ndarray, cubecl's `CubeBackend` (what `Wgpu` and `Cuda` are), `Fusion`,
+/// burn-tch's `LibTorch` and `Autodiff` over any of them. A backend of your own implements it with the defaults
 /// (`impl KernelBackend for MyBackend {}`) or its own answers.
 pub trait KernelBackend: Backend {
     /// How 2-D convolutions run.
     const CONV_PATH: ConvPath = ConvPath::Native;
     /// Whether the backend computes in bf16 and f16, which mixed-precision training needs.
     const HALF_PRECISION: bool = true;
-}
 
-impl<B: KernelBackend, C: burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy>
-    KernelBackend for burn::backend::Autodiff<B, C>
-{
-    const CONV_PATH: ConvPath = B::CONV_PATH;
-    const HALF_PRECISION: bool = B::HALF_PRECISION;
+    /// Every kernel window of `x` as a column (see [`Columns`] for the layout); the default
+    /// is [`columns::im2col`] in burn tensor operations.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, channels, height, width]`; returns [`Columns::shape`]
+    fn im2col(x: FloatTensor<Self>, columns: &Columns) -> FloatTensor<Self> {
+        columns::im2col::<Self>(x, columns)
+    }
+
+    /// Columns added back into their windows (the adjoint of [`im2col`](Self::im2col)); the
+    /// default is [`columns::col2im`] in burn tensor operations.
+    ///
+    /// # Shapes
+    /// - `columns`: [`Columns::shape`]; returns `[batch, channels, height, width]`
+    fn col2im(columns: FloatTensor<Self>, geometry: &Columns) -> FloatTensor<Self> {
+        columns::col2im::<Self>(columns, geometry)
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -46,11 +66,13 @@ mod ndarray_impl {
     use burn::backend::ndarray::{
         FloatNdArrayElement, IntNdArrayElement, NdArrayTensor, QuantElement, SharedArray,
     };
+    use burn::tensor::ops::FloatTensor;
 
-    use super::{ConvPath, KernelBackend};
+    use super::{Columns, ConvPath, KernelBackend, host};
 
     /// burn-ndarray's convolution backward is slow (two shapes UNet training steps: 45.8 s
-    /// with it, 7.4 s with im2col on 2 cores), and it has no bf16/f16 kernels.
+    /// with it, 7.4 s with im2col on 2 cores), and it has no bf16/f16 kernels; its columns
+    /// are gathered in one pass over host memory.
     impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> KernelBackend
         for NdArray<E, I, Q>
     where
@@ -59,6 +81,14 @@ mod ndarray_impl {
     {
         const CONV_PATH: ConvPath = ConvPath::Im2colOverlapping;
         const HALF_PRECISION: bool = false;
+
+        fn im2col(x: FloatTensor<Self>, columns: &Columns) -> FloatTensor<Self> {
+            host::im2col::<Self>(x, columns)
+        }
+
+        fn col2im(columns: FloatTensor<Self>, geometry: &Columns) -> FloatTensor<Self> {
+            host::col2im::<Self>(columns, geometry)
+        }
     }
 }
 
@@ -90,8 +120,19 @@ mod cube_impl {
         };
     }
 
+    /// Fusion's columns are the portable ones (its fused graph sees the slices).
     impl<B: FusionBackend + KernelBackend> KernelBackend for Fusion<B> {
         const CONV_PATH: ConvPath = B::CONV_PATH;
         const HALF_PRECISION: bool = B::HALF_PRECISION;
     }
+}
+
+#[cfg(feature = "tch")]
+mod tch_impl {
+    use burn_tch::{LibTorch, TchElement};
+
+    use super::KernelBackend;
+
+    /// LibTorch's own convolution (oneDNN on the CPU, cuDNN on CUDA) and half types.
+    impl<E: TchElement> KernelBackend for LibTorch<E> {}
 }

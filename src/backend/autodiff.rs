@@ -1,0 +1,63 @@
+//! [`KernelBackend`] for `Autodiff<B, C>`: `im2col` and `col2im` as tracked operations whose
+//! backward is the other one on `B` (they are each other's adjoint), so a convolution's
+//! gradient never goes through `kh * kw` slice assignments. Neither keeps a tensor for its
+//! backward, only the geometry.
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::tensor::ops::FloatTensor;
+
+use super::{Columns, ConvPath, KernelBackend};
+
+/// The backward of [`KernelBackend::im2col`]: `col2im` of the columns' gradient.
+#[derive(Debug)]
+struct Im2colBackward(Columns);
+
+impl<B: KernelBackend> Backward<B, 1> for Im2colBackward {
+    type State = ();
+
+    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::col2im(grad, &self.0));
+        }
+    }
+}
+
+/// The backward of [`KernelBackend::col2im`]: `im2col` of the image's gradient.
+#[derive(Debug)]
+struct Col2imBackward(Columns);
+
+impl<B: KernelBackend> Backward<B, 1> for Col2imBackward {
+    type State = ();
+
+    fn backward(self, ops: Ops<(), 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::im2col(grad, &self.0));
+        }
+    }
+}
+
+impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
+    const CONV_PATH: ConvPath = B::CONV_PATH;
+    const HALF_PRECISION: bool = B::HALF_PRECISION;
+
+    fn im2col(x: FloatTensor<Self>, columns: &Columns) -> FloatTensor<Self> {
+        Im2colBackward(*columns)
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateless(B::im2col(x.primitive, columns))
+    }
+
+    fn col2im(columns: FloatTensor<Self>, geometry: &Columns) -> FloatTensor<Self> {
+        Col2imBackward(*geometry)
+            .prepare::<C>([columns.node.clone()])
+            .compute_bound()
+            .stateless(B::col2im(columns.primitive, geometry))
+    }
+}
