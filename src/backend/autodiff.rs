@@ -1,12 +1,14 @@
 //! [`KernelBackend`] for `Autodiff<B, C>`: `im2col` and `col2im` as tracked operations whose
 //! backward is the other one on `B` (they are each other's adjoint), so a convolution's
-//! gradient never goes through `kh * kw` slice assignments. Neither keeps a tensor for its
-//! backward, only the geometry.
+//! gradient never goes through `kh * kw` slice assignments; neither keeps a tensor for its
+//! backward, only the geometry. The SiLU is one tracked operation whose backward is
+//! `B::silu_backward` on its checkpointed input.
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::ops::FloatTensor;
 
 use super::{Columns, ConvPath, KernelBackend};
@@ -43,6 +45,23 @@ impl<B: KernelBackend> Backward<B, 1> for Col2imBackward {
     }
 }
 
+/// The backward of [`KernelBackend::silu`]: `B::silu_backward` on the checkpointed input.
+#[derive(Debug)]
+struct SiluBackward;
+
+impl<B: KernelBackend> Backward<B, 1> for SiluBackward {
+    type State = NodeId;
+
+    fn backward(self, ops: Ops<NodeId, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let x = checkpointer.retrieve_node_output(ops.state);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::silu_backward(x, grad));
+        }
+    }
+}
+
 impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     const CONV_PATH: ConvPath = B::CONV_PATH;
     const HALF_PRECISION: bool = B::HALF_PRECISION;
@@ -59,5 +78,19 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
             .prepare::<C>([columns.node.clone()])
             .compute_bound()
             .stateless(B::col2im(columns.primitive, geometry))
+    }
+
+    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SiluBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&x);
+                prep.finish(state, B::silu(x.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::silu(x.primitive)),
+        }
     }
 }

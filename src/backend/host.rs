@@ -1,75 +1,153 @@
-//! [`im2col`] and [`col2im`] in one pass over host memory, one `(image, channel)` plane per
-//! task on rayon's pool: burn-ndarray's versions of the [`columns`](super::columns) operations.
+//! burn-ndarray's own versions of [`KernelBackend`](super::KernelBackend)'s kernels: one pass
+//! over host memory each, on rayon's pool, reading burn-ndarray's arrays in place.
 //!
-//! The portable versions copy the padded input once, cut `kh * kw` strided views and stack
-//! them (and the gradient goes back through as many zero-filled slice assignments); on
-//! burn-ndarray, where every operation allocates and most run on one thread, that was more than
-//! half of a training step's convolution time. Here each output element is written once.
+//! burn-ndarray runs most element-wise operations on one thread and allocates a buffer per
+//! operation. The portable convolution columns copy the padded input, cut `kh * kw` strided
+//! views and stack them (the gradient goes back through as many zero-filled slice assignments),
+//! and the SiLU is five operations forward and more backward; on burn-ndarray that was over half
+//! of a training step's convolution time and most of its activation time. Here each output
+//! element is written once. Other dtypes than f32 and f64 take the portable path.
 
-use std::ops::AddAssign;
+use std::borrow::Cow;
 
-use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Element, Tensor, TensorData, TensorPrimitive};
+use burn::backend::ndarray::NdArrayTensor;
+use ndarray::{ArcArray, ArrayViewD, IxDyn};
 use rayon::prelude::*;
 
-use super::columns::{self, Columns};
+use super::columns::Columns;
 
-/// The element types the host loops handle (burn-ndarray's float types).
-trait Value: Element + Copy + Default + Send + Sync + AddAssign {}
-impl Value for f32 {}
-impl Value for f64 {}
+/// The float types the loops handle, with the SiLU's scalar formulas.
+pub(crate) trait Value:
+    Copy + Default + Send + Sync + std::ops::AddAssign + 'static
+where
+    NdArrayTensor: From<ArcArray<Self, IxDyn>>,
+{
+    /// The tensor's array when it holds this type.
+    fn view(t: &NdArrayTensor) -> Option<ArrayViewD<'_, Self>>;
+    /// `x * sigmoid(x)`.
+    fn silu(x: Self) -> Self;
+    /// `dy * d silu(x) / dx = dy * s (1 + x (1 - s))`, `s = sigmoid(x)`.
+    fn silu_grad(x: Self, dy: Self) -> Self;
+}
 
-/// [`KernelBackend::im2col`](super::KernelBackend::im2col) on host memory; other dtypes take
-/// the portable path.
-pub(crate) fn im2col<B: Backend>(x: FloatTensor<B>, g: &Columns) -> FloatTensor<B> {
-    let x = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(x));
-    let device = x.device();
-    let data = x.into_data();
-    let out = match data.dtype {
-        DType::F32 => im2col_plane::<f32>(&data, g),
-        DType::F64 => im2col_plane::<f64>(&data, g),
-        _ => None,
+macro_rules! value {
+    ($t:ty, $variant:ident) => {
+        impl Value for $t {
+            fn view(t: &NdArrayTensor) -> Option<ArrayViewD<'_, $t>> {
+                match t {
+                    NdArrayTensor::$variant(storage) => Some(storage.view()),
+                    _ => None,
+                }
+            }
+
+            #[inline]
+            fn silu(x: $t) -> $t {
+                // exp(-x) overflows to inf for very negative x: x / inf = -0, no NaN.
+                x / (1.0 + (-x).exp())
+            }
+
+            #[inline]
+            fn silu_grad(x: $t, dy: $t) -> $t {
+                let s = 1.0 / (1.0 + (-x).exp());
+                dy * s * (1.0 + x * (1.0 - s))
+            }
+        }
     };
-    match out {
-        Some(out) => Tensor::<B, 3>::from_data(out, &device)
-            .into_primitive()
-            .tensor(),
-        None => columns::im2col::<B>(
-            Tensor::<B, 4>::from_data(data, &device)
-                .into_primitive()
-                .tensor(),
-            g,
-        ),
+}
+value!(f32, F32);
+value!(f64, F64);
+
+/// A tensor's elements in row-major order: borrowed when its layout already is, else copied.
+fn elements<T: Value>(view: ArrayViewD<'_, T>) -> Cow<'_, [T]>
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    match view.to_slice() {
+        Some(slice) => Cow::Borrowed(slice),
+        None => Cow::Owned(view.iter().copied().collect()),
     }
 }
 
-/// [`KernelBackend::col2im`](super::KernelBackend::col2im) on host memory; other dtypes take
-/// the portable path.
-pub(crate) fn col2im<B: Backend>(columns: FloatTensor<B>, g: &Columns) -> FloatTensor<B> {
-    let columns = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(columns));
-    let device = columns.device();
-    let data = columns.into_data();
-    let out = match data.dtype {
-        DType::F32 => col2im_plane::<f32>(&data, g),
-        DType::F64 => col2im_plane::<f64>(&data, g),
-        _ => None,
+/// A row-major buffer as a burn-ndarray tensor.
+fn tensor<T: Value>(values: Vec<T>, shape: &[usize]) -> NdArrayTensor
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let array = ArcArray::from_shape_vec(IxDyn(shape), values).expect("shape matches the buffer");
+    NdArrayTensor::from(array)
+}
+
+/// Runs `$f::<T>` for the float type `T` of `$t` (f32 or f64); `None` for other types.
+macro_rules! dispatch {
+    ($t:expr, $f:ident($($arg:expr),*)) => {
+        match $t {
+            NdArrayTensor::F32(_) => $f::<f32>($($arg),*),
+            NdArrayTensor::F64(_) => $f::<f64>($($arg),*),
+            _ => None,
+        }
     };
-    match out {
-        Some(out) => Tensor::<B, 4>::from_data(out, &device)
-            .into_primitive()
-            .tensor(),
-        None => columns::col2im::<B>(
-            Tensor::<B, 3>::from_data(data, &device)
-                .into_primitive()
-                .tensor(),
-            g,
-        ),
+}
+
+/// [`KernelBackend::im2col`](super::KernelBackend::im2col); `None` for other dtypes.
+pub(crate) fn im2col(x: &NdArrayTensor, g: &Columns) -> Option<NdArrayTensor> {
+    dispatch!(x, im2col_typed(x, g))
+}
+
+/// [`KernelBackend::col2im`](super::KernelBackend::col2im); `None` for other dtypes.
+pub(crate) fn col2im(columns: &NdArrayTensor, g: &Columns) -> Option<NdArrayTensor> {
+    dispatch!(columns, col2im_typed(columns, g))
+}
+
+/// [`KernelBackend::silu`](super::KernelBackend::silu); `None` for other dtypes.
+pub(crate) fn silu(x: &NdArrayTensor) -> Option<NdArrayTensor> {
+    dispatch!(x, silu_typed(x))
+}
+
+/// [`KernelBackend::silu_backward`](super::KernelBackend::silu_backward); `None` for other or
+/// mixed dtypes.
+pub(crate) fn silu_backward(x: &NdArrayTensor, grad: &NdArrayTensor) -> Option<NdArrayTensor> {
+    dispatch!(x, silu_backward_typed(x, grad))
+}
+
+/// Elements per rayon task of the element-wise kernels.
+const CHUNK: usize = 1 << 14;
+
+fn silu_typed<T: Value>(x: &NdArrayTensor) -> Option<NdArrayTensor>
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let view = T::view(x)?;
+    let shape = view.shape().to_vec();
+    let xs = elements(view);
+    let mut out = vec![T::default(); xs.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK))
+        .for_each(|(o, x)| o.iter_mut().zip(x).for_each(|(o, &x)| *o = T::silu(x)));
+    Some(tensor(out, &shape))
+}
+
+fn silu_backward_typed<T: Value>(x: &NdArrayTensor, grad: &NdArrayTensor) -> Option<NdArrayTensor>
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let (xv, gv) = (T::view(x)?, T::view(grad)?);
+    if xv.shape() != gv.shape() {
+        return None;
     }
+    let shape = xv.shape().to_vec();
+    let (xs, gs) = (elements(xv), elements(gv));
+    let mut out = vec![T::default(); xs.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
+        .for_each(|(o, (x, g))| {
+            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                *o = T::silu_grad(x, g);
+            }
+        });
+    Some(tensor(out, &shape))
 }
 
 /// For output index `o` along one axis and tap `k`: the input index, or `None` in the padding.
-#[inline]
 fn source(
     o: usize,
     k: usize,
@@ -83,7 +161,8 @@ fn source(
         .filter(|&i| i < size)
 }
 
-/// The range of output indices `o` whose input index for tap `k` lies inside `0..size`.
+/// The output indices `o` whose input index for tap `k` lies inside `0..size` (a range: the
+/// input index grows with `o`).
 fn valid(
     out: usize,
     k: usize,
@@ -92,21 +171,22 @@ fn valid(
     pad: usize,
     size: usize,
 ) -> std::ops::Range<usize> {
-    let start = (0..out).find(|&o| source(o, k, stride, dilation, pad, size).is_some());
-    match start {
-        Some(s) => {
-            let end = (s..out)
-                .take_while(|&o| source(o, k, stride, dilation, pad, size).is_some())
-                .last()
-                .map_or(s, |e| e + 1);
-            s..end
-        }
+    let inside = |o: &usize| source(*o, k, stride, dilation, pad, size).is_some();
+    match (0..out).find(inside) {
+        Some(s) => s..(s..out).take_while(inside).last().map_or(s, |e| e + 1),
         None => 0..0,
     }
 }
 
-fn im2col_plane<T: Value>(data: &TensorData, g: &Columns) -> Option<TensorData> {
-    let x = data.as_slice::<T>().ok()?;
+fn im2col_typed<T: Value>(x: &NdArrayTensor, g: &Columns) -> Option<NdArrayTensor>
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let view = T::view(x)?;
+    if view.shape() != g.input_shape() {
+        return None;
+    }
+    let x = elements(view);
     let [h, w] = g.input;
     let [h_out, w_out] = g.output();
     let [kh, kw] = g.kernel;
@@ -117,7 +197,7 @@ fn im2col_plane<T: Value>(data: &TensorData, g: &Columns) -> Option<TensorData> 
     let shape = g.shape();
     let mut out = vec![T::default(); shape.iter().product()];
     if l == 0 || h * w == 0 {
-        return Some(TensorData::new(out, shape));
+        return Some(tensor(out, &shape));
     }
     out.par_chunks_mut(kh * kw * l)
         .zip(x.par_chunks(h * w))
@@ -126,11 +206,11 @@ fn im2col_plane<T: Value>(data: &TensorData, g: &Columns) -> Option<TensorData> 
                 for j in 0..kw {
                     let tap = &mut dst[(i * kw + j) * l..][..l];
                     let xs = valid(w_out, j, sw, dw, left, w);
+                    let x0 = xs.start * sw + j * dw - left;
                     for oy in valid(h_out, i, sh, dh, top, h) {
                         let iy = oy * sh + i * dh - top;
                         let row = &plane[iy * w..][..w];
                         let out_row = &mut tap[oy * w_out..][..w_out];
-                        let x0 = xs.start * sw + j * dw - left;
                         if sw == 1 {
                             out_row[xs.clone()].copy_from_slice(&row[x0..x0 + xs.len()]);
                         } else {
@@ -142,11 +222,18 @@ fn im2col_plane<T: Value>(data: &TensorData, g: &Columns) -> Option<TensorData> 
                 }
             }
         });
-    Some(TensorData::new(out, shape))
+    Some(tensor(out, &shape))
 }
 
-fn col2im_plane<T: Value>(data: &TensorData, g: &Columns) -> Option<TensorData> {
-    let cols = data.as_slice::<T>().ok()?;
+fn col2im_typed<T: Value>(columns: &NdArrayTensor, g: &Columns) -> Option<NdArrayTensor>
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let view = T::view(columns)?;
+    if view.shape() != g.shape() {
+        return None;
+    }
+    let cols = elements(view);
     let [h, w] = g.input;
     let [h_out, w_out] = g.output();
     let [kh, kw] = g.kernel;
@@ -157,7 +244,7 @@ fn col2im_plane<T: Value>(data: &TensorData, g: &Columns) -> Option<TensorData> 
     let shape = g.input_shape();
     let mut out = vec![T::default(); shape.iter().product()];
     if l == 0 || h * w == 0 {
-        return Some(TensorData::new(out, shape));
+        return Some(tensor(out, &shape));
     }
     out.par_chunks_mut(h * w)
         .zip(cols.par_chunks(kh * kw * l))
@@ -166,11 +253,11 @@ fn col2im_plane<T: Value>(data: &TensorData, g: &Columns) -> Option<TensorData> 
                 for j in 0..kw {
                     let tap = &src[(i * kw + j) * l..][..l];
                     let xs = valid(w_out, j, sw, dw, left, w);
+                    let x0 = xs.start * sw + j * dw - left;
                     for oy in valid(h_out, i, sh, dh, top, h) {
                         let iy = oy * sh + i * dh - top;
                         let row = &mut plane[iy * w..][..w];
                         let in_row = &tap[oy * w_out..][..w_out];
-                        let x0 = xs.start * sw + j * dw - left;
                         for (n, ox) in xs.clone().enumerate() {
                             row[x0 + n * sw] += in_row[ox];
                         }
@@ -178,16 +265,16 @@ fn col2im_plane<T: Value>(data: &TensorData, g: &Columns) -> Option<TensorData> 
                 }
             }
         });
-    Some(TensorData::new(out, shape))
+    Some(tensor(out, &shape))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::TestBackend;
-    use burn::tensor::Distribution;
+    use burn::tensor::{Distribution, Tensor, TensorPrimitive, Tolerance};
 
-    type B = TestBackend;
+    use super::super::{KernelBackend, activation, columns};
+    use super::Columns;
+    use crate::TestBackend as B;
 
     fn geometries() -> Vec<Columns> {
         let g = |channels, input, kernel, stride, dilation, padding| Columns {
@@ -205,63 +292,81 @@ mod tests {
             g(4, [7, 5], [1, 1], [1, 1], [1, 1], [0, 0, 0, 0]),
             g(3, [8, 6], [2, 2], [2, 2], [1, 1], [0, 0, 0, 0]),
             g(2, [9, 7], [3, 2], [1, 2], [2, 1], [2, 0, 1, 1]),
-            // Padding wider than the kernel reach: rows and columns of pure padding.
+            // Padding wider than the kernel's reach: rows and columns of pure padding.
             g(1, [3, 4], [2, 3], [3, 1], [1, 2], [3, 2, 4, 3]),
         ]
     }
 
-    /// Host loops against the portable tensor-operation versions, exactly (both only copy and
-    /// add in f64; col2im's sums run in the same tap order).
+    fn p<const D: usize>(t: Tensor<B, D>) -> burn::tensor::ops::FloatTensor<B> {
+        t.into_primitive().tensor()
+    }
+
+    fn t<const D: usize>(p: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
+        Tensor::from_primitive(TensorPrimitive::Float(p))
+    }
+
+    /// The host loops against the portable tensor-operation versions: im2col exactly (both
+    /// only copy), col2im to rounding (both add the taps in the same order).
     #[test]
     fn host_columns_match_the_portable_operations() {
         let device = Default::default();
         for (n, g) in geometries().into_iter().enumerate() {
             let x =
                 Tensor::<B, 4>::random(g.input_shape(), Distribution::Normal(0.0, 1.0), &device);
-            let p = |t: Tensor<B, 4>| t.into_primitive().tensor();
-            let want = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(
-                columns::im2col::<B>(p(x.clone()), &g),
-            ));
-            let got = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(im2col::<B>(p(x), &g)));
+            let want: Tensor<B, 3> = t(columns::im2col::<B>(p(x.clone()), &g));
+            let got: Tensor<B, 3> = t(B::im2col(p(x), &g));
             assert_eq!(got.dims(), g.shape(), "case {n}");
             got.into_data().assert_eq(&want.into_data(), true);
 
             let c = Tensor::<B, 3>::random(g.shape(), Distribution::Normal(0.0, 1.0), &device);
-            let q = |t: Tensor<B, 3>| t.into_primitive().tensor();
-            let want = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(
-                columns::col2im::<B>(q(c.clone()), &g),
-            ));
-            let got = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(col2im::<B>(q(c), &g)));
+            let want: Tensor<B, 4> = t(columns::col2im::<B>(p(c.clone()), &g));
+            let got: Tensor<B, 4> = t(B::col2im(p(c), &g));
             assert_eq!(got.dims(), g.input_shape(), "case {n}");
-            got.into_data().assert_approx_eq::<f64>(
-                &want.into_data(),
-                burn::tensor::Tolerance::absolute(1e-12),
-            );
+            got.into_data()
+                .assert_approx_eq::<f64>(&want.into_data(), Tolerance::absolute(1e-12));
         }
     }
 
-    /// col2im is the adjoint of im2col: `<im2col(x), c> = <x, col2im(c)>`.
+    /// col2im is the adjoint of im2col: `<im2col(x), c> = <x, col2im(c)>`, also on a
+    /// non-contiguous (transposed) input.
     #[test]
     fn col2im_is_the_adjoint_of_im2col() {
         let device = Default::default();
         for (n, g) in geometries().into_iter().enumerate() {
-            let x =
-                Tensor::<B, 4>::random(g.input_shape(), Distribution::Normal(0.0, 1.0), &device);
-            let c = Tensor::<B, 3>::random(g.shape(), Distribution::Normal(0.0, 1.0), &device);
-            let cols = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(im2col::<B>(
-                x.clone().into_primitive().tensor(),
-                &g,
-            )));
-            let image = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(col2im::<B>(
-                c.clone().into_primitive().tensor(),
-                &g,
-            )));
-            let lhs = (cols * c).sum().into_scalar();
-            let rhs = (x * image).sum().into_scalar();
+            let [b, c, h, w] = g.input_shape();
+            let x = Tensor::<B, 4>::random([b, c, w, h], Distribution::Normal(0.0, 1.0), &device)
+                .swap_dims(2, 3);
+            let cols = Tensor::<B, 3>::random(g.shape(), Distribution::Normal(0.0, 1.0), &device);
+            let gathered: Tensor<B, 3> = t(B::im2col(p(x.clone()), &g));
+            let scattered: Tensor<B, 4> = t(B::col2im(p(cols.clone()), &g));
+            let lhs = (gathered * cols).sum().into_scalar();
+            let rhs = (x * scattered).sum().into_scalar();
             assert!(
                 (lhs - rhs).abs() <= 1e-10 * lhs.abs().max(1.0),
                 "case {n}: {lhs} vs {rhs}"
             );
         }
+    }
+
+    /// The host SiLU and its gradient against the portable compositions, including values far
+    /// in both tails.
+    #[test]
+    fn host_silu_matches_the_portable_composition() {
+        let device = Default::default();
+        let x = Tensor::<B, 3>::random([3, 5, 7], Distribution::Normal(0.0, 4.0), &device);
+        let x = x.slice_assign(
+            [0..1, 0..1, 0..2],
+            Tensor::from_floats([[[-800.0, 800.0]]], &device),
+        );
+        let dy = Tensor::<B, 3>::random([3, 5, 7], Distribution::Normal(0.0, 1.0), &device);
+        let tol = Tolerance::absolute(1e-12).set_relative(1e-12);
+        let want: Tensor<B, 3> = t(activation::silu::<B>(p(x.clone())));
+        let got: Tensor<B, 3> = t(B::silu(p(x.clone())));
+        got.into_data()
+            .assert_approx_eq::<f64>(&want.into_data(), tol);
+        let want: Tensor<B, 3> = t(activation::silu_backward::<B>(p(x.clone()), p(dy.clone())));
+        let got: Tensor<B, 3> = t(B::silu_backward(p(x), p(dy)));
+        got.into_data()
+            .assert_approx_eq::<f64>(&want.into_data(), tol);
     }
 }

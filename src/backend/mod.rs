@@ -9,6 +9,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
 
+pub mod activation;
 mod autodiff;
 pub mod columns;
 #[cfg(feature = "ndarray")]
@@ -58,6 +59,17 @@ pub trait KernelBackend: Backend {
     fn col2im(columns: FloatTensor<Self>, geometry: &Columns) -> FloatTensor<Self> {
         columns::col2im::<Self>(columns, geometry)
     }
+
+    /// `x * sigmoid(x)` element-wise, any rank; the default is [`activation::silu`].
+    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        activation::silu::<Self>(x)
+    }
+
+    /// The SiLU's backward `grad * s (1 + x (1 - s))`, `s = sigmoid(x)`; the default is
+    /// [`activation::silu_backward`].
+    fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        activation::silu_backward::<Self>(x, grad)
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -68,7 +80,7 @@ mod ndarray_impl {
     };
     use burn::tensor::ops::FloatTensor;
 
-    use super::{Columns, ConvPath, KernelBackend, host};
+    use super::{Columns, ConvPath, KernelBackend, activation, columns, host};
 
     /// burn-ndarray's convolution backward is slow (two shapes UNet training steps: 45.8 s
     /// with it, 7.4 s with im2col on 2 cores), and it has no bf16/f16 kernels; its columns
@@ -82,12 +94,21 @@ mod ndarray_impl {
         const CONV_PATH: ConvPath = ConvPath::Im2colOverlapping;
         const HALF_PRECISION: bool = false;
 
-        fn im2col(x: FloatTensor<Self>, columns: &Columns) -> FloatTensor<Self> {
-            host::im2col::<Self>(x, columns)
+        fn im2col(x: FloatTensor<Self>, geometry: &Columns) -> FloatTensor<Self> {
+            host::im2col(&x, geometry).unwrap_or_else(|| columns::im2col::<Self>(x, geometry))
         }
 
-        fn col2im(columns: FloatTensor<Self>, geometry: &Columns) -> FloatTensor<Self> {
-            host::col2im::<Self>(columns, geometry)
+        fn col2im(cols: FloatTensor<Self>, geometry: &Columns) -> FloatTensor<Self> {
+            host::col2im(&cols, geometry).unwrap_or_else(|| columns::col2im::<Self>(cols, geometry))
+        }
+
+        fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            host::silu(&x).unwrap_or_else(|| activation::silu::<Self>(x))
+        }
+
+        fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            host::silu_backward(&x, &grad)
+                .unwrap_or_else(|| activation::silu_backward::<Self>(x, grad))
         }
     }
 }

@@ -5,7 +5,16 @@
 //! (erf) GELU, and its `sigmoid` (hence `silu`) is computed in f32 whatever the tensor's dtype.
 //! These are compositions of elementwise ops whose autodiff is exact; fusing backends merge them.
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{Tensor, TensorPrimitive, backend::Backend};
+
+use crate::backend::KernelBackend;
+
+/// `x * sigmoid(x)` through the backend's kernel ([`KernelBackend::silu`]): one pass forward
+/// and one backward on burn-ndarray, [`silu`]'s composition elsewhere. The UNet's hot
+/// GroupNorm-SiLU-convolution chains use it.
+pub fn silu_kernel<B: KernelBackend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(B::silu(x.into_primitive().tensor())))
+}
 
 /// `x * sigmoid(x)`, with `sigmoid(x) = (1 + tanh(x / 2)) / 2` (bounded, no overflow).
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
@@ -57,7 +66,8 @@ mod tests {
 
     type A = Autodiff<TestBackend>;
 
-    /// Values against closed forms and gradients against central differences, in f64.
+    /// Values against closed forms and gradients against central differences, in f64, for
+    /// the compositions and the SiLU kernel.
     #[test]
     fn values_and_gradients() {
         let device = Default::default();
@@ -69,6 +79,8 @@ mod tests {
                 silu::<A, 1> as fn(Tensor<A, 1>) -> Tensor<A, 1>,
                 &silu_ref as &dyn Fn(f64) -> f64,
             ),
+            // The backend kernel (burn-ndarray's one-pass loop, its own backward).
+            (silu_kernel::<A, 1>, &silu_ref),
             (gelu::<A, 1>, &gelu_ref),
         ] {
             let x = Tensor::<A, 1>::from_data(TensorData::new(xs.to_vec(), [xs.len()]), &device)

@@ -10,7 +10,7 @@ mod noise;
 mod norm;
 mod sampling;
 
-pub use activation::{gelu, gelu_tanh, quick_gelu, silu};
+pub use activation::{gelu, gelu_tanh, quick_gelu, silu, silu_kernel};
 pub use conv::{conv2d, im2col_conv2d};
 pub use embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedding};
 pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
