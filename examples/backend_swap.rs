@@ -6,6 +6,7 @@
 //! cargo run --release --example backend_swap                     # ndarray only
 //! cargo run --release --example backend_swap --features wgpu     # ndarray and wgpu
 //! cargo run --release --example backend_swap --features cuda,wgpu
+//! LIBTORCH_USE_PYTORCH=1 cargo run --release --example backend_swap --features tch  # + LibTorch
 //! ```
 //! Runs the tiny UNet (`weights/tiny-sd21`) and the tiny MMDiT (`weights/tiny-sd3`) on the
 //! first batch of `weights/tiny-data`, at three seeded draws of noise and levels each.
@@ -142,8 +143,13 @@ fn main() -> Result<ExitCode> {
         let (p, ms) = run::<Autodiff<burn::backend::Cuda<f32>>>(&Default::default())?;
         results.push(("cuda", p, ms));
     }
+    #[cfg(feature = "tch")]
+    {
+        let (p, ms) = run::<Autodiff<burn::backend::LibTorch<f32>>>(&Default::default())?;
+        results.push(("tch", p, ms));
+    }
     let Some((ref_name, reference, _)) = results.first().cloned() else {
-        anyhow::bail!("no backend compiled in: enable a feature (ndarray, wgpu, cuda)");
+        anyhow::bail!("no backend compiled in: enable a feature (ndarray, wgpu, cuda, tch)");
     };
     println!(
         "{:<8} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10}",

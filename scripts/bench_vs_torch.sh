@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The crate's CPU training-step speed and peak memory against PyTorch + diffusers doing the same
 # work on the same machine, in the same run. One command, from anywhere:
-#     bash scripts/bench_vs_torch.sh [--backend ndarray] [--rounds 5] [--iters N]
+#     bash scripts/bench_vs_torch.sh [--backend ndarray|tch|wgpu] [--rounds 5] [--iters N]
 #                                    [--models "shapes-unet tiny-sd21"]
 #                                    [--workloads "forward plain ctcal"] [--out DIR]
 #                                    [--retries 2] [--idle-wait 120] [--wait-budget 900]
@@ -32,6 +32,9 @@
 # (at most --idle-wait seconds each time, --wait-budget seconds in all) for the machine to go
 # idle; the summary reports the other processes' CPU use and warns when it stayed above 0.2.
 # Logs, inputs and runs.tsv go to --out (default out/bench_vs_torch).
+#
+# --backend tch builds the crate with its LibTorch backend: it first makes (or reuses) the
+# environment TCH_VENV (default local/tch-venv) holding PyPI's torch==2.9.0 as libtorch.
 #
 # Python: the virtual environment .venv at the repository root (ignored by git), reused when it
 # already has torch, diffusers and peft; otherwise created with the pins of

@@ -9,6 +9,7 @@
 //! element is written once. Other dtypes than f32 and f64 take the portable path.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use burn::backend::ndarray::NdArrayTensor;
 use ndarray::{ArcArray, ArrayViewD, IxDyn};
@@ -170,11 +171,32 @@ fn valid(
     dilation: usize,
     pad: usize,
     size: usize,
-) -> std::ops::Range<usize> {
+) -> Range<usize> {
     let inside = |o: &usize| source(*o, k, stride, dilation, pad, size).is_some();
     match (0..out).find(inside) {
         Some(s) => s..(s..out).take_while(inside).last().map_or(s, |e| e + 1),
         None => 0..0,
+    }
+}
+
+/// Calls `f(tap, oy, iy, xs, x0)` for every kernel tap `(i, j)` (`tap = i * kw + j`) and every
+/// output row `oy` whose input row `iy` lies inside the image: output columns `xs` read input
+/// columns `x0, x0 + sw, ...`.
+fn for_each_tap_row(g: &Columns, mut f: impl FnMut(usize, usize, usize, Range<usize>, usize)) {
+    let ([h, w], [h_out, w_out]) = (g.input, g.output());
+    let ([kh, kw], [sh, sw], [dh, dw]) = (g.kernel, g.stride, g.dilation);
+    let [top, left, ..] = g.padding;
+    for i in 0..kh {
+        for j in 0..kw {
+            let xs = valid(w_out, j, sw, dw, left, w);
+            if xs.is_empty() {
+                continue;
+            }
+            let x0 = xs.start * sw + j * dw - left;
+            for oy in valid(h_out, i, sh, dh, top, h) {
+                f(i * kw + j, oy, oy * sh + i * dh - top, xs.clone(), x0);
+            }
+        }
     }
 }
 
@@ -187,41 +209,27 @@ where
         return None;
     }
     let x = elements(view);
-    let [h, w] = g.input;
-    let [h_out, w_out] = g.output();
-    let [kh, kw] = g.kernel;
-    let [sh, sw] = g.stride;
-    let [dh, dw] = g.dilation;
-    let [top, left, ..] = g.padding;
+    let ([h, w], [h_out, w_out], sw) = (g.input, g.output(), g.stride[1]);
     let l = h_out * w_out;
     let shape = g.shape();
     let mut out = vec![T::default(); shape.iter().product()];
-    if l == 0 || h * w == 0 {
-        return Some(tensor(out, &shape));
-    }
-    out.par_chunks_mut(kh * kw * l)
-        .zip(x.par_chunks(h * w))
-        .for_each(|(dst, plane)| {
-            for i in 0..kh {
-                for j in 0..kw {
-                    let tap = &mut dst[(i * kw + j) * l..][..l];
-                    let xs = valid(w_out, j, sw, dw, left, w);
-                    let x0 = xs.start * sw + j * dw - left;
-                    for oy in valid(h_out, i, sh, dh, top, h) {
-                        let iy = oy * sh + i * dh - top;
-                        let row = &plane[iy * w..][..w];
-                        let out_row = &mut tap[oy * w_out..][..w_out];
-                        if sw == 1 {
-                            out_row[xs.clone()].copy_from_slice(&row[x0..x0 + xs.len()]);
-                        } else {
-                            for (n, ox) in xs.clone().enumerate() {
-                                out_row[ox] = row[x0 + n * sw];
-                            }
+    if l > 0 && h * w > 0 {
+        out.par_chunks_mut(g.taps() * l)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(dst, plane)| {
+                for_each_tap_row(g, |tap, oy, iy, xs, x0| {
+                    let row = &plane[iy * w..][..w];
+                    let out_row = &mut dst[tap * l + oy * w_out..][..w_out];
+                    if sw == 1 {
+                        out_row[xs.clone()].copy_from_slice(&row[x0..x0 + xs.len()]);
+                    } else {
+                        for (n, ox) in xs.enumerate() {
+                            out_row[ox] = row[x0 + n * sw];
                         }
                     }
-                }
-            }
-        });
+                });
+            });
+    }
     Some(tensor(out, &shape))
 }
 
@@ -234,37 +242,23 @@ where
         return None;
     }
     let cols = elements(view);
-    let [h, w] = g.input;
-    let [h_out, w_out] = g.output();
-    let [kh, kw] = g.kernel;
-    let [sh, sw] = g.stride;
-    let [dh, dw] = g.dilation;
-    let [top, left, ..] = g.padding;
+    let ([h, w], [h_out, w_out], sw) = (g.input, g.output(), g.stride[1]);
     let l = h_out * w_out;
     let shape = g.input_shape();
     let mut out = vec![T::default(); shape.iter().product()];
-    if l == 0 || h * w == 0 {
-        return Some(tensor(out, &shape));
-    }
-    out.par_chunks_mut(h * w)
-        .zip(cols.par_chunks(kh * kw * l))
-        .for_each(|(plane, src)| {
-            for i in 0..kh {
-                for j in 0..kw {
-                    let tap = &src[(i * kw + j) * l..][..l];
-                    let xs = valid(w_out, j, sw, dw, left, w);
-                    let x0 = xs.start * sw + j * dw - left;
-                    for oy in valid(h_out, i, sh, dh, top, h) {
-                        let iy = oy * sh + i * dh - top;
-                        let row = &mut plane[iy * w..][..w];
-                        let in_row = &tap[oy * w_out..][..w_out];
-                        for (n, ox) in xs.clone().enumerate() {
-                            row[x0 + n * sw] += in_row[ox];
-                        }
+    if l > 0 && h * w > 0 {
+        out.par_chunks_mut(h * w)
+            .zip(cols.par_chunks(g.taps() * l))
+            .for_each(|(plane, src)| {
+                for_each_tap_row(g, |tap, oy, iy, xs, x0| {
+                    let row = &mut plane[iy * w..][..w];
+                    let in_row = &src[tap * l + oy * w_out..][..w_out];
+                    for (n, ox) in xs.enumerate() {
+                        row[x0 + n * sw] += in_row[ox];
                     }
-                }
-            }
-        });
+                });
+            });
+    }
     Some(tensor(out, &shape))
 }
 
