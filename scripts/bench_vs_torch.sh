@@ -5,6 +5,7 @@
 #                                    [--models "shapes-unet tiny-sd21"]
 #                                    [--workloads "forward plain ctcal"] [--out DIR]
 #                                    [--retries 2] [--idle-wait 120] [--wait-budget 900]
+#                                    [--summarize]   (only the summary of --out's runs.tsv)
 #
 # For every (model, workload) — weights/shapes-unet at batch 16, weights/tiny-sd21 at batch 2;
 # forward (no grad, batch 2), plain (LoRA step, diffusion loss), ctcal (LoRA step with the
@@ -53,6 +54,7 @@ OUT=out/bench_vs_torch
 RETRIES=2
 IDLE_WAIT=120
 WAIT_BUDGET=900
+SUMMARIZE=
 while [ $# -gt 0 ]; do
   case "$1" in
     --backend) BACKEND=$2; shift 2 ;;
@@ -64,6 +66,7 @@ while [ $# -gt 0 ]; do
     --retries) RETRIES=$2; shift 2 ;;
     --idle-wait) IDLE_WAIT=$2; shift 2 ;;
     --wait-budget) WAIT_BUDGET=$2; shift 2 ;;
+    --summarize) SUMMARIZE=1; shift ;;
     -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
     *) echo "bench_vs_torch: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -103,6 +106,7 @@ if ! have_torch; then
 fi
 "$PY" -c 'import torch, diffusers, peft; print(f"== python: torch {torch.__version__}, diffusers {diffusers.__version__}, peft {peft.__version__}")'
 
+if [ -z "$SUMMARIZE" ]; then
 # --- LibTorch for --backend tch -----------------------------------------------------------------
 # burn-tch 0.21 builds against libtorch 2.9; PyPI's torch==2.9.0 wheel serves as libtorch
 # (LIBTORCH_USE_PYTORCH=1), in its own environment (TCH_VENV, default local/tch-venv: about
@@ -144,6 +148,7 @@ for line in sys.stdin:
 print(exe or "")')
 [ -n "$BIN" ] && [ -x "$BIN" ] || { echo "bench_vs_torch: no vs_torch executable from cargo" >&2; exit 1; }
 echo "== crate binary: $BIN"
+fi
 
 # --- Runs ---------------------------------------------------------------------------------------
 busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
@@ -236,6 +241,9 @@ if bad:
 EOF
 }
 
+if [ -n "$SUMMARIZE" ]; then
+  [ -s "$LOG" ] || { echo "bench_vs_torch: no runs in $LOG" >&2; exit 1; }
+else
 : >"$LOG"
 for model in $MODELS; do
   for workload in $WORKLOADS; do
@@ -261,6 +269,8 @@ for model in $MODELS; do
     done
   done
 done
+
+fi
 
 # --- Summary ------------------------------------------------------------------------------------
 "$PY" - "$LOG" "$BACKEND" "$(( $(date +%s) - START ))" "$WAITED" <<'EOF'

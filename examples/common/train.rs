@@ -65,7 +65,7 @@ pub struct TrainArgs {
     /// Denoising steps of the validation images.
     #[arg(long, default_value_t = 20)]
     pub validation_steps: usize,
-    /// Backend to train on: ndarray, wgpu or cuda (each needs its cargo feature).
+    /// Backend to train on: ndarray, wgpu, cuda or tch (each needs its cargo feature).
     #[arg(long, default_value = "ndarray")]
     pub backend: BackendKind,
     /// Mixed precision (diffusers' `--mixed_precision`): bf16 or fp16 forward and backward,
