@@ -6,7 +6,7 @@
 //! portable versions, written with burn tensor operations (a padding copy, `kh * kw` strided
 //! slices, one stack); backends override them through
 //! [`KernelBackend::im2col`](super::KernelBackend::im2col) (burn-ndarray with one pass over
-//! host memory, [`host`](super::host); `Autodiff` with each one's backward as the other).
+//! host memory, in `backend/host.rs`; `Autodiff` with each one's backward as the other).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
