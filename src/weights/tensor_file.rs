@@ -23,8 +23,9 @@ pub struct TensorFile {
 }
 
 impl TensorFile {
-    /// Reads every tensor of `path` (f32, f16, bf16 or f64; other dtypes are an error naming
-    /// the tensor).
+    /// Reads every tensor of `path`: floats (f32, f16, bf16, f64) and integers exact in f32
+    /// (diffusers' and PyTorch's `torch.long` timesteps, say); other dtypes, and integers
+    /// beyond 2^24, are an error naming the tensor.
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let bad = |message: String| Error::Safetensors {
@@ -35,12 +36,8 @@ impl TensorFile {
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
-            let values = decode_f32(view.dtype(), view.data()).ok_or_else(|| {
-                bad(format!(
-                    "tensor {name} has unsupported dtype {:?}",
-                    view.dtype()
-                ))
-            })?;
+            let values = decode_values(view.dtype(), view.data())
+                .map_err(|e| bad(format!("tensor {name}: {e}")))?;
             tensors.insert(name, (view.shape().to_vec(), values));
         }
         Ok(Self {
@@ -75,6 +72,42 @@ impl TensorFile {
             device,
         ))
     }
+}
+
+/// A model input's bytes as f32 values: [`decode_f32`]'s floats, and little-endian integers
+/// whose values f32 holds exactly (|v| <= 2^24).
+fn decode_values(dtype: Dtype, raw: &[u8]) -> std::result::Result<Vec<f32>, String> {
+    if let Some(values) = decode_f32(dtype, raw) {
+        return Ok(values);
+    }
+    const EXACT: i128 = 1 << 24;
+    let ints: Vec<i128> = match dtype {
+        Dtype::I64 => le::<8>(raw).map(|b| i64::from_le_bytes(b).into()).collect(),
+        Dtype::I32 => le::<4>(raw).map(|b| i32::from_le_bytes(b).into()).collect(),
+        Dtype::I16 => le::<2>(raw).map(|b| i16::from_le_bytes(b).into()).collect(),
+        Dtype::I8 => raw.iter().map(|&b| (b as i8).into()).collect(),
+        Dtype::U64 => le::<8>(raw).map(|b| u64::from_le_bytes(b).into()).collect(),
+        Dtype::U32 => le::<4>(raw).map(|b| u32::from_le_bytes(b).into()).collect(),
+        Dtype::U16 => le::<2>(raw).map(|b| u16::from_le_bytes(b).into()).collect(),
+        Dtype::U8 => raw.iter().map(|&b| b.into()).collect(),
+        other => {
+            return Err(format!(
+                "dtype {other:?} is neither a float (F32, F16, BF16, F64) nor an integer type"
+            ));
+        }
+    };
+    if let Some((i, v)) = ints.iter().enumerate().find(|(_, v)| v.abs() > EXACT) {
+        return Err(format!(
+            "{dtype:?} value {v} at flat index {i} is not exact in f32 (|v| <= 2^24 are)"
+        ));
+    }
+    Ok(ints.into_iter().map(|v| v as f32).collect())
+}
+
+/// `raw` in little-endian chunks of `N` bytes.
+fn le<const N: usize>(raw: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    raw.chunks_exact(N)
+        .map(|c| <[u8; N]>::try_from(c).expect("chunks_exact yields N bytes"))
 }
 
 /// Little-endian f32, f16, bf16 or f64 bytes as f32 values; `None` for other dtypes.
@@ -146,4 +179,76 @@ pub fn to_entry<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> TensorEntry
     let shape = data.shape.to_vec();
     let values = data.to_vec::<f32>().unwrap_or_default();
     (shape, values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `(name, dtype, shape, bytes)` tensors to a safetensors file `name` in the
+    /// temporary folder (one per test and process).
+    fn file(name: &str, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> std::path::PathBuf {
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(k, d, s, b)| (k.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .collect();
+        let path = std::env::temp_dir().join(format!("ctcal-{}-{name}", std::process::id()));
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        path
+    }
+
+    /// diffusers' inputs: a `torch.long` timestep beside f32 latents are read as floats.
+    #[test]
+    fn integer_timesteps_are_read_as_floats() {
+        let steps: Vec<u8> = [999i64, 0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let small: Vec<u8> = [-3i32, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let latents: Vec<u8> = [0.5f32, -1.25]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let path = file(
+            "ints.safetensors",
+            &[
+                ("timestep", Dtype::I64, vec![2], steps),
+                ("small", Dtype::I32, vec![2], small),
+                ("bytes", Dtype::U8, vec![2], vec![0, 255]),
+                ("latents", Dtype::F32, vec![1, 2], latents),
+            ],
+        );
+        let f = TensorFile::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(f.tensors["timestep"], (vec![2], vec![999.0, 0.0]));
+        assert_eq!(f.tensors["small"], (vec![2], vec![-3.0, 7.0]));
+        assert_eq!(f.tensors["bytes"], (vec![2], vec![0.0, 255.0]));
+        assert_eq!(f.tensors["latents"], (vec![1, 2], vec![0.5, -1.25]));
+    }
+
+    /// Integers f32 cannot hold and non-numeric dtypes are errors naming the tensor, the
+    /// dtype and what would have been accepted.
+    #[test]
+    fn inexact_integers_and_booleans_are_named() {
+        let big: Vec<u8> = [1i64, (1 << 24) + 1]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let read = |name: &str, t: (&str, Dtype, Vec<usize>, Vec<u8>)| {
+            let path = file(name, &[t]);
+            let e = TensorFile::read(&path).unwrap_err().to_string();
+            let _ = std::fs::remove_file(&path);
+            e
+        };
+        let e = read("big.safetensors", ("ids", Dtype::I64, vec![2], big));
+        assert!(
+            e.contains("tensor ids") && e.contains("16777217") && e.contains("index 1"),
+            "{e}"
+        );
+        let e = read(
+            "bool.safetensors",
+            ("mask", Dtype::BOOL, vec![2], vec![0, 1]),
+        );
+        assert!(
+            e.contains("tensor mask") && e.contains("BOOL") && e.contains("F32"),
+            "{e}"
+        );
+    }
 }
