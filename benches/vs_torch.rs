@@ -226,11 +226,12 @@ fn run<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) -> ctcal::Resu
         None => {
             let (loaded, data) = load_with_pipeline::<B>(o, n, device)?;
             let mut rng = StdRng::seed_from_u64(SEED);
-            let (student, teacher) =
+            let student = loaded.schedule.sample_levels(&mut rng, n);
+            let teacher =
                 loaded
                     .ctcal
                     .teacher
-                    .sample_levels(&loaded.schedule, &mut rng, n)?;
+                    .teacher_levels(&loaded.schedule, &student, &mut rng)?;
             let draw = StepDraw {
                 noise: normal_tensor(&mut rng, data.latents.dims(), device),
                 student,

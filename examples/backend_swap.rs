@@ -88,7 +88,10 @@ where
     (0..DRAWS)
         .map(|k| {
             let mut rng = StdRng::seed_from_u64(k as u64);
-            let (student, teacher) = config.teacher.sample_levels(schedule, &mut rng, shape[0])?;
+            let student = schedule.sample_levels(&mut rng, shape[0]);
+            let teacher = config
+                .teacher
+                .teacher_levels(schedule, &student, &mut rng)?;
             let noise: Vec<f32> = (0..shape.iter().product())
                 .map(|_| rng.sample(StandardNormal))
                 .collect();

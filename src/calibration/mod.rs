@@ -112,11 +112,11 @@ impl CtcalConfig {
         Self::new()
     }
 
-    /// SD 3 defaults: teacher from the smaller of two draws, every joint block, maps compared
+    /// SD 3 defaults: teacher drawn below the student's sigma, every joint block, maps compared
     /// on the patch grid (1/2 of the latent grid).
     pub fn sd3() -> Self {
         Self::new()
-            .with_teacher(TeacherRule::SmallerOfTwo)
+            .with_teacher(TeacherRule::BelowStudent)
             .with_layer_downscales(Vec::new())
             .with_map_downscale(2)
     }

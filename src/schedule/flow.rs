@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::tensor::{Tensor, backend::Backend};
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
+use statrs::distribution::{ContinuousCDF, Normal};
 
 use super::per_sample;
 use crate::error::Error;
@@ -12,6 +13,11 @@ use crate::error::Error;
 /// `shift`; SD 3 trains and samples with `k = 3`), in diffusers' order of operations.
 pub(crate) fn shift_sigma(k: f64, s: f64) -> f64 {
     k * s / (1.0 + (k - 1.0) * s)
+}
+
+/// The inverse of [`shift_sigma`] for `k > 0`: `s / (k - (k - 1) s)`.
+fn unshift_sigma(k: f64, s: f64) -> f64 {
+    s / (k - (k - 1.0) * s)
 }
 
 /// Flow-matching training settings.
@@ -65,6 +71,39 @@ impl FlowSchedule {
         self.shift(1.0 / (1.0 + (-u).exp()))
     }
 
+    /// The training density's CDF `F(sigma) = P(draw <= sigma)`: the shift is increasing, so
+    /// `F(sigma) = Phi((logit(unshift(sigma)) - mean) / std)`.
+    pub fn cdf(&self, sigma: f64) -> f64 {
+        if sigma <= 0.0 {
+            return 0.0;
+        }
+        if sigma >= 1.0 {
+            return 1.0;
+        }
+        let s = unshift_sigma(self.config.shift, sigma);
+        let logit = (s / (1.0 - s)).ln();
+        standard_normal().cdf((logit - self.config.logit_mean) / self.config.logit_std)
+    }
+
+    /// The inverse of [`Self::cdf`]: the sigma below which a share `p` of the draws falls.
+    pub fn quantile(&self, p: f64) -> f64 {
+        if p <= 0.0 {
+            return 0.0;
+        }
+        if p >= 1.0 {
+            return 1.0;
+        }
+        let u = self.config.logit_mean + self.config.logit_std * standard_normal().inverse_cdf(p);
+        self.shift(1.0 / (1.0 + (-u).exp()))
+    }
+
+    /// A draw from the training density conditioned to lie below `sigma`:
+    /// `F^-1(u F(sigma))`, `u` uniform (CTCal's teacher level under a student at `sigma`).
+    pub fn sample_sigma_below<R: Rng + ?Sized>(&self, sigma: f64, rng: &mut R) -> f64 {
+        let u: f64 = rng.random();
+        self.quantile(u * self.cdf(sigma)).min(sigma)
+    }
+
     /// The timestep value the model is fed for `sigma`.
     pub fn timestep(&self, sigma: f64) -> f64 {
         sigma * self.config.num_train_timesteps as f64
@@ -100,6 +139,11 @@ impl FlowSchedule {
     }
 }
 
+/// `N(0, 1)`, for the CDF and its inverse.
+fn standard_normal() -> Normal {
+    Normal::standard()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,5 +172,39 @@ mod tests {
                 .to_string()
                 .contains("sigma[1] = 1.5")
         );
+    }
+
+    #[test]
+    fn cdf_is_the_samplers_and_quantile_inverts_it() {
+        for shift in [1.0, 3.0] {
+            let s = FlowConfig::new().with_shift(shift).init();
+            // Closed form at the median: sigmoid(0) = 0.5 shifted.
+            assert!((s.cdf(s.shift(0.5)) - 0.5).abs() < 1e-12);
+            for p in [1e-9, 0.01, 0.3, 0.5, 0.77, 0.999] {
+                let q = s.quantile(p);
+                assert!(
+                    (s.cdf(q) - p).abs() < 1e-9 * p.max(1e-3),
+                    "shift {shift} p {p}"
+                );
+            }
+            // The sampler's empirical CDF against `cdf` (one-sample Kolmogorov-Smirnov,
+            // critical value 1.95 / sqrt(n) at alpha = 0.001).
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            let n = 20_000;
+            let mut draws: Vec<f64> = (0..n).map(|_| s.sample_sigma(&mut rng)).collect();
+            draws.sort_by(f64::total_cmp);
+            let d = draws
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let f = s.cdf(x);
+                    (f - i as f64 / n as f64).max((i + 1) as f64 / n as f64 - f)
+                })
+                .fold(0.0, f64::max);
+            assert!(
+                d < 1.95 / (n as f64).sqrt(),
+                "shift {shift}: KS distance {d}"
+            );
+        }
     }
 }

@@ -27,6 +27,22 @@ impl Schedule {
         }
     }
 
+    /// `n` draws of [`Self::sample_level`]: the levels of a plain fine-tuning batch.
+    pub fn sample_levels<R: Rng + ?Sized>(&self, rng: &mut R, n: usize) -> Vec<f64> {
+        (0..n).map(|_| self.sample_level(rng)).collect()
+    }
+
+    /// One draw of the training distribution conditioned to lie below `level`: a uniform
+    /// timestep in `0..level` (DDPM; 0 when `level` is 0), or `F^-1(u F(level))` for a flow
+    /// sigma ([`FlowSchedule::sample_sigma_below`]).
+    pub fn sample_level_below<R: Rng + ?Sized>(&self, level: f64, rng: &mut R) -> f64 {
+        match self {
+            Schedule::Ddpm(_) if level < 1.0 => 0.0,
+            Schedule::Ddpm(_) => rng.random_range(0..level as usize) as f64,
+            Schedule::Flow(s) => s.sample_sigma_below(level, rng),
+        }
+    }
+
     /// The level that `timestep` (a DDPM step out of the schedule's `T`) stands for: the step
     /// itself, or `timestep / T` as a flow sigma.
     pub fn level_of_timestep(&self, timestep: usize) -> f64 {

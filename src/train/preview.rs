@@ -99,6 +99,6 @@ pub fn preview_levels(schedule: &Schedule, rule: TeacherRule) -> (f64, f64) {
         (Schedule::Flow(s), TeacherRule::FixedTimestep(t)) => {
             (t as f64 / s.config.num_train_timesteps as f64, 0.7)
         }
-        (Schedule::Flow(_), TeacherRule::SmallerOfTwo) => (0.05, 0.7),
+        (Schedule::Flow(_), TeacherRule::BelowStudent) => (0.05, 0.7),
     }
 }

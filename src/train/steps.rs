@@ -139,7 +139,15 @@ where
             let module = compute.as_ref().unwrap_or(&model);
             let data = inputs.train_batch(module, &batch, config, device)?;
             let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step, micro as u64));
-            let draw = draw_step(&mut rng, schedule, config, data.latents.dims(), device)?;
+            let teacher_seed = step_seed(config.seed, step, 0x7EA0 + micro as u64);
+            let draw = draw_step(
+                &mut rng,
+                teacher_seed,
+                schedule,
+                config,
+                data.latents.dims(),
+                device,
+            )?;
             let out = ctcal_step(
                 module.denoiser(),
                 &ae,
@@ -237,20 +245,27 @@ fn drop_captions(batch: &mut Batch, config: &TrainConfig, step: usize, micro: us
     Ok(())
 }
 
-/// The noise and levels of one micro-batch, from its own RNG.
+/// The noise and levels of one micro-batch: the student's levels and the noise come from
+/// `rng` exactly as in plain fine-tuning, the teacher's levels from a stream of their own
+/// (`teacher_seed`), so the teacher rule and `lambda_ctcal` leave the diffusion loss's draws
+/// alone.
 fn draw_step<B: AutodiffBackend>(
     rng: &mut StdRng,
+    teacher_seed: u64,
     schedule: &Schedule,
     config: &TrainConfig,
     shape: [usize; 4],
     device: &B::Device,
 ) -> Result<StepDraw<B>> {
-    let (student, teacher) = config
-        .ctcal
-        .teacher
-        .sample_levels(schedule, rng, shape[0])?;
+    let student = schedule.sample_levels(rng, shape[0]);
+    let noise = normal_tensor(rng, shape, device);
+    let teacher = config.ctcal.teacher.teacher_levels(
+        schedule,
+        &student,
+        &mut StdRng::seed_from_u64(teacher_seed),
+    )?;
     Ok(StepDraw {
-        noise: normal_tensor(rng, shape, device),
+        noise,
         student,
         teacher,
     })

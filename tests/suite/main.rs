@@ -12,6 +12,7 @@ mod pipeline_parity;
 mod sampler_parity;
 mod schedule_parity;
 mod tagger_agreement;
+mod teacher_levels;
 mod text_loading;
 mod text_naming;
 mod text_parity;

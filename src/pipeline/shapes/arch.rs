@@ -40,7 +40,7 @@ impl ShapesArch {
         }
     }
 
-    /// The CTCal settings of the model family: SD 3's (teacher = the smaller of two draws,
+    /// The CTCal settings of the model family: SD 3's (teacher drawn below the student's sigma,
     /// every joint attention, maps on the 16x16 patch grid) or SD 2.1's (teacher at t = 0,
     /// cross-attention layers at 1/2 and 1/4 of the image grid), with the UNet's maps compared
     /// on the same 16x16 grid as the MMDiT's.
