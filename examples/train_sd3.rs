@@ -64,7 +64,7 @@ const DEFAULT_OUT: &str = "out/train_sd3";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    cli.train.check()?;
+    cli.train.check(DEFAULT_OUT)?;
     if cli.train.backend == ctcal::launch::BackendKind::Ndarray {
         ctcal::heap::retain_freed_memory();
     }

@@ -16,6 +16,7 @@ use ctcal::precision::MixedPrecision;
 use ctcal::schedule::Schedule;
 use ctcal::train::{
     Event, Fitted, LrSchedule, Output, TrainConfig, TrainInputs, Trainable, Trainer, Validation,
+    check_output_dir,
 };
 use ctcal::weights::save_diffusers;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -115,9 +116,12 @@ pub struct TrainArgs {
     /// Output folder: checkpoints, metrics.jsonl, the exported weights.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue from the latest checkpoint in --out.
-    #[arg(long)]
+    /// Continue the run in --out from its latest checkpoint (also to more --steps).
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Clear --out before training; without it a fresh run into a folder with files is refused.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Stop at the first bad metadata row or unreadable sample instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -125,7 +129,12 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     /// Refuses settings the chosen backend cannot run, before anything is loaded or written.
-    pub fn check(&self) -> Result<()> {
+    pub fn check(&self, default_out: &str) -> Result<()> {
+        // The numbers (every CtcalConfig preset passes its own checks) and the output folder.
+        self.config(CtcalConfig::new())
+            .validate()
+            .context("checking the training flags (--steps, --batch-size, --lr, ...)")?;
+        check_output_dir(&self.out(default_out), self.resume, self.overwrite)?;
         if !matches!(self.mixed_precision, Precision::No) && self.backend == BackendKind::Ndarray {
             bail!(
                 "--mixed-precision {:?} needs --backend cuda (or wgpu): ndarray has no bf16/f16",
@@ -212,6 +221,7 @@ impl TrainArgs {
         let mut trainer = Trainer::new(config)
             .output_dir(out)
             .resume(self.resume)
+            .overwrite(self.overwrite)
             .validation(Validation {
                 prompts: self.validation_prompt.clone(),
                 every: self.validate_every,

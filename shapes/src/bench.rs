@@ -82,8 +82,8 @@ impl TrainRun {
 
 /// Trains `model` (of `config`) on `set` as `run` says, on its architecture's noise schedule,
 /// through the library's [`Trainer`] with `out` as its output folder (resuming from its latest
-/// checkpoint with `resume`), and returns it with any adapters merged. `on_step` sees every
-/// step.
+/// checkpoint with `resume`; a fresh run clears `out`, which the bench owns), and returns it
+/// with any adapters merged. `on_step` sees every step.
 #[allow(clippy::too_many_arguments)]
 pub fn train_shapes<B: AutodiffAttentionBackend>(
     model: ShapesModel<B>,
@@ -99,6 +99,7 @@ pub fn train_shapes<B: AutodiffAttentionBackend>(
     let mut trainer = Trainer::new(run.train_config())
         .output_dir(out)
         .resume(resume)
+        .overwrite(!resume)
         .listen(|event| {
             if let Event::Step(log) = event {
                 on_step(log)

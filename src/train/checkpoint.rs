@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use super::TrainConfig;
 use crate::data::DataCursor;
 use crate::error::{Error, Result};
-use crate::weights::write_atomic;
+use crate::weights::{CheckpointFiles, expected_tensors, read_tensors, write_atomic};
 
 /// Which parameters of the denoiser are trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +79,16 @@ fn store_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Weights(format!("{}: {e}", path.display()))
 }
 
+/// An optimiser state that does not decode: burn's message blames a version mismatch for any
+/// bad bytes, so say what else it may be.
+fn optim_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Weights(format!(
+        "{}.mpk: cannot read the optimiser state ({e}); the file is damaged (truncated?) or was \
+         written by another burn version; resume from an older checkpoint or start afresh",
+        path.display()
+    ))
+}
+
 /// Saves `module`'s parameters selected by `filter` (burn paths, f32; enum variant names are
 /// left out, so a model wrapped in an enum module keeps its own paths).
 ///
@@ -119,6 +129,7 @@ pub fn load_params<B: Backend, M: Module<B>>(
             path.display()
         )));
     }
+    check_params(&module, path, filter)?;
     let target = <B::FloatElem as burn::tensor::Element>::dtype();
     let mut store = SafetensorsStore::from_file(path)
         .with_predicate(filter)
@@ -143,6 +154,45 @@ pub fn load_params<B: Backend, M: Module<B>>(
         )));
     }
     Ok(module)
+}
+
+/// Checks `path` before burn-store decodes it: a well-formed safetensors file whose tensors
+/// are all floats (the reader's checks), holding every parameter `filter` selects in the shape
+/// the module has. burn-store trusts dtypes and shapes, and bytes it cannot trust end the
+/// process instead of returning an error.
+fn check_params<B: Backend, M: Module<B>>(
+    module: &M,
+    path: &Path,
+    filter: fn(&str, &str) -> bool,
+) -> Result<()> {
+    let tensors = read_tensors(&CheckpointFiles::single(path))?;
+    let mut missing = Vec::new();
+    for expected in expected_tensors(module) {
+        if !filter(&expected.path, "") {
+            continue;
+        }
+        match tensors.get(&expected.path) {
+            None => missing.push(expected.path),
+            Some(t) if t.shape != expected.burn_shape => {
+                return Err(Error::Weights(format!(
+                    "{}: tensor {} has shape {:?}, the model expects {:?}",
+                    path.display(),
+                    expected.path,
+                    t.shape,
+                    expected.burn_shape
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    match missing.first() {
+        Some(p) => Err(Error::Weights(format!(
+            "{}: missing {p} ({} parameters missing)",
+            path.display(),
+            missing.len()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Converts float tensors to the backend's float type as they load (a file saved from an f32
@@ -316,12 +366,78 @@ where
     let path = dir.join(OPTIM);
     let record = recorder()
         .load(path.clone(), device)
-        .map_err(|e| store_err(&path, e))?;
+        .map_err(|e| optim_err(&path, e))?;
     let optim = optim.load_record(record);
     let path = dir.join(OPTIM_AE);
     let record = recorder()
         .load(path.clone(), device)
-        .map_err(|e| store_err(&path, e))?;
+        .map_err(|e| optim_err(&path, e))?;
     let optim_ae = optim_ae.load_record(record);
     Ok((model, ae, optim, optim_ae, ema))
+}
+
+#[cfg(all(test, feature = "ndarray"))]
+mod tests {
+    use super::*;
+    use crate::calibration::{MapAutoEncoder, MapAutoEncoderConfig};
+    use safetensors::{Dtype, tensor::TensorView};
+
+    type Cpu = burn_ndarray::NdArray<f32>;
+
+    /// Rewrites the safetensors file at `path` with `key` replaced by a tensor of `dtype` and
+    /// `shape` (zero bytes), the way a hand-edited or foreign file would hold it.
+    fn replace_tensor(path: &Path, key: &str, dtype: Dtype, shape: &[usize]) {
+        let bytes = std::fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let size = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+        let zeros = vec![0u8; size];
+        let mut views: Vec<(String, TensorView<'_>)> = file
+            .tensors()
+            .into_iter()
+            .filter(|(name, _)| name != key)
+            .collect();
+        views.push((
+            key.to_string(),
+            TensorView::new(dtype, shape.to_vec(), &zeros).unwrap(),
+        ));
+        let out = safetensors::serialize(views, None).unwrap();
+        std::fs::write(path, out).unwrap();
+    }
+
+    #[test]
+    fn load_params_names_file_key_and_dtype_or_shape_before_decoding() {
+        let device = Default::default();
+        let dir = std::env::temp_dir().join(format!("ctcal-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ae.safetensors");
+        let ae: MapAutoEncoder<Cpu> = MapAutoEncoderConfig::new().init(&device);
+        save_params(&ae, &path, |_, _| true).unwrap();
+        let load = || {
+            let fresh: MapAutoEncoder<Cpu> = MapAutoEncoderConfig::new().init(&device);
+            load_params(fresh, &path, |_, _| true)
+        };
+        assert!(load().is_ok());
+        let key = expected_tensors(&ae)[0].clone();
+
+        // An integer tensor under a parameter's key: burn-store would hand its bytes on.
+        replace_tensor(&path, &key.path, Dtype::I64, &key.burn_shape);
+        let msg = load().unwrap_err().to_string();
+        assert!(
+            msg.contains("ae.safetensors") && msg.contains(&key.path) && msg.contains("I64"),
+            "{msg}"
+        );
+        // A float tensor of another shape.
+        replace_tensor(&path, &key.path, Dtype::F32, &[3]);
+        let msg = load().unwrap_err().to_string();
+        assert!(
+            msg.contains(&key.path) && msg.contains("[3]") && msg.contains("expects"),
+            "{msg}"
+        );
+        // Garbage and a missing file.
+        std::fs::write(&path, b"\x10\0\0\0\0\0\0\0{\"a\":1}garbage").unwrap();
+        assert!(load().unwrap_err().to_string().contains("ae.safetensors"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(load().unwrap_err().to_string().contains("does not exist"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

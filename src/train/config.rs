@@ -82,12 +82,21 @@ impl TrainConfig {
     /// Checks the settings, naming the field at fault.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: &str| Err(crate::Error::Config(m.into()));
-        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
-            return bad("steps, batch_size and grad_accum must be > 0");
+        for (name, n) in [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
+            if n == 0 {
+                return bad(&format!("{name} = 0: it must be at least 1"));
+            }
         }
-        let positive = |x: f64| x > 0.0; // false for NaN too
-        if !positive(self.lr) || self.ae_lr.is_some_and(|l| !positive(l)) {
-            return bad("lr and ae_lr must be > 0");
+        // False for NaN and infinity too.
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        for (name, lr) in [("lr", Some(self.lr)), ("ae_lr", self.ae_lr)] {
+            if let Some(lr) = lr.filter(|&l| !positive(l)) {
+                return bad(&format!("{name} = {lr}: it must be a finite number > 0"));
+            }
         }
         if self.ema_decay.is_some_and(|d| !(0.0..1.0).contains(&d)) {
             return bad("ema_decay must lie in [0, 1)");
@@ -141,5 +150,12 @@ mod tests {
         let c = TrainConfig::new(CtcalConfig::sd21()).with_ema_decay(Some(1.5));
         assert!(c.validate().unwrap_err().to_string().contains("ema_decay"));
         assert!(TrainConfig::new(CtcalConfig::sd21()).validate().is_ok());
+        let msg = |c: TrainConfig| c.validate().unwrap_err().to_string();
+        let c = || TrainConfig::new(CtcalConfig::sd21());
+        assert!(msg(c().with_lr(f64::INFINITY)).contains("lr = inf"));
+        assert!(msg(c().with_lr(f64::NAN)).contains("lr = NaN"));
+        assert!(msg(c().with_ae_lr(Some(-1.0))).contains("ae_lr = -1"));
+        assert!(msg(c().with_steps(0)).contains("steps = 0"));
+        assert!(msg(c().with_batch_size(0)).contains("batch_size = 0"));
     }
 }

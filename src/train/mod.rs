@@ -5,6 +5,7 @@
 //! ```text
 //! Trainer::new(config)        TrainConfig: steps, batch, optimiser, CTCal loss, seed
 //!     .output_dir("out/run")  checkpoints/, metrics.jsonl, previews, exports
+//!     .resume(true)           continue the run there (or .overwrite(true): clear it)
 //!     .lora(lora_config)      adapters instead of every parameter
 //!     .listen(|event| ..)     progress bars, loggers
 //!     .fit(model, &pipeline, dataset, &schedule, &device)
@@ -22,6 +23,7 @@ mod config;
 mod ema;
 mod events;
 mod inputs;
+mod output_dir;
 mod outputs;
 mod params;
 mod preview;
@@ -36,6 +38,7 @@ pub use config::{LrSchedule, TrainConfig};
 pub use ema::Ema;
 pub use events::{Event, Output, StepLog};
 pub use inputs::{CachedInputs, TrainInputs, Trainable};
+pub use output_dir::check_output_dir;
 pub use outputs::Validation;
 pub use params::{clip_global_norm, count_params, grad_sq_norm, scale_grads, stable_ids};
 pub use preview::{loss_plot, map_preview, preview_levels};

@@ -162,14 +162,17 @@ where
             parts = add_parts(parts, out.parts, 1.0 / config.grad_accum as f64);
         }
         if !parts.total.is_finite() {
+            let kept = match latest_checkpoint(&root)? {
+                Some(dir) => format!("the last checkpoint, {}, is intact", dir.display()),
+                None => "no checkpoint was written yet".into(),
+            };
             return Err(Error::Training(format!(
                 "step {}: the loss is {} (diffusion {}, ctcal {}); stopped before updating the \
-                 weights, the last checkpoint in {} is intact (lower --lr or check the data)",
+                 weights; {kept} (lower --lr or check the data)",
                 step + 1,
                 parts.total,
                 parts.diffusion,
                 parts.ctcal,
-                root.display()
             )));
         }
         let (mut grads, mut grads_ae) = (acc.grads(), acc_ae.grads());

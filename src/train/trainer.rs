@@ -45,6 +45,7 @@ use std::cell::RefCell;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::{Trained, save_params};
+use super::output_dir::{check_output_dir, prepare_output_dir};
 use super::outputs::{PreviewBatch, Validation, write_validation};
 use super::steps::{LoopSetup, run_steps};
 use super::{Event, Output, StepLog, TrainConfig, TrainInputs, Trainable, count_params, loss_plot};
@@ -59,8 +60,9 @@ use crate::viz::save_png;
 
 /// A training run's settings and listeners; [`fit`](Self::fit) runs it.
 ///
-/// What a run writes into its output folder (`out/` by default): `checkpoints/` (every
-/// `checkpoint_every` steps and at the end; `resume(true)` continues from the latest),
+/// What a run writes into its output folder (`out/` by default; a fresh run needs it empty or
+/// [`overwrite`](Self::overwrite)): `checkpoints/` (every `checkpoint_every` steps and at the
+/// end; `resume(true)` continues from the latest, also to more steps than first asked),
 /// `metrics.jsonl`, `maps_start.png` / `maps_end.png` (teacher | student noun maps of the first
 /// captions, before and after), `validation/` when set, `loss.png`, `autoencoder.safetensors`
 /// and, for a LoRA run, `pytorch_lora_weights.safetensors` (PEFT keys under the model's
@@ -70,6 +72,7 @@ pub struct Trainer<'a> {
     config: TrainConfig,
     out: PathBuf,
     resume: bool,
+    overwrite: bool,
     lora: Option<LoraConfig>,
     previews: bool,
     validation: Option<Validation>,
@@ -109,6 +112,7 @@ impl<'a> Trainer<'a> {
             config,
             out: PathBuf::from("out"),
             resume: false,
+            overwrite: false,
             lora: None,
             previews: true,
             validation: None,
@@ -125,6 +129,13 @@ impl<'a> Trainer<'a> {
     /// Continue from the latest checkpoint in the output folder, when there is one.
     pub fn resume(mut self, resume: bool) -> Self {
         self.resume = resume;
+        self
+    }
+
+    /// Clear the output folder before a fresh run; without it a fresh run into a folder that
+    /// holds files is refused (see [`check_output_dir`](super::check_output_dir)).
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
         self
     }
 
@@ -186,6 +197,7 @@ impl<'a> Trainer<'a> {
         D: Dataset + 'static,
     {
         self.config.validate()?;
+        check_output_dir(&self.out, self.resume, self.overwrite)?;
         if self.config.mixed_precision != MixedPrecision::No && !B::HALF_PRECISION {
             return Err(Error::Config(format!(
                 "mixed_precision {:?}: the ndarray backend has no bf16/f16; train on cuda (or \
@@ -208,6 +220,7 @@ impl<'a> Trainer<'a> {
         });
 
         let out = self.out.clone();
+        prepare_output_dir(&out, self.resume, self.overwrite)?;
         let preview = match self.previews {
             true => Some(PreviewBatch::new(
                 &*dataset,

@@ -51,6 +51,12 @@ fn write_dataset(dir: &Path) -> PathBuf {
     meta
 }
 
+/// The cached dataset of the run in `out`, beside it (a fresh run needs an empty folder).
+fn data_dir(out: &Path) -> PathBuf {
+    let name = out.file_name().unwrap().to_string_lossy();
+    out.with_file_name(format!("{name}-data"))
+}
+
 fn config() -> TrainConfig {
     TrainConfig::new(
         CtcalConfig::sd21()
@@ -83,7 +89,7 @@ fn run_with(
     let dir = fixture("unet_sd2/unet");
     let unet_config = UNet2DConditionConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
     let (unet, _) = load_module(unet_config.init::<A>(&device), &dir, None).unwrap();
-    let data = out.join("data");
+    let data = data_dir(out);
     let meta = if data.exists() {
         data.join("metadata.jsonl")
     } else {
@@ -252,7 +258,8 @@ fn lora_run_extends_bit_identically() {
 fn non_finite_loss_stops_the_run() {
     let out = std::env::temp_dir().join(format!("ctcal-nan-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let data = out.join("data");
+    let data = data_dir(&out);
+    let _ = std::fs::remove_dir_all(&data);
     write_dataset(&data);
     // Poison every sample's latents.
     for i in 0..6 {
@@ -265,7 +272,61 @@ fn non_finite_loss_stops_the_run() {
     let msg = err.to_string();
     assert!(msg.contains("step 1") && msg.contains("NaN"), "{msg}");
     assert!(!out.join("checkpoints/latest").exists());
+    assert!(msg.contains("no checkpoint was written yet"), "{msg}");
     let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// The output folder as accelerate treats it: a second fresh run into a used folder is refused
+/// before any work and leaves the folder as it was; `overwrite` clears it and runs; `resume`
+/// continues a finished run to more steps.
+#[test]
+fn a_used_output_folder_needs_resume_or_overwrite() {
+    let base = std::env::temp_dir().join(format!("ctcal-outdir-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let out = base.join("run");
+    let lora = |steps| config().with_steps(steps).with_checkpoint_every(0);
+    run_with(&out, false, lora(2), Trained::Lora, |_| {}).unwrap();
+    let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let mut stepped = 0;
+    let err = run_with(&out, false, lora(2), Trained::Lora, |_| stepped += 1).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains(&out.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("--resume") && msg.contains("--overwrite"),
+        "{msg}"
+    );
+    assert_eq!(stepped, 0);
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
+    // A stray file of another run goes with --overwrite.
+    std::fs::write(out.join("stray.txt"), "old").unwrap();
+    let device = Default::default();
+    let dir = fixture("unet_sd2/unet");
+    let unet_config = UNet2DConditionConfig::from_diffusers_json(&dir.join("config.json")).unwrap();
+    let (unet, _) = load_module(unet_config.init::<A>(&device), &dir, None).unwrap();
+    let dataset = Arc::new(
+        CachedFeatures::open(&data_dir(&out).join("metadata.jsonl"), BadRowPolicy::Fail).unwrap(),
+    );
+    let schedule = Schedule::Ddpm(DdpmConfig::sd21().init());
+    let inputs = CachedInputs(CountedTokens(|_: &str| 1));
+    Trainer::new(lora(2))
+        .output_dir(&out)
+        .overwrite(true)
+        .map_previews(false)
+        .lora(LoraConfig::unet_default().with_rank(2))
+        .fit(unet, &inputs, dataset, &schedule, &device)
+        .unwrap();
+    assert!(!out.join("stray.txt").exists());
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
+    // Resuming the finished run to 3 steps runs one step.
+    let mut steps = Vec::new();
+    run_with(&out, true, lora(3), Trained::Lora, |log| {
+        steps.push(log.step)
+    })
+    .unwrap();
+    assert_eq!(steps, vec![3]);
+    assert_eq!(metric_steps(&out), vec![1, 2, 3]);
+    let _ = std::fs::remove_dir_all(&base);
 }
 
 /// bf16 compute on ndarray (which has no bf16) is refused before anything is written.
