@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 /// Errors from loading configs and weights, and from bad inputs.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{path}: {error}")]
+    /// A file could not be read or written (a full disk says so).
+    #[error("{}: {error}{}", path.display(), disk_full_hint(error))]
     Io {
         /// The file.
         path: PathBuf,
@@ -70,5 +70,39 @@ impl Error {
     }
 }
 
+/// Spells out ENOSPC, which the standard message words as "No space left on device".
+fn disk_full_hint(error: &std::io::Error) -> &'static str {
+    match error.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            " (the disk is full: free space and rerun; with --resume a run continues from its \
+             last checkpoint, which is intact)"
+        }
+        _ => "",
+    }
+}
+
 /// `Result` with the crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_says_so_and_names_the_file() {
+        let full = Error::io(
+            Path::new("out/metrics.jsonl"),
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        let msg = full.to_string();
+        assert!(
+            msg.starts_with("out/metrics.jsonl: ") && msg.contains("disk is full"),
+            "{msg}"
+        );
+        let other = Error::io(
+            Path::new("x"),
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert!(!other.to_string().contains("disk"));
+    }
+}

@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use super::TrainConfig;
 use crate::data::DataCursor;
 use crate::error::{Error, Result};
-use crate::weights::{CheckpointFiles, expected_tensors, read_tensors, write_atomic};
+use crate::weights::{
+    CheckpointFiles, canonicalize_safetensors, expected_tensors, read_tensors, write_atomic,
+};
 
 /// Which parameters of the denoiser are trained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,11 +91,22 @@ fn optim_err(path: &Path, e: impl std::fmt::Display) -> Error {
     ))
 }
 
+/// burn reports a failed write of the optimiser record as a MessagePack error whatever the
+/// cause; the usual cause is a full disk.
+fn optim_write_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Weights(format!(
+        "{}.mpk: writing the optimiser state failed ({e}); is the disk full? The previous \
+         checkpoint is intact",
+        path.display()
+    ))
+}
+
 /// Saves `module`'s parameters selected by `filter` (burn paths, f32; enum variant names are
 /// left out, so a model wrapped in an enum module keeps its own paths).
 ///
 /// The file is written beside `path` under a temporary name and renamed over it: an existing
-/// file is replaced whole or not at all.
+/// file is replaced whole or not at all. Its header is sorted, so the same parameters always
+/// give the same bytes.
 pub fn save_params<B: Backend, M: Module<B>>(
     module: &M,
     path: &Path,
@@ -109,9 +122,13 @@ pub fn save_params<B: Backend, M: Module<B>>(
     let mut store = SafetensorsStore::from_file(&tmp)
         .with_predicate(filter)
         .skip_enum_variants(true);
-    if let Err(e) = module.save_into(&mut store) {
+    let saved = module
+        .save_into(&mut store)
+        .map_err(|e| store_err(path, e))
+        .and_then(|()| canonicalize_safetensors(&tmp));
+    if let Err(e) = saved {
         let _ = std::fs::remove_file(&tmp);
-        return Err(store_err(path, e));
+        return Err(e);
     }
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
@@ -258,6 +275,34 @@ where
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
 
+    // A failed write (a full disk, say) leaves no temporary folder behind; `latest` still
+    // names the previous checkpoint.
+    if let Err(e) = write_checkpoint(&tmp, state, parts) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+    write_atomic(&root.join("latest"), name.as_bytes())?;
+    prune(root, &name);
+    Ok(dir)
+}
+
+/// The files of a checkpoint, into the folder `tmp`.
+fn write_checkpoint<B, M, A, O1, O2>(
+    tmp: &Path,
+    state: &CheckpointState,
+    parts: CheckpointParts<'_, B, M, A, O1, O2>,
+) -> Result<()>
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B>,
+    A: AutodiffModule<B>,
+    O1: Optimizer<M, B>,
+    O2: Optimizer<A, B>,
+{
     let filter = state.trained.filter();
     save_params(parts.model, &tmp.join(TRAINED), filter)?;
     save_params(parts.ae, &tmp.join(AE), |_, _| true)?;
@@ -267,24 +312,16 @@ where
     let path = tmp.join(OPTIM);
     recorder()
         .record(parts.optim.to_record(), path.clone())
-        .map_err(|e| store_err(&path, e))?;
+        .map_err(|e| optim_write_err(&path, e))?;
     let path = tmp.join(OPTIM_AE);
     recorder()
         .record(parts.optim_ae.to_record(), path.clone())
-        .map_err(|e| store_err(&path, e))?;
+        .map_err(|e| optim_write_err(&path, e))?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Json {
         path: tmp.join(STATE),
         error: e,
     })?;
-    std::fs::write(tmp.join(STATE), json).map_err(|e| Error::io(&tmp.join(STATE), e))?;
-
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-    write_atomic(&root.join("latest"), name.as_bytes())?;
-    prune(root, &name);
-    Ok(dir)
+    std::fs::write(tmp.join(STATE), json).map_err(|e| Error::io(&tmp.join(STATE), e))
 }
 
 /// Removes checkpoint folders older than the newest `KEEP + 1` and stale temporary folders.

@@ -30,7 +30,9 @@ pub use keys::{is_adapter_path, to_diffusers_key};
 pub use reader::CheckpointFiles;
 pub(crate) use reader::{read_tensors, read_tensors_except};
 pub use save::{WEIGHTS_FILE, diffusers_tensors, save_diffusers};
-pub use tensor_file::{TensorEntry, TensorFile, to_entry, write_atomic, write_tensor_file};
+pub use tensor_file::{
+    TensorEntry, TensorFile, canonicalize_safetensors, to_entry, write_atomic, write_tensor_file,
+};
 
 use std::collections::BTreeMap;
 use std::path::Path;

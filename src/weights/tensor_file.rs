@@ -155,11 +155,63 @@ pub fn write_tensor_file(
                 .map_err(|e| Error::Input(format!("tensor {k}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let serialized = safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let mut serialized =
+        safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let header = canonical_header(&serialized, path)?;
+    serialized[8..8 + header.len()].copy_from_slice(&header);
     write_atomic(path, &serialized)
+}
+
+/// The JSON header of safetensors `bytes` with every object's keys sorted and padded with
+/// spaces to its old length, so that the same tensors always give the same bytes: writers keep
+/// the metadata in a `HashMap`, whose order changes from one process to the next.
+fn canonical_header(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
+    let bad = |message: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .filter(|&n| n <= bytes.len() - 8)
+        .ok_or_else(|| bad("truncated header".into()))?;
+    let header: BTreeMap<String, BTreeMap<String, serde_json::Value>> =
+        serde_json::from_slice(&bytes[8..8 + len]).map_err(|e| bad(e.to_string()))?;
+    let mut canonical = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
+    if canonical.len() > len {
+        return Err(bad(format!(
+            "the sorted header is longer ({} bytes) than the written one ({len})",
+            canonical.len()
+        )));
+    }
+    canonical.resize(len, b' ');
+    Ok(canonical)
+}
+
+/// Rewrites the header of the safetensors file at `path` in place with sorted keys (see
+/// [`write_tensor_file`]); the tensor bytes are not read.
+pub fn canonicalize_safetensors(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let io = |e| Error::io(path, e);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let size = file.metadata().map_err(io)?.len() as usize;
+    let mut head = [0u8; 8];
+    file.read_exact(&mut head).map_err(io)?;
+    let len = (u64::from_le_bytes(head) as usize).min(size.saturating_sub(8));
+    let mut bytes = head.to_vec();
+    bytes.resize(8 + len, 0);
+    file.read_exact(&mut bytes[8..]).map_err(io)?;
+    let header = canonical_header(&bytes, path)?;
+    file.seek(SeekFrom::Start(8)).map_err(io)?;
+    file.write_all(&header).map_err(io)?;
+    file.sync_all().map_err(io)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename.
@@ -195,6 +247,49 @@ mod tests {
         let path = std::env::temp_dir().join(format!("ctcal-{}-{name}", std::process::id()));
         std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
         path
+    }
+
+    /// The same tensors and metadata give the same bytes, whatever order the metadata map
+    /// iterates in (a new `HashMap` per write); the file still reads back.
+    #[test]
+    fn written_files_are_byte_identical() {
+        let tensors: BTreeMap<String, TensorEntry> = [
+            ("b".to_string(), (vec![2], vec![1.0, 2.0])),
+            ("a".to_string(), (vec![1, 1], vec![3.0])),
+        ]
+        .into();
+        let path = std::env::temp_dir().join(format!("ctcal-{}-canon", std::process::id()));
+        let write = || {
+            let meta: HashMap<String, String> = (0..6)
+                .map(|i| (format!("key{i}"), format!("value{i}")))
+                .collect();
+            write_tensor_file(&path, &tensors, Some(meta)).unwrap();
+            std::fs::read(&path).unwrap()
+        };
+        let first = write();
+        for _ in 0..8 {
+            assert!(write() == first, "bytes differ between two writes");
+        }
+        let read = TensorFile::read(&path).unwrap();
+        assert_eq!(read.tensors, tensors);
+        let text = String::from_utf8_lossy(&first[8..100]).to_string();
+        assert!(
+            text.starts_with(r#"{"__metadata__":{"key0":"value0","key1""#),
+            "{text}"
+        );
+        // In place on a file written by another writer (burn-store's path).
+        let meta: HashMap<String, String> =
+            [("z".into(), "1".into()), ("y".into(), "2".into())].into();
+        let views = vec![(
+            "t",
+            TensorView::new(Dtype::F32, vec![1], &[0u8; 4]).unwrap(),
+        )];
+        std::fs::write(&path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+        canonicalize_safetensors(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(String::from_utf8_lossy(&bytes).contains(r#"{"__metadata__":{"y":"2","z":"1"}"#));
+        assert!(TensorFile::read(&path).is_ok());
+        let _ = std::fs::remove_file(&path);
     }
 
     /// diffusers' inputs: a `torch.long` timestep beside f32 latents are read as floats.

@@ -288,6 +288,14 @@ fn a_used_output_folder_needs_resume_or_overwrite() {
     let lora = |steps| config().with_steps(steps).with_checkpoint_every(0);
     run_with(&out, false, lora(2), Trained::Lora, |_| {}).unwrap();
     let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let written = [
+        "checkpoints/step-0000002/trained.safetensors",
+        "checkpoints/step-0000002/autoencoder.safetensors",
+        "autoencoder.safetensors",
+        "pytorch_lora_weights.safetensors",
+    ];
+    let bytes = |out: &Path| written.map(|f| std::fs::read(out.join(f)).unwrap());
+    let first = bytes(&out);
     let mut stepped = 0;
     let err = run_with(&out, false, lora(2), Trained::Lora, |_| stepped += 1).unwrap_err();
     let msg = err.to_string();
@@ -317,7 +325,9 @@ fn a_used_output_folder_needs_resume_or_overwrite() {
         .fit(unet, &inputs, dataset, &schedule, &device)
         .unwrap();
     assert!(!out.join("stray.txt").exists());
+    // The same run writes the same bytes (checkpoint, exports, metrics).
     assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
+    assert!(bytes(&out) == first, "a file of the same run differs");
     // Resuming the finished run to 3 steps runs one step.
     let mut steps = Vec::new();
     run_with(&out, true, lora(3), Trained::Lora, |log| {
