@@ -25,21 +25,34 @@ use clap::{Parser, ValueEnum};
 use common::train::{DiffusersModel, TrainArgs, fit_pipeline, fit_shapes};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::calibration::{CtcalConfig, TeacherRule};
+use ctcal::config::file_setting;
 use ctcal::launch::{OnAutodiffBackend, launch_autodiff};
 use ctcal::lora::LoraConfig;
 use ctcal::pipeline::StableDiffusion;
 use ctcal::pipeline::shapes::is_shapes_model;
-use ctcal::schedule::{DdpmConfig, Schedule};
+use ctcal::schedule::{DdpmConfig, PredictionType, Schedule};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use ctcal::weights::load_module;
 
 /// What the UNet predicts (the scheduler's `prediction_type`).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Prediction {
-    /// SD 2.1 (768 px): velocity.
+    /// Velocity (SD 2.1, 768 px).
     VPrediction,
-    /// SD 2.1-base (512 px): noise.
+    /// Noise (SD 2.1-base, SD 1.x).
     Epsilon,
+    /// The clean latent.
+    Sample,
+}
+
+impl From<Prediction> for PredictionType {
+    fn from(p: Prediction) -> Self {
+        match p {
+            Prediction::VPrediction => PredictionType::VPrediction,
+            Prediction::Epsilon => PredictionType::Epsilon,
+            Prediction::Sample => PredictionType::Sample,
+        }
+    }
 }
 
 /// Fine-tune an SD 2.1 UNet with CTCal.
@@ -56,9 +69,14 @@ struct Cli {
     /// The teacher's timestep (the method's default is 0: the least noisy).
     #[arg(long, default_value_t = 0)]
     teacher_t: usize,
-    /// The UNet's prediction type (default: v-prediction; a shapes model's own).
+    /// The UNet's prediction type; by default the pipeline's
+    /// `scheduler/scheduler_config.json` says (a flag that contradicts it needs
+    /// --override-scheduler).
     #[arg(long, value_enum)]
     prediction: Option<Prediction>,
+    /// Let --prediction train another target than the pipeline's scheduler file names.
+    #[arg(long)]
+    override_scheduler: bool,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -87,9 +105,9 @@ impl OnAutodiffBackend for Run<'_> {
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let teacher = TeacherRule::FixedTimestep(cli.teacher_t);
     if is_shapes_model(&cli.pipeline) {
-        if cli.prediction.is_some() || cli.model.is_some() {
+        if cli.prediction.is_some() || cli.model.is_some() || cli.override_scheduler {
             bail!(
-                "--prediction and --model: {} is a shapes model, which trains whole on its own \
+                "--prediction, --override-scheduler and --model: {} is a shapes model, which trains whole on its own \
                  schedule (v-prediction)",
                 cli.pipeline.display()
             );
@@ -116,14 +134,20 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         report.tensors,
         report.files.join(", ")
     );
-    let prediction = cli.prediction.unwrap_or(Prediction::VPrediction);
-    let schedule = Schedule::Ddpm(
-        match prediction {
-            Prediction::VPrediction => DdpmConfig::sd21(),
-            Prediction::Epsilon => DdpmConfig::sd21_base(),
-        }
-        .init(),
-    );
+    // The training schedule is the pipeline's scheduler file's, as in diffusers' scripts.
+    let file = cli.pipeline.join("scheduler/scheduler_config.json");
+    let mut ddpm = DdpmConfig::from_sampler(&pipe.scheduler);
+    ddpm.prediction_type = file_setting(
+        "prediction",
+        ddpm.prediction_type,
+        cli.prediction.map(PredictionType::from),
+        cli.override_scheduler,
+        &file,
+    )?;
+    let forced = cli.prediction.is_some() && cli.override_scheduler;
+    let how = if forced { "--prediction over " } else { "" };
+    println!("schedule: {} ({how}{})", ddpm.summary(), file.display());
+    let schedule = Schedule::Ddpm(ddpm.init());
     let denoiser = DiffusersModel {
         model: unet,
         dir: &model_dir,

@@ -26,6 +26,7 @@ use clap::Parser;
 use common::train::{DiffusersModel, TrainArgs, fit_pipeline, fit_shapes};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::calibration::{CtcalConfig, TeacherRule};
+use ctcal::config::file_setting;
 use ctcal::launch::{OnAutodiffBackend, launch_autodiff};
 use ctcal::lora::LoraConfig;
 use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
@@ -48,13 +49,18 @@ struct Cli {
     /// T5 tokens of each caption (diffusers' SD 3 training scripts default to 77).
     #[arg(long, default_value_t = 77)]
     max_sequence_length: usize,
-    /// A fixed teacher sigma instead of the smaller of two sigmas drawn like the student's.
+    /// A fixed teacher sigma instead of one drawn from the training density below the
+    /// student's.
     #[arg(long)]
     teacher_sigma: Option<f64>,
-    /// The timestep shift of the flow schedule (default 3.0, SD 3 medium's; a shapes model's
-    /// own, 1.0).
+    /// The timestep shift of the flow schedule; by default the pipeline's
+    /// `scheduler/scheduler_config.json` says (3.0 for SD 3 medium; a flag that contradicts it
+    /// needs --override-scheduler).
     #[arg(long)]
     shift: Option<f64>,
+    /// Let --shift train with another shift than the pipeline's scheduler file names.
+    #[arg(long)]
+    override_scheduler: bool,
     #[command(flatten)]
     train: TrainArgs,
 }
@@ -83,9 +89,9 @@ impl OnAutodiffBackend for Run<'_> {
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let teacher = cli.teacher_sigma.map(TeacherRule::FixedSigma);
     if is_shapes_model(&cli.pipeline) {
-        if cli.shift.is_some() || cli.model.is_some() {
+        if cli.shift.is_some() || cli.model.is_some() || cli.override_scheduler {
             bail!(
-                "--shift and --model: {} is a shapes model, which trains whole on its own \
+                "--shift, --override-scheduler and --model: {} is a shapes model, which trains whole on its own \
                  schedule (shift 1)",
                 cli.pipeline.display()
             );
@@ -107,11 +113,20 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         report.tensors,
         report.files.join(", ")
     );
-    let schedule = Schedule::Flow(
-        FlowConfig::sd3_medium()
-            .with_shift(cli.shift.unwrap_or(3.0))
-            .init(),
-    );
+    // The training schedule is the pipeline's scheduler file's, as in diffusers' scripts.
+    let file = cli.pipeline.join("scheduler/scheduler_config.json");
+    let mut flow = FlowConfig::from_sampler(&pipe.scheduler);
+    flow.shift = file_setting(
+        "shift",
+        flow.shift,
+        cli.shift,
+        cli.override_scheduler,
+        &file,
+    )?;
+    let forced = cli.shift.is_some() && cli.override_scheduler;
+    let how = if forced { "--shift over " } else { "" };
+    println!("schedule: {} ({how}{})", flow.summary(), file.display());
+    let schedule = Schedule::Flow(flow.init());
     let mut ctcal = CtcalConfig::sd3();
     if let Some(rule) = teacher {
         ctcal = ctcal.with_teacher(rule);

@@ -174,6 +174,28 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// A setting a model folder's config file fixes (`from_file`, read from `file`) against the
+/// same setting given on the command line (`flag`): the flag may only repeat the file unless
+/// `force` (a fine-tune towards another prediction target or shift than the model was trained
+/// with is almost always a mistake), and the choice is returned.
+pub fn file_setting<T: PartialEq + std::fmt::Debug>(
+    name: &str,
+    from_file: T,
+    flag: Option<T>,
+    force: bool,
+    file: &Path,
+) -> Result<T> {
+    match flag {
+        Some(flag) if flag != from_file && !force => Err(Error::Config(format!(
+            "--{name} {flag:?} contradicts {}, which says {from_file:?}; leave the flag out to \
+             use the file's, or add --override-scheduler to train with the flag's anyway",
+            file.display()
+        ))),
+        Some(flag) => Ok(flag),
+        None => Ok(from_file),
+    }
+}
+
 /// Reads the diffusers model `config.json` at `path` over `defaults`: `_`-prefixed bookkeeping
 /// is dropped, missing fields keep the defaults (which should be diffusers' own), a field
 /// outside `known` is an error naming it and `model`, values of the wrong type are errors

@@ -4,6 +4,7 @@ use burn::config::Config;
 use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
+use super::DdimConfig;
 use super::betas::{BetaSchedule, alphas_cumprod};
 use super::per_sample;
 use crate::error::Error;
@@ -37,6 +38,12 @@ pub struct DdpmConfig {
     /// The prediction target.
     #[config(default = "PredictionType::Epsilon")]
     pub prediction_type: PredictionType,
+    /// How betas go from `beta_start` to `beta_end` (Stable Diffusion: `scaled_linear`).
+    #[config(default = "BetaSchedule::ScaledLinear")]
+    pub beta_schedule: BetaSchedule,
+    /// Rescale betas to zero terminal SNR (Lin et al. 2023).
+    #[config(default = false)]
+    pub rescale_betas_zero_snr: bool,
 }
 
 impl DdpmConfig {
@@ -50,17 +57,48 @@ impl DdpmConfig {
         Self::new()
     }
 
+    /// The training schedule of a pipeline whose `scheduler/scheduler_config.json` reads as
+    /// `sampler` (diffusers' training scripts build their `DDPMScheduler` from that file): its
+    /// timesteps, betas and prediction type.
+    pub fn from_sampler(sampler: &DdimConfig) -> Self {
+        Self::new()
+            .with_num_train_timesteps(sampler.num_train_timesteps)
+            .with_beta_start(sampler.beta_start)
+            .with_beta_end(sampler.beta_end)
+            .with_beta_schedule(sampler.beta_schedule)
+            .with_rescale_betas_zero_snr(sampler.rescale_betas_zero_snr)
+            .with_prediction_type(sampler.prediction_type)
+    }
+
+    /// One line for a run's log: timesteps, betas and target.
+    pub fn summary(&self) -> String {
+        format!(
+            "DDPM, {} timesteps, {:?} betas {}..{}{}, prediction {:?}",
+            self.num_train_timesteps,
+            self.beta_schedule,
+            self.beta_start,
+            self.beta_end,
+            if self.rescale_betas_zero_snr {
+                " rescaled to zero SNR"
+            } else {
+                ""
+            },
+            self.prediction_type
+        )
+    }
+
     /// Precomputes the cumulative alphas.
     ///
-    /// Betas are `linspace(sqrt(beta_start), sqrt(beta_end), T)^2` and
-    /// `alphas_cumprod = cumprod(1 - beta)`, in float32 as diffusers computes them.
+    /// Betas are `linspace(sqrt(beta_start), sqrt(beta_end), T)^2` (`scaled_linear`) or
+    /// `linspace(beta_start, beta_end, T)` and `alphas_cumprod = cumprod(1 - beta)`, in
+    /// float32 as diffusers computes them.
     pub fn init(&self) -> DdpmSchedule {
         let alphas_cumprod = alphas_cumprod(
             self.num_train_timesteps,
             self.beta_start,
             self.beta_end,
-            BetaSchedule::ScaledLinear,
-            false,
+            self.beta_schedule,
+            self.rescale_betas_zero_snr,
         );
         DdpmSchedule {
             alphas_cumprod,
@@ -163,6 +201,44 @@ impl DdpmSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pipeline's scheduler file decides the training target and betas: each
+    /// `prediction_type` value of a `scheduler_config.json` is the one trained, and the betas
+    /// give DDIM's own cumulative alphas (also for `linear` betas and zero-SNR rescaling).
+    #[test]
+    fn the_pipelines_scheduler_file_sets_prediction_and_betas() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let shipped = root.join("weights/tiny-sd21/scheduler/scheduler_config.json");
+        let text = std::fs::read_to_string(&shipped).unwrap();
+        let sampler = DdimConfig::from_diffusers_json(&shipped).unwrap();
+        let from_file = DdpmConfig::from_sampler(&sampler);
+        assert_eq!(from_file, DdpmConfig::sd21());
+        let dir = std::env::temp_dir().join(format!("ctcal-sched-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("scheduler_config.json");
+        for (value, expected) in [
+            ("epsilon", PredictionType::Epsilon),
+            ("v_prediction", PredictionType::VPrediction),
+            ("sample", PredictionType::Sample),
+        ] {
+            let edited = text
+                .replace("\"v_prediction\"", &format!("\"{value}\""))
+                .replace("\"scaled_linear\"", "\"linear\"")
+                .replace(
+                    "\"rescale_betas_zero_snr\": false",
+                    "\"rescale_betas_zero_snr\": true",
+                );
+            std::fs::write(&path, edited).unwrap();
+            let sampler = DdimConfig::from_diffusers_json(&path).unwrap();
+            let config = DdpmConfig::from_sampler(&sampler);
+            assert_eq!(config.prediction_type, expected, "{value}");
+            assert_eq!(config.beta_schedule, BetaSchedule::Linear);
+            let training = config.init().alphas_cumprod;
+            assert_eq!(training, sampler.init().unwrap().alphas_cumprod);
+            assert_ne!(training, DdpmConfig::sd21().init().alphas_cumprod);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// Closed forms: first and last cumulative alphas of SD's schedule, and the v identity
     /// `v = sqrt(a) eps - sqrt(1-a) x0` at a hand-picked point.
