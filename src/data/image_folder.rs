@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use image::imageops::{FilterType, crop_imm, resize};
-use image::{ImageReader, RgbImage};
+use image::{ImageReader, Limits, RgbImage};
 
 use super::{BadRow, BadRowPolicy, BadRows, Dataset, Features, HostTensor, Metadata, Sample};
 use crate::error::{Error, Result};
@@ -75,12 +75,43 @@ impl Dataset for ImageFolder {
     }
 }
 
-/// Decodes the image at `path` (format guessed from its bytes) and [`preprocess`]es it; the
-/// error is the decoder's message.
+/// The longest image side a data folder may hold (the decoder's limit too).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// The most elongated image accepted: resizing the short side to the training resolution
+/// multiplies the long side too, so a 1 x 4,000,000 strip would need gigabytes.
+pub const MAX_ASPECT_RATIO: u32 = 16;
+
+/// Decodes the image at `path` (format guessed from its bytes) and [`preprocess`]es it. Its
+/// size is checked from the header first, against [`MAX_IMAGE_SIDE`] and [`MAX_ASPECT_RATIO`],
+/// and the decoder runs under the same limits; the error names the size or is the decoder's
+/// message.
 pub fn load_image(path: &Path, resolution: u32) -> std::result::Result<HostTensor<3>, String> {
-    let image = ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| format!("cannot read image: {e}"))?
+    let reader = || {
+        ImageReader::open(path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|e| format!("cannot read image: {e}"))
+    };
+    let (w, h) = reader()?
+        .into_dimensions()
+        .map_err(|e| format!("unreadable image: {e}"))?;
+    if w.max(h) > MAX_IMAGE_SIDE {
+        return Err(format!(
+            "image of {w}x{h} pixels: a side is over the limit of {MAX_IMAGE_SIDE}"
+        ));
+    }
+    if w.min(h) == 0 || w.max(h) / w.min(h) >= MAX_ASPECT_RATIO {
+        return Err(format!(
+            "image of {w}x{h} pixels: more elongated than {MAX_ASPECT_RATIO}:1, it cannot be \
+             resized and centre-cropped to a square"
+        ));
+    }
+    let mut reader = reader()?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    reader.limits(limits);
+    let image = reader
         .decode()
         .map_err(|e| format!("unreadable image: {e}"))?;
     Ok(preprocess(&image.to_rgb8(), resolution))
@@ -234,6 +265,23 @@ mod tests {
                 .dims(),
             [2, 3, 2, 2]
         );
+    }
+
+    /// Sizes are refused from the header: a strip (the resize would make it huge) and a side
+    /// over the limit, each named with its size; the limits' edges pass.
+    #[test]
+    fn oversized_and_elongated_images_are_refused_before_decoding() {
+        let dir = TempDir::new("image-limits");
+        let write = |name: &str, w: u32, h: u32| {
+            let path = dir.path(name);
+            image::GrayImage::new(w, h).save(&path).unwrap();
+            path
+        };
+        let msg = load_image(&write("strip.png", 1, 40), 2).unwrap_err();
+        assert!(msg.contains("1x40") && msg.contains("16:1"), "{msg}");
+        let msg = load_image(&write("tall.png", 2, MAX_IMAGE_SIDE + 1), 2).unwrap_err();
+        assert!(msg.contains("2x16385") && msg.contains("limit"), "{msg}");
+        assert!(load_image(&write("edge.png", 2, 31), 2).is_ok());
     }
 
     #[test]

@@ -79,12 +79,31 @@ pub fn apply_lora<B: Backend, M: LoraTarget<B>>(
     config.validate()?;
     let mut paths = Vec::new();
     let mut adapted = Vec::new();
+    // The targeted projection with the smallest side: a rank above it adds nothing but memory.
+    let mut narrowest: Option<(String, [usize; 2])> = None;
     model.visit_lora(&mut |path, layer| {
         paths.push(path.to_string());
         if layer.has_adapter() {
             adapted.push(path.to_string());
         }
+        let dims = layer.dims();
+        let side = |d: [usize; 2]| d[0].min(d[1]);
+        if config.matches(path)
+            && narrowest
+                .as_ref()
+                .is_none_or(|(_, n)| side(dims) < side(*n))
+        {
+            narrowest = Some((path.to_string(), dims));
+        }
     });
+    if let Some((path, [d_in, d_out])) = narrowest.filter(|(_, d)| config.rank > d[0].min(d[1])) {
+        return Err(Error::Config(format!(
+            "lora rank {} is larger than the projection {path} ({d_in} -> {d_out}); a rank can \
+             be at most {} here",
+            config.rank,
+            d_in.min(d_out)
+        )));
+    }
     if let Some(path) = adapted.first() {
         return Err(Error::Config(format!(
             "{path} already has a LoRA adapter ({} projections do); merge_lora first",

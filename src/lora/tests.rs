@@ -183,6 +183,17 @@ fn apply_lora_targets_counts_and_errors() {
     assert_eq!(expected_params, 3 * (3 * (32 + 32) + (32 + 64)));
     let err = apply_lora(model, &config, 0).unwrap_err().to_string();
     assert!(err.contains("already has a LoRA adapter"), "{err}");
+    // A rank above the narrowest targeted projection (32 -> 32) is refused before any
+    // adapter is made; 32 itself is allowed.
+    let wide = LoraConfig::new(vec!["attn2.to_k".into()]).with_rank(100_000);
+    let err = apply_lora(unet::<B>(), &wide, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("rank 100000")
+            && err.contains("attn2.to_k (32 -> 32)")
+            && err.contains("at most 32"),
+        "{err}"
+    );
+    assert!(apply_lora(unet::<B>(), &wide.with_rank(32), 0).is_ok());
 
     // MMDiT default: ten projections per block, eight in the last (no to_add_out), plus none
     // outside the attention.
