@@ -102,6 +102,10 @@ impl Dataset for CachedFeatures {
         self.policy
     }
 
+    fn source(&self) -> Option<&Path> {
+        Some(&self.metadata.path)
+    }
+
     fn load(&self, index: usize) -> std::result::Result<Sample, BadRow> {
         let row = &self.metadata.rows[index];
         let bad = |reason: String| {

@@ -75,4 +75,11 @@ impl Dataset for TrainingData {
             Self::Cached(d) => d.load(index),
         }
     }
+
+    fn source(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Images(d) => d.source(),
+            Self::Cached(d) => d.source(),
+        }
+    }
 }

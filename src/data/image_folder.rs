@@ -59,6 +59,10 @@ impl Dataset for ImageFolder {
         self.policy
     }
 
+    fn source(&self) -> Option<&Path> {
+        Some(&self.metadata.path)
+    }
+
     fn load(&self, index: usize) -> std::result::Result<Sample, BadRow> {
         let row = &self.metadata.rows[index];
         let pixels = load_image(&self.metadata.file_path(row), self.resolution).map_err(|e| {

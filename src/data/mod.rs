@@ -55,4 +55,10 @@ pub trait Dataset: Send + Sync {
     /// Reads and decodes sample `index` (`< len()`); a file that cannot be read or decoded is
     /// a [`BadRow`] naming its metadata line.
     fn load(&self, index: usize) -> std::result::Result<Sample, BadRow>;
+
+    /// The file the samples are listed in (`metadata.jsonl`), for messages about a row;
+    /// `None` for data made in memory.
+    fn source(&self) -> Option<&std::path::Path> {
+        None
+    }
 }

@@ -115,6 +115,7 @@ where
     let mut metrics = open_metrics(&metrics_path, start)?;
 
     let loader_config = LoaderConfig::new(config.batch_size, config.seed);
+    let source = dataset.source().map(Path::to_path_buf);
     let mut loader = Loader::new(dataset, &loader_config, cursor)?;
     let ae_peak = config.ae_lr.unwrap_or(config.lr);
     started(start);
@@ -137,7 +138,9 @@ where
                 .compute_dtype()
                 .map(|dtype| cast_params(&model, dtype));
             let module = compute.as_ref().unwrap_or(&model);
-            let data = inputs.train_batch(module, &batch, config, device)?;
+            let data = inputs
+                .train_batch(module, &batch, config, device)
+                .map_err(|e| name_rows(e, &batch, source.as_deref()))?;
             let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step, micro as u64));
             let teacher_seed = step_seed(config.seed, step, 0x7EA0 + micro as u64);
             let draw = draw_step(
@@ -225,6 +228,25 @@ where
         ae,
         start,
     })
+}
+
+/// An error from encoding a batch's captions and nouns (an over-long caption, a noun past the
+/// text encoder's tokens), with the metadata file and lines of the batch's rows added.
+fn name_rows(error: Error, batch: &Batch, source: Option<&Path>) -> Error {
+    let Error::Input(message) = error else {
+        return error;
+    };
+    let rows: Vec<String> = batch
+        .lines
+        .iter()
+        .zip(&batch.captions)
+        .map(|(line, caption)| format!("line {line}: {caption:?}"))
+        .collect();
+    let file = source.map_or_else(|| "the data".into(), |p| p.display().to_string());
+    Error::Input(format!(
+        "{message}; in a caption of {file} ({}); fix or remove that row",
+        rows.join(", ")
+    ))
 }
 
 /// Replaces each caption by the empty one with probability `config.caption_dropout` (its

@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so the backends are compiled once.
 
 mod attention_grad;
+mod bad_captions;
 mod common;
 mod ctcal_parity;
 mod embedded_default;
