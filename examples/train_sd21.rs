@@ -38,7 +38,8 @@ use ctcal::weights::load_module;
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Prediction {
     /// Velocity (SD 2.1, 768 px).
-    VPrediction,
+    #[value(name = "v-prediction", alias = "v_prediction")]
+    Velocity,
     /// Noise (SD 2.1-base, SD 1.x).
     Epsilon,
     /// The clean latent.
@@ -48,7 +49,7 @@ enum Prediction {
 impl From<Prediction> for PredictionType {
     fn from(p: Prediction) -> Self {
         match p {
-            Prediction::VPrediction => PredictionType::VPrediction,
+            Prediction::Velocity => PredictionType::VPrediction,
             Prediction::Epsilon => PredictionType::Epsilon,
             Prediction::Sample => PredictionType::Sample,
         }

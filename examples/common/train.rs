@@ -41,6 +41,14 @@ pub enum Schedules {
     Cosine,
 }
 
+/// A published training recipe.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Recipe {
+    /// The CTCal paper's (`TrainConfig::paper_recipe`): LoRA rank 4, AdamW 1e-4, weight decay
+    /// 1e-2, 500 warm-up steps then constant, gradient norm 1.0, batch 16, 15,000 steps.
+    Gors,
+}
+
 /// Arguments shared by the training examples.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -77,6 +85,9 @@ pub struct TrainArgs {
     /// in the backward pass instead of keeping them; same gradients, less memory.
     #[arg(long)]
     pub checkpointing: bool,
+    /// Train with a published recipe's settings (its flags cannot be given beside it).
+    #[arg(long, value_enum, conflicts_with_all = ["steps", "batch_size", "lr", "warmup_steps", "lr_schedule", "rank"])]
+    pub recipe: Option<Recipe>,
     /// Optimiser steps.
     #[arg(long, default_value_t = 30)]
     pub steps: usize,
@@ -146,25 +157,29 @@ impl TrainArgs {
 
     /// The run's settings with `ctcal` as the CTCal loss.
     pub fn config(&self, ctcal: CtcalConfig) -> TrainConfig {
-        TrainConfig::new(ctcal.with_lambda_ctcal(self.ctcal_weight))
-            .with_steps(self.steps)
-            .with_batch_size(self.batch_size)
-            .with_grad_accum(self.grad_accum)
-            .with_lr(self.lr)
-            .with_warmup_steps(self.warmup_steps)
-            .with_lr_schedule(match self.lr_schedule {
-                Schedules::Constant => LrSchedule::Constant,
-                Schedules::Cosine => LrSchedule::Cosine,
-            })
-            .with_ema_decay(self.ema_decay)
-            .with_seed(self.seed)
-            .with_checkpoint_every(self.checkpoint_every)
-            .with_sample_posterior(!self.latent_mean)
-            .with_mixed_precision(match self.mixed_precision {
-                Precision::No => MixedPrecision::No,
-                Precision::Bf16 => MixedPrecision::Bf16,
-                Precision::Fp16 => MixedPrecision::Fp16,
-            })
+        let ctcal = ctcal.with_lambda_ctcal(self.ctcal_weight);
+        match self.recipe {
+            Some(Recipe::Gors) => TrainConfig::paper_recipe(ctcal),
+            None => TrainConfig::new(ctcal)
+                .with_steps(self.steps)
+                .with_batch_size(self.batch_size)
+                .with_lr(self.lr)
+                .with_warmup_steps(self.warmup_steps)
+                .with_lr_schedule(match self.lr_schedule {
+                    Schedules::Constant => LrSchedule::Constant,
+                    Schedules::Cosine => LrSchedule::Cosine,
+                }),
+        }
+        .with_grad_accum(self.grad_accum)
+        .with_ema_decay(self.ema_decay)
+        .with_seed(self.seed)
+        .with_checkpoint_every(self.checkpoint_every)
+        .with_sample_posterior(!self.latent_mean)
+        .with_mixed_precision(match self.mixed_precision {
+            Precision::No => MixedPrecision::No,
+            Precision::Bf16 => MixedPrecision::Bf16,
+            Precision::Fp16 => MixedPrecision::Fp16,
+        })
     }
 
     /// The output folder (`default` without `--out`).

@@ -79,6 +79,23 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The paper's fine-tuning recipe around `ctcal`: AdamW at 1e-4 with weight decay 1e-2,
+    /// 500 linear warm-up steps then constant, the global gradient norm clipped at 1.0, batch
+    /// 16, 15,000 steps (with LoRA rank 4 on the denoiser, [`LoraConfig`]'s default). The
+    /// paper also trains text-encoder LoRA at 5e-6, which this crate does not train yet.
+    ///
+    /// [`LoraConfig`]: crate::lora::LoraConfig
+    pub fn paper_recipe(ctcal: CtcalConfig) -> Self {
+        Self::new(ctcal)
+            .with_steps(15_000)
+            .with_batch_size(16)
+            .with_lr(1e-4)
+            .with_weight_decay(1e-2)
+            .with_warmup_steps(500)
+            .with_lr_schedule(LrSchedule::Constant)
+            .with_max_grad_norm(Some(1.0))
+    }
+
     /// Checks the settings, naming the field at fault.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |m: &str| Err(crate::Error::Config(m.into()));
@@ -143,6 +160,22 @@ mod tests {
         assert!((c.lr_at(10, 2.0) - 2.0).abs() < 1e-12);
         assert!((c.lr_at(60, 2.0) - 1.0).abs() < 1e-12);
         assert!(c.lr_at(110, 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_paper_recipe() {
+        let c = TrainConfig::paper_recipe(CtcalConfig::sd21());
+        assert_eq!((c.steps, c.batch_size, c.warmup_steps), (15_000, 16, 500));
+        assert_eq!(
+            (c.lr, c.weight_decay, c.max_grad_norm),
+            (1e-4, 1e-2, Some(1.0))
+        );
+        assert_eq!(c.lr_schedule, LrSchedule::Constant);
+        assert!((c.lr_at(0, c.lr) - 1e-4 / 500.0).abs() < 1e-18);
+        assert_eq!(c.lr_at(499, c.lr), 1e-4);
+        assert_eq!(c.lr_at(14_999, c.lr), 1e-4);
+        assert_eq!(crate::lora::LoraConfig::unet_default().rank, 4);
+        assert!(c.validate().is_ok());
     }
 
     #[test]
