@@ -30,7 +30,7 @@ pub use batch::{Batch, BatchFeatures};
 pub use cached::{CachedFeatures, FeatureShapes, write_cached_sample};
 pub use config::LoaderConfig;
 pub use folder::TrainingData;
-pub use image_folder::{ImageFolder, load_image, preprocess};
+pub use image_folder::{ImageFolder, MAX_ASPECT_RATIO, MAX_IMAGE_SIDE, load_image, preprocess};
 pub use loader::{Batches, Loader};
 pub use metadata::{BadRow, BadRowPolicy, BadRows, Metadata, MetadataRow};
 pub use order::{BatchOrder, DataCursor, epoch_order};

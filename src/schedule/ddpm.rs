@@ -4,7 +4,6 @@ use burn::config::Config;
 use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
-use super::DdimConfig;
 use super::betas::{BetaSchedule, alphas_cumprod};
 use super::per_sample;
 use crate::error::Error;
@@ -55,19 +54,6 @@ impl DdpmConfig {
     /// SD 2.1-base (512 px): epsilon prediction.
     pub fn sd21_base() -> Self {
         Self::new()
-    }
-
-    /// The training schedule of a pipeline whose `scheduler/scheduler_config.json` reads as
-    /// `sampler` (diffusers' training scripts build their `DDPMScheduler` from that file): its
-    /// timesteps, betas and prediction type.
-    pub fn from_sampler(sampler: &DdimConfig) -> Self {
-        Self::new()
-            .with_num_train_timesteps(sampler.num_train_timesteps)
-            .with_beta_start(sampler.beta_start)
-            .with_beta_end(sampler.beta_end)
-            .with_beta_schedule(sampler.beta_schedule)
-            .with_rescale_betas_zero_snr(sampler.rescale_betas_zero_snr)
-            .with_prediction_type(sampler.prediction_type)
     }
 
     /// One line for a run's log: timesteps, betas and target.
@@ -201,44 +187,6 @@ impl DdpmSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A pipeline's scheduler file decides the training target and betas: each
-    /// `prediction_type` value of a `scheduler_config.json` is the one trained, and the betas
-    /// give DDIM's own cumulative alphas (also for `linear` betas and zero-SNR rescaling).
-    #[test]
-    fn the_pipelines_scheduler_file_sets_prediction_and_betas() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let shipped = root.join("weights/tiny-sd21/scheduler/scheduler_config.json");
-        let text = std::fs::read_to_string(&shipped).unwrap();
-        let sampler = DdimConfig::from_diffusers_json(&shipped).unwrap();
-        let from_file = DdpmConfig::from_sampler(&sampler);
-        assert_eq!(from_file, DdpmConfig::sd21());
-        let dir = std::env::temp_dir().join(format!("ctcal-sched-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("scheduler_config.json");
-        for (value, expected) in [
-            ("epsilon", PredictionType::Epsilon),
-            ("v_prediction", PredictionType::VPrediction),
-            ("sample", PredictionType::Sample),
-        ] {
-            let edited = text
-                .replace("\"v_prediction\"", &format!("\"{value}\""))
-                .replace("\"scaled_linear\"", "\"linear\"")
-                .replace(
-                    "\"rescale_betas_zero_snr\": false",
-                    "\"rescale_betas_zero_snr\": true",
-                );
-            std::fs::write(&path, edited).unwrap();
-            let sampler = DdimConfig::from_diffusers_json(&path).unwrap();
-            let config = DdpmConfig::from_sampler(&sampler);
-            assert_eq!(config.prediction_type, expected, "{value}");
-            assert_eq!(config.beta_schedule, BetaSchedule::Linear);
-            let training = config.init().alphas_cumprod;
-            assert_eq!(training, sampler.init().unwrap().alphas_cumprod);
-            assert_ne!(training, DdpmConfig::sd21().init().alphas_cumprod);
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 
     /// Closed forms: first and last cumulative alphas of SD's schedule, and the v identity
     /// `v = sqrt(a) eps - sqrt(1-a) x0` at a hand-picked point.

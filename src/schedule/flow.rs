@@ -6,7 +6,7 @@ use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use super::{FlowEulerConfig, per_sample};
+use super::per_sample;
 use crate::error::Error;
 
 /// The timestep shift `k s / (1 + (k - 1) s)` of diffusers' flow-matching schedulers (their
@@ -41,14 +41,6 @@ impl FlowConfig {
     /// SD3-medium's `scheduler_config.json` (shift 3.0).
     pub fn sd3_medium() -> Self {
         Self::new()
-    }
-
-    /// The training schedule of a pipeline whose `scheduler/scheduler_config.json` reads as
-    /// `sampler`: its shift and timesteps, with SD 3's logit-normal(0, 1) density.
-    pub fn from_sampler(sampler: &FlowEulerConfig) -> Self {
-        Self::new()
-            .with_shift(sampler.shift)
-            .with_num_train_timesteps(sampler.num_train_timesteps)
     }
 
     /// One line for a run's log: the sigma density and the shift.
@@ -188,21 +180,6 @@ mod tests {
                 .to_string()
                 .contains("sigma[1] = 1.5")
         );
-    }
-
-    #[test]
-    fn the_pipelines_scheduler_file_sets_the_shift() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let path = root.join("weights/tiny-sd3/scheduler/scheduler_config.json");
-        let sampler = FlowEulerConfig::from_diffusers_json(&path).unwrap();
-        let config = FlowConfig::from_sampler(&sampler);
-        assert_eq!((config.shift, config.num_train_timesteps), (3.0, 1000));
-        let sampler = FlowEulerConfig::new()
-            .with_shift(1.5)
-            .with_num_train_timesteps(500);
-        let config = FlowConfig::from_sampler(&sampler);
-        assert_eq!((config.shift, config.num_train_timesteps), (1.5, 500));
-        assert_eq!((config.logit_mean, config.logit_std), (0.0, 1.0));
     }
 
     #[test]

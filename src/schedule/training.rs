@@ -4,7 +4,7 @@
 use burn::tensor::{Tensor, backend::Backend};
 use rand::Rng;
 
-use super::{DdpmSchedule, FlowSchedule};
+use super::{DdimConfig, DdpmConfig, DdpmSchedule, FlowConfig, FlowEulerConfig, FlowSchedule};
 use crate::error::{Error, Result};
 
 /// The noise process a model is trained with.
@@ -116,5 +116,91 @@ impl Schedule {
             (Schedule::Ddpm(s), Some(g)) => s.min_snr_weight(level as usize, g),
             _ => 1.0,
         }
+    }
+}
+
+/// A pipeline's training schedule, read from its sampler's `scheduler_config.json` as
+/// diffusers' training scripts read theirs.
+impl DdpmConfig {
+    /// The training schedule of a pipeline whose `scheduler/scheduler_config.json` reads as
+    /// `sampler` (diffusers' training scripts build their `DDPMScheduler` from that file): its
+    /// timesteps, betas and prediction type.
+    pub fn from_sampler(sampler: &DdimConfig) -> Self {
+        Self::new()
+            .with_num_train_timesteps(sampler.num_train_timesteps)
+            .with_beta_start(sampler.beta_start)
+            .with_beta_end(sampler.beta_end)
+            .with_beta_schedule(sampler.beta_schedule)
+            .with_rescale_betas_zero_snr(sampler.rescale_betas_zero_snr)
+            .with_prediction_type(sampler.prediction_type)
+    }
+}
+
+impl FlowConfig {
+    /// The training schedule of a pipeline whose `scheduler/scheduler_config.json` reads as
+    /// `sampler`: its shift and timesteps, with SD 3's logit-normal(0, 1) density.
+    pub fn from_sampler(sampler: &FlowEulerConfig) -> Self {
+        Self::new()
+            .with_shift(sampler.shift)
+            .with_num_train_timesteps(sampler.num_train_timesteps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::{BetaSchedule, PredictionType};
+
+    /// A pipeline's scheduler file decides the training target and betas: each
+    /// `prediction_type` value of a `scheduler_config.json` is the one trained, and the betas
+    /// give DDIM's own cumulative alphas (also for `linear` betas and zero-SNR rescaling).
+    #[test]
+    fn the_pipelines_scheduler_file_sets_prediction_and_betas() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let shipped = root.join("weights/tiny-sd21/scheduler/scheduler_config.json");
+        let text = std::fs::read_to_string(&shipped).unwrap();
+        let sampler = DdimConfig::from_diffusers_json(&shipped).unwrap();
+        let from_file = DdpmConfig::from_sampler(&sampler);
+        assert_eq!(from_file, DdpmConfig::sd21());
+        let dir = std::env::temp_dir().join(format!("ctcal-sched-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("scheduler_config.json");
+        for (value, expected) in [
+            ("epsilon", PredictionType::Epsilon),
+            ("v_prediction", PredictionType::VPrediction),
+            ("sample", PredictionType::Sample),
+        ] {
+            let edited = text
+                .replace("\"v_prediction\"", &format!("\"{value}\""))
+                .replace("\"scaled_linear\"", "\"linear\"")
+                .replace(
+                    "\"rescale_betas_zero_snr\": false",
+                    "\"rescale_betas_zero_snr\": true",
+                );
+            std::fs::write(&path, edited).unwrap();
+            let sampler = DdimConfig::from_diffusers_json(&path).unwrap();
+            let config = DdpmConfig::from_sampler(&sampler);
+            assert_eq!(config.prediction_type, expected, "{value}");
+            assert_eq!(config.beta_schedule, BetaSchedule::Linear);
+            let training = config.init().alphas_cumprod;
+            assert_eq!(training, sampler.init().unwrap().alphas_cumprod);
+            assert_ne!(training, DdpmConfig::sd21().init().alphas_cumprod);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_pipelines_scheduler_file_sets_the_shift() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let path = root.join("weights/tiny-sd3/scheduler/scheduler_config.json");
+        let sampler = FlowEulerConfig::from_diffusers_json(&path).unwrap();
+        let config = FlowConfig::from_sampler(&sampler);
+        assert_eq!((config.shift, config.num_train_timesteps), (3.0, 1000));
+        let sampler = FlowEulerConfig::new()
+            .with_shift(1.5)
+            .with_num_train_timesteps(500);
+        let config = FlowConfig::from_sampler(&sampler);
+        assert_eq!((config.shift, config.num_train_timesteps), (1.5, 500));
+        assert_eq!((config.logit_mean, config.logit_std), (0.0, 1.0));
     }
 }
