@@ -336,6 +336,18 @@ mod tests {
         assert!(summary.starts_with(&first), "{summary}");
     }
 
+    /// Editors on Windows start UTF-8 files with a byte-order mark; the first row still reads.
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_row() {
+        let dir = folder(&[r#"{"file_name": "a.png", "text": "a cube"}"#]);
+        dir.write(
+            "metadata.jsonl",
+            "\u{feff}{\"file_name\": \"a.png\", \"text\": \"a cube\"}\n".as_bytes(),
+        );
+        let m = Metadata::read(&dir.path("metadata.jsonl"), BadRowPolicy::Fail).unwrap();
+        assert_eq!((m.rows.len(), m.rows[0].text.as_str()), (1, "a cube"));
+    }
+
     #[test]
     fn fail_names_the_file_and_line() {
         let dir = folder(&[

@@ -5,13 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::calibration::LossParts;
 use crate::lora::LoraReport;
 
 /// What one optimiser step did (also a line of `metrics.jsonl`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepLog {
     /// Optimiser steps completed.
     pub step: usize,

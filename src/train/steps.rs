@@ -373,6 +373,21 @@ fn open_metrics(path: &Path, start: usize) -> Result<std::fs::File> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// Every step of the run in `metrics.jsonl` at `path`, including those of the runs it resumed
+/// (what the loss plot shows); a line that does not parse is an error naming it.
+pub(crate) fn read_metrics(path: &Path) -> Result<Vec<StepLog>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| {
+                Error::Input(format!("{}:{}: not a step log: {e}", path.display(), i + 1))
+            })
+        })
+        .collect()
+}
+
 fn write_metrics(file: &mut std::fs::File, path: &Path, log: &StepLog) -> Result<()> {
     let line = serde_json::to_string(log).map_err(|error| Error::Json {
         path: path.to_path_buf(),

@@ -47,7 +47,7 @@ use burn::tensor::backend::AutodiffBackend;
 use super::checkpoint::{Trained, save_params};
 use super::output_dir::{check_output_dir, prepare_output_dir};
 use super::outputs::{PreviewBatch, Validation, write_validation};
-use super::steps::{LoopSetup, run_steps};
+use super::steps::{LoopSetup, read_metrics, run_steps};
 use super::{Event, Output, StepLog, TrainConfig, TrainInputs, Trainable, count_params, loss_plot};
 use crate::backend::KernelBackend;
 use crate::calibration::MapAutoEncoder;
@@ -328,8 +328,10 @@ impl<'a> Trainer<'a> {
             preview.write(fitted.final_model().denoiser(), schedule, &config, &path)?;
             self.wrote(Output::MapPreview, &path, step);
         }
+        // The whole run's curves, also after resumes: metrics.jsonl holds every step.
+        let history = read_metrics(&out.join("metrics.jsonl"))?;
         let path = out.join("loss.png");
-        save_png(&loss_plot(&fitted.logs, config.ctcal.lambda_ctcal), &path)?;
+        save_png(&loss_plot(&history, config.ctcal.lambda_ctcal), &path)?;
         self.wrote(Output::LossPlot, &path, step);
         Ok(fitted)
     }

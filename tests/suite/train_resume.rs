@@ -241,6 +241,9 @@ fn lora_run_extends_bit_identically() {
         "trained.safetensors holds the 96 adapters' A and B"
     );
     assert_eq!(a, b, "the extended run differs from the single run");
+    // The loss plot covers the whole run after the resume, not only the resumed steps.
+    let plot = |dir: &Path| std::fs::read(dir.join("loss.png")).unwrap();
+    assert!(plot(&split) == plot(&whole), "loss.png differs");
     // A resumed run with another seed is refused, naming the field.
     let err = run_with(
         &split,
