@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use image::imageops::{FilterType, crop_imm, resize};
-use image::{ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
 use super::{BadRow, BadRowPolicy, BadRows, Dataset, Features, HostTensor, Metadata, Sample};
 use crate::error::{Error, Result};
@@ -87,18 +87,16 @@ pub const MAX_IMAGE_SIDE: u32 = 16384;
 pub const MAX_ASPECT_RATIO: u32 = 16;
 
 /// Decodes the image at `path` (format guessed from its bytes) and [`preprocess`]es it. Its
-/// size is checked from the header first, against [`MAX_IMAGE_SIDE`] and [`MAX_ASPECT_RATIO`],
-/// and the decoder runs under the same limits; the error names the size or is the decoder's
-/// message.
+/// size is read from the header first and checked against [`MAX_IMAGE_SIDE`] and
+/// [`MAX_ASPECT_RATIO`] before any pixel is decoded (the decoder keeps `image`'s default
+/// allocation limit); the error names the size or is the decoder's message.
 pub fn load_image(path: &Path, resolution: u32) -> std::result::Result<HostTensor<3>, String> {
-    let reader = || {
-        ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| format!("cannot read image: {e}"))
-    };
-    let (w, h) = reader()?
-        .into_dimensions()
+    let decoder = ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| format!("cannot read image: {e}"))?
+        .into_decoder()
         .map_err(|e| format!("unreadable image: {e}"))?;
+    let (w, h) = decoder.dimensions();
     if w.max(h) > MAX_IMAGE_SIDE {
         return Err(format!(
             "image of {w}x{h} pixels: a side is over the limit of {MAX_IMAGE_SIDE}"
@@ -110,14 +108,8 @@ pub fn load_image(path: &Path, resolution: u32) -> std::result::Result<HostTenso
              resized and centre-cropped to a square"
         ));
     }
-    let mut reader = reader()?;
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    reader.limits(limits);
-    let image = reader
-        .decode()
-        .map_err(|e| format!("unreadable image: {e}"))?;
+    let image =
+        DynamicImage::from_decoder(decoder).map_err(|e| format!("unreadable image: {e}"))?;
     Ok(preprocess(&image.to_rgb8(), resolution))
 }
 
