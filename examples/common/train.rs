@@ -187,8 +187,9 @@ impl TrainArgs {
         self.out.clone().unwrap_or_else(|| PathBuf::from(default))
     }
 
-    /// Opens `--data` (images of `--resolution`, else `resolution`, or cached features),
-    /// printing what was skipped; fewer usable samples than a batch is an error.
+    /// Opens `--data` (images of `--resolution`, else `resolution`, or cached features); the
+    /// rows it skips are printed when the trainer reports them; fewer usable samples than a
+    /// batch is an error.
     pub fn open_data(&self, resolution: u32) -> Result<TrainingData> {
         let meta = self.data.join("metadata.jsonl");
         let policy = match self.strict {
@@ -198,15 +199,13 @@ impl TrainArgs {
         let side = self.resolution.unwrap_or(resolution);
         let data = TrainingData::open(&meta, side, policy)
             .with_context(|| format!("opening the training data {}", meta.display()))?;
-        if !data.skipped().0.is_empty() {
-            eprintln!("{}", data.skipped());
-        }
         if data.len() < self.batch_size {
             bail!(
-                "{} has {} usable samples, fewer than --batch-size {}",
+                "{} has {} usable samples, fewer than --batch-size {} ({})",
                 meta.display(),
                 data.len(),
-                self.batch_size
+                self.batch_size,
+                data.skipped()
             );
         }
         match &data {
@@ -271,6 +270,7 @@ fn report(bar: &ProgressBar, event: &Event<'_>) {
             }
             say(bar, format!("training {trainable} of {total} parameters"));
         }
+        Event::Skipped(rows) => bar.suspend(|| eprintln!("{rows}")),
         Event::Started { start, steps, .. } => {
             bar.set_length(*steps as u64);
             bar.set_position(*start as u64);

@@ -106,6 +106,14 @@ impl Dataset for CachedFeatures {
         Some(&self.metadata.path)
     }
 
+    fn row(&self, index: usize) -> Option<&MetadataRow> {
+        self.metadata.rows.get(index)
+    }
+
+    fn skipped(&self) -> BadRows {
+        self.metadata.skipped.clone()
+    }
+
     fn load(&self, index: usize) -> std::result::Result<Sample, BadRow> {
         let row = &self.metadata.rows[index];
         let bad = |reason: String| {

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use super::{BadRow, BadRowPolicy, BadRows, CachedFeatures, Dataset, ImageFolder, Sample};
+use super::{
+    BadRow, BadRowPolicy, BadRows, CachedFeatures, Dataset, ImageFolder, MetadataRow, Sample,
+};
 use crate::error::{Error, Result};
 
 /// The samples of a `metadata.jsonl` folder: images, encoded by a pipeline during training, or
@@ -81,5 +83,16 @@ impl Dataset for TrainingData {
             Self::Images(d) => d.source(),
             Self::Cached(d) => d.source(),
         }
+    }
+
+    fn row(&self, index: usize) -> Option<&MetadataRow> {
+        match self {
+            Self::Images(d) => d.row(index),
+            Self::Cached(d) => d.row(index),
+        }
+    }
+
+    fn skipped(&self) -> BadRows {
+        TrainingData::skipped(self).clone()
     }
 }

@@ -9,7 +9,9 @@ use std::path::Path;
 use image::imageops::{FilterType, crop_imm, resize};
 use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
 
-use super::{BadRow, BadRowPolicy, BadRows, Dataset, Features, HostTensor, Metadata, Sample};
+use super::{
+    BadRow, BadRowPolicy, BadRows, Dataset, Features, HostTensor, Metadata, MetadataRow, Sample,
+};
 use crate::error::{Error, Result};
 
 /// Captioned images listed by a `metadata.jsonl`, decoded when loaded.
@@ -22,13 +24,28 @@ pub struct ImageFolder {
 
 impl ImageFolder {
     /// Reads `metadata` (the `metadata.jsonl` path) for images preprocessed to
-    /// `resolution x resolution`; `policy` handles bad rows now and unreadable images later.
+    /// `resolution x resolution`, and every listed image's header: a file that is no image or
+    /// whose size is over [`MAX_IMAGE_SIDE`] or [`MAX_ASPECT_RATIO`] is a bad row now, before
+    /// any training; `policy` handles bad rows now and images that fail to decode later.
     pub fn open(metadata: &Path, resolution: u32, policy: BadRowPolicy) -> Result<Self> {
         if resolution == 0 {
             return Err(Error::Config("image resolution must be at least 1".into()));
         }
+        let mut metadata = Metadata::read(metadata, policy)?;
+        let mut good = Vec::with_capacity(metadata.rows.len());
+        for row in std::mem::take(&mut metadata.rows) {
+            match image_size(&metadata.file_path(&row)) {
+                Ok(_) => good.push(row),
+                Err(reason) => {
+                    let bad = metadata.bad_row(&row, format!("{}: {reason}", row.file_name));
+                    metadata.skipped.0.push(bad.apply(policy)?);
+                }
+            }
+        }
+        metadata.skipped.0.sort_by_key(|b| b.line);
+        metadata.rows = good;
         Ok(Self {
-            metadata: Metadata::read(metadata, policy)?,
+            metadata,
             resolution,
             policy,
         })
@@ -63,6 +80,14 @@ impl Dataset for ImageFolder {
         Some(&self.metadata.path)
     }
 
+    fn row(&self, index: usize) -> Option<&MetadataRow> {
+        self.metadata.rows.get(index)
+    }
+
+    fn skipped(&self) -> BadRows {
+        self.metadata.skipped.clone()
+    }
+
     fn load(&self, index: usize) -> std::result::Result<Sample, BadRow> {
         let row = &self.metadata.rows[index];
         let pixels = load_image(&self.metadata.file_path(row), self.resolution).map_err(|e| {
@@ -91,12 +116,32 @@ pub const MAX_ASPECT_RATIO: u32 = 16;
 /// [`MAX_ASPECT_RATIO`] before any pixel is decoded (the decoder keeps `image`'s default
 /// allocation limit); the error names the size or is the decoder's message.
 pub fn load_image(path: &Path, resolution: u32) -> std::result::Result<HostTensor<3>, String> {
-    let decoder = ImageReader::open(path)
+    let decoder = image_decoder(path)?;
+    check_size(decoder.dimensions())?;
+    let image =
+        DynamicImage::from_decoder(decoder).map_err(|e| format!("unreadable image: {e}"))?;
+    Ok(preprocess(&image.to_rgb8(), resolution))
+}
+
+/// The width and height of the image at `path`, read from its header (no pixel is decoded)
+/// and checked against [`MAX_IMAGE_SIDE`] and [`MAX_ASPECT_RATIO`]; the error says why not.
+pub fn image_size(path: &Path) -> std::result::Result<(u32, u32), String> {
+    let size = image_decoder(path)?.dimensions();
+    check_size(size)?;
+    Ok(size)
+}
+
+/// A decoder for the image at `path`, its format guessed from its bytes; only the header has
+/// been read.
+fn image_decoder(path: &Path) -> std::result::Result<impl ImageDecoder, String> {
+    ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| format!("cannot read image: {e}"))?
         .into_decoder()
-        .map_err(|e| format!("unreadable image: {e}"))?;
-    let (w, h) = decoder.dimensions();
+        .map_err(|e| format!("unreadable image: {e}"))
+}
+
+fn check_size((w, h): (u32, u32)) -> std::result::Result<(), String> {
     if w.max(h) > MAX_IMAGE_SIDE {
         return Err(format!(
             "image of {w}x{h} pixels: a side is over the limit of {MAX_IMAGE_SIDE}"
@@ -108,9 +153,7 @@ pub fn load_image(path: &Path, resolution: u32) -> std::result::Result<HostTenso
              resized and centre-cropped to a square"
         ));
     }
-    let image =
-        DynamicImage::from_decoder(decoder).map_err(|e| format!("unreadable image: {e}"))?;
-    Ok(preprocess(&image.to_rgb8(), resolution))
+    Ok(())
 }
 
 /// Resizes `image` so its short side is `resolution` (triangle filter), centre-crops it to
@@ -202,7 +245,9 @@ mod tests {
         assert_eq!(red, [1.0, -1.0, -1.0]);
     }
 
-    fn folder_with_a_broken_image() -> TempDir {
+    /// `red.png`, `blue.png`; `broken.png` (no image at all) and `cut.png` (a PNG whose header
+    /// is whole but whose pixel data is cut short).
+    fn folder_with_broken_images() -> TempDir {
         let dir = TempDir::new("image-folder");
         RgbImage::from_pixel(4, 4, RED)
             .save(dir.path("red.png"))
@@ -211,6 +256,10 @@ mod tests {
             .save(dir.path("blue.png"))
             .unwrap();
         dir.write("broken.png", b"these bytes are not a png");
+        let noisy = RgbImage::from_fn(32, 32, |x, y| Rgb([(x * 7 + y * 13) as u8, x as u8, 9]));
+        noisy.save(dir.path("cut.png")).unwrap();
+        let bytes = std::fs::read(dir.path("cut.png")).unwrap();
+        dir.write("cut.png", &bytes[..bytes.len() - 40]);
         dir.write(
             "metadata.jsonl",
             concat!(
@@ -218,6 +267,7 @@ mod tests {
                 "\n",
                 "{\"file_name\": \"broken.png\", \"text\": \"a broken square\"}\n",
                 "{\"file_name\": \"blue.png\", \"text\": \"a blue square\", \"nouns\": [\"square\"]}\n",
+                "{\"file_name\": \"cut.png\", \"text\": \"a cut square\"}\n",
             )
             .as_bytes(),
         );
@@ -225,12 +275,18 @@ mod tests {
     }
 
     #[test]
-    fn loads_images_and_reports_an_unreadable_one_by_line() {
-        let dir = folder_with_a_broken_image();
+    fn loads_images_and_reports_unreadable_ones_by_line() {
+        let dir = folder_with_broken_images();
         let metadata = dir.path("metadata.jsonl");
         let folder = ImageFolder::open(&metadata, 2, BadRowPolicy::Skip).unwrap();
+        // Not an image: found from its header when the folder opens.
         assert_eq!(folder.len(), 3);
-        let blue = folder.load(2).unwrap();
+        assert_eq!(folder.skipped().len(), 1);
+        let msg = folder.skipped().0[0].to_string();
+        let want = format!("{}:3: broken.png: unreadable image", metadata.display());
+        assert!(msg.starts_with(&want), "{msg}");
+
+        let blue = folder.load(1).unwrap();
         assert_eq!(blue.line, 4);
         assert_eq!(blue.nouns, Nouns::Words(vec!["square".into()]));
         let Features::Pixels(p) = &blue.features else {
@@ -238,13 +294,14 @@ mod tests {
         };
         assert_eq!(p.shape, [3, 2, 2]);
         assert_eq!(at(p, 2, 1, 1), 1.0);
-        let bad = folder.load(1).unwrap_err();
-        assert_eq!(bad.line, 3);
+        // A whole header over cut pixel data fails only when decoded.
+        let bad = folder.load(2).unwrap_err();
+        assert_eq!(bad.line, 5);
         let msg = bad.to_string();
-        let want = format!("{}:3: broken.png: unreadable image", metadata.display());
+        let want = format!("{}:5: cut.png: unreadable image", metadata.display());
         assert!(msg.starts_with(&want), "{msg}");
 
-        // Through the batcher: the broken image is skipped and reported, never a panic. A
+        // Through the batcher: the cut image is skipped and reported, never a panic. A
         // batch of 3 without drop_last reads the whole epoch, whatever its order.
         let config = LoaderConfig::new(3, 1).with_drop_last(false);
         let mut batches = Batches::new(Arc::new(folder), &config, None).unwrap();
@@ -253,7 +310,7 @@ mod tests {
         lines.sort_unstable();
         assert_eq!(lines, [1, 4]);
         assert_eq!(batch.skipped.len(), 1);
-        assert_eq!(batch.skipped.0[0].line, 3);
+        assert_eq!(batch.skipped.0[0].line, 5);
         assert_eq!(
             batch
                 .pixels::<crate::TestBackend>(&Default::default())
@@ -261,6 +318,22 @@ mod tests {
                 .dims(),
             [2, 3, 2, 2]
         );
+    }
+
+    /// Opening checks every image's header: under `Fail` the first bad one stops it, naming
+    /// the metadata line; an image over the limits is a bad row, with its size.
+    #[test]
+    fn opening_checks_every_header() {
+        let dir = folder_with_broken_images();
+        let metadata = dir.path("metadata.jsonl");
+        let err = ImageFolder::open(&metadata, 2, BadRowPolicy::Fail).unwrap_err();
+        assert!(matches!(err, Error::Data { line: 3, .. }), "{err:?}");
+        image::GrayImage::new(1, 40)
+            .save(dir.path("broken.png"))
+            .unwrap();
+        let folder = ImageFolder::open(&metadata, 2, BadRowPolicy::Skip).unwrap();
+        let msg = folder.skipped().to_string();
+        assert!(msg.contains(":3: broken.png: image of 1x40"), "{msg}");
     }
 
     /// Sizes are refused from the header: a strip (the resize would make it huge) and a side
@@ -281,16 +354,26 @@ mod tests {
     }
 
     #[test]
-    fn fail_policy_stops_at_the_unreadable_image() {
-        let dir = folder_with_a_broken_image();
+    fn fail_policy_stops_at_the_undecodable_image() {
+        let dir = folder_with_broken_images();
         let metadata = dir.path("metadata.jsonl");
+        std::fs::remove_file(dir.path("broken.png")).unwrap();
+        dir.write(
+            "metadata.jsonl",
+            concat!(
+                "{\"file_name\": \"red.png\", \"text\": \"a red square\"}\n",
+                "{\"file_name\": \"cut.png\", \"text\": \"a cut square\"}\n",
+                "{\"file_name\": \"blue.png\", \"text\": \"a blue square\"}\n",
+            )
+            .as_bytes(),
+        );
         let folder = ImageFolder::open(&metadata, 2, BadRowPolicy::Fail).unwrap();
         let config = LoaderConfig::new(3, 1);
         let mut batches = Batches::new(Arc::new(folder), &config, None).unwrap();
         let err = batches.next_batch().unwrap_err();
-        assert!(matches!(err, Error::Data { line: 3, .. }), "{err:?}");
+        assert!(matches!(err, Error::Data { line: 2, .. }), "{err:?}");
         assert!(
-            err.to_string().contains("broken.png: unreadable image"),
+            err.to_string().contains("cut.png: unreadable image"),
             "{err}"
         );
     }

@@ -9,6 +9,9 @@
 //! - [`TrainingData`]: either kind, told apart by the metadata's first row.
 //! - [`order`]: the data order, a pure function of `(seed, epoch)`, and the [`DataCursor`]
 //!   a checkpoint saves so a resumed run sees exactly the batches an uninterrupted one would.
+//! - [`DataFingerprint`]: what the data was, kept in checkpoints so a resume on changed data
+//!   is refused.
+//! - [`Subset`]: some samples of another dataset (what is left after checks).
 //! - [`Loader`]: a background thread that builds [`Batch`]es ahead of the training step.
 //!
 //! Samples and batches stay on the CPU as `f32` ([`HostTensor`]); a [`Batch`] becomes burn
@@ -17,24 +20,28 @@
 mod batch;
 mod cached;
 mod config;
+mod fingerprint;
 mod folder;
 mod image_folder;
 mod loader;
 pub mod metadata;
 pub mod order;
 mod sample;
+mod subset;
 #[cfg(test)]
 pub(crate) mod test_util;
 
 pub use batch::{Batch, BatchFeatures};
 pub use cached::{CachedFeatures, FeatureShapes, write_cached_sample};
 pub use config::LoaderConfig;
+pub use fingerprint::DataFingerprint;
 pub use folder::TrainingData;
 pub use image_folder::{ImageFolder, MAX_ASPECT_RATIO, MAX_IMAGE_SIDE, load_image, preprocess};
 pub use loader::{Batches, Loader};
 pub use metadata::{BadRow, BadRowPolicy, BadRows, Metadata, MetadataRow};
 pub use order::{BatchOrder, DataCursor, epoch_order};
 pub use sample::{Features, HostTensor, Sample};
+pub use subset::Subset;
 
 /// A finite, indexable set of samples the [`Loader`] draws from.
 ///
@@ -60,5 +67,18 @@ pub trait Dataset: Send + Sync {
     /// `None` for data made in memory.
     fn source(&self) -> Option<&std::path::Path> {
         None
+    }
+
+    /// The metadata row of sample `index` (`< len()`), read without loading the sample, for
+    /// checks before training; `None` for data made in memory.
+    fn row(&self, index: usize) -> Option<&MetadataRow> {
+        let _ = index;
+        None
+    }
+
+    /// The rows left out when the dataset was opened (bad JSON, missing files, image headers
+    /// over the limits), for the run to report; none by default.
+    fn skipped(&self) -> BadRows {
+        BadRows::default()
     }
 }

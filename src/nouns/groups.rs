@@ -29,15 +29,21 @@ impl NounGroups {
     /// Checks every group is non-empty and every position lies below `tokens`, naming the
     /// sample, noun and position otherwise.
     pub fn check(&self, sample: usize, tokens: usize) -> Result<()> {
+        self.check_within(tokens).map_err(|e| match e {
+            Error::Input(message) => Error::Input(format!("sample {sample}: {message}")),
+            other => other,
+        })
+    }
+
+    /// [`check`](Self::check) for one caption: names the noun and position.
+    pub fn check_within(&self, tokens: usize) -> Result<()> {
         for (i, group) in self.0.iter().enumerate() {
             if group.is_empty() {
-                return Err(Error::Input(format!(
-                    "sample {sample}: noun {i} has no token positions"
-                )));
+                return Err(Error::Input(format!("noun {i} has no token positions")));
             }
             if let Some(&p) = group.iter().find(|&&p| p >= tokens) {
                 return Err(Error::Input(format!(
-                    "sample {sample}: noun {i} uses token position {p}, but the text has {tokens} tokens"
+                    "noun {i} uses token position {p}, but the text has {tokens} tokens"
                 )));
             }
         }

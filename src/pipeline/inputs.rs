@@ -14,7 +14,7 @@ use crate::denoiser::Denoiser;
 use crate::denoiser::TextCond;
 use crate::error::Result;
 use crate::mmdit::SD3Transformer2DModel;
-use crate::nouns::WordTokens;
+use crate::nouns::{Nouns, WordTokens};
 use crate::train::{TrainConfig, TrainInputs};
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
@@ -36,6 +36,10 @@ pub trait TrainingPipeline<B: Backend> {
     /// Token positions of caption words (the CLIP tokenizer: SD 3's joint sequence starts
     /// with the CLIP tokens, so the positions are the same).
     fn word_tokens(&self) -> &dyn WordTokens;
+    /// Checks, before training, that `caption` can be encoded, and returns how many leading
+    /// text positions its tokens may fill (the tokenizer's length: a noun beyond it was cut
+    /// off).
+    fn caption_positions(&self, caption: &str) -> Result<usize>;
     /// The denoiser's input for images `[batch, 3, h, w]` in `[-1, 1]`: the VAE's scaled
     /// latents (a posterior sample drawn from the backend's seeded RNG with
     /// `sample_posterior`, else the posterior mean) or, for a pixel-space model, the pixels.
@@ -78,6 +82,11 @@ impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion<B> {
     fn word_tokens(&self) -> &dyn WordTokens {
         &self.tokenizer
     }
+    /// CLIP truncates an over-long caption (as diffusers does); SD 3's joint text sequence
+    /// starts with these positions.
+    fn caption_positions(&self, _caption: &str) -> Result<usize> {
+        Ok(self.tokenizer.max_length())
+    }
     fn encode_images(&self, pixels: Tensor<B, 4>, sample_posterior: bool) -> Result<Tensor<B, 4>> {
         vae_latents(&self.vae, pixels, sample_posterior)
     }
@@ -98,6 +107,11 @@ impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion3<B> {
     }
     fn word_tokens(&self) -> &dyn WordTokens {
         &self.tokenizer
+    }
+    /// CLIP truncates an over-long caption (as diffusers does); SD 3's joint text sequence
+    /// starts with these positions.
+    fn caption_positions(&self, _caption: &str) -> Result<usize> {
+        Ok(self.tokenizer.max_length())
     }
     fn encode_images(&self, pixels: Tensor<B, 4>, sample_posterior: bool) -> Result<Tensor<B, 4>> {
         vae_latents(&self.vae, pixels, sample_posterior)
@@ -141,6 +155,19 @@ where
     })
 }
 
+/// [`TrainInputs::check_caption`] of a pipeline: the caption encodes, and each noun's token
+/// positions lie within the tokenizer's length.
+pub(crate) fn pipeline_check_caption<B: Backend, P: TrainingPipeline<B>>(
+    pipeline: &P,
+    caption: &str,
+    nouns: &Nouns,
+) -> Result<()> {
+    let positions = pipeline.caption_positions(caption)?;
+    nouns
+        .groups_with(caption, pipeline.word_tokens())?
+        .check_within(positions)
+}
+
 /// Validation images of `pipeline` with `denoiser` in place of its own, in `[0, 1]`.
 pub(crate) fn pipeline_render<B: Backend, P: TrainingPipeline<B>>(
     pipeline: &P,
@@ -169,6 +196,10 @@ macro_rules! train_inputs_for_pipeline {
                 device: &B::Device,
             ) -> Result<TrainBatch<B>> {
                 pipeline_train_batch(self, batch, config, device)
+            }
+
+            fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
+                pipeline_check_caption(self, caption, nouns)
             }
 
             fn render(

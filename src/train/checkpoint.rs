@@ -1,12 +1,14 @@
 //! Crash-safe checkpoints: everything a resumed run needs to continue bit for bit.
 //!
 //! A checkpoint is a folder `checkpoints/step-0000100/` holding
-//! - `state.json`: step, data cursor, the [`TrainConfig`] and what is trained;
+//! - `state.json`: step, data cursor, the [`TrainConfig`], what is trained and the data's
+//!   fingerprint;
 //! - `trained.safetensors`: the denoiser's trained parameters (LoRA adapters, or every
 //!   weight when fine-tuning fully), by burn module path;
 //! - `autoencoder.safetensors`: the CTCal map auto-encoder;
 //! - `ema.safetensors` when an EMA is kept;
-//! - `optimizer.mpk`, `optimizer_ae.mpk`: burn's AdamW records (full precision).
+//! - `optimizer.mpk`, `optimizer_ae.mpk`: burn's AdamW records (full precision, maps sorted:
+//!   so the same state gives the same bytes).
 //!
 //! It is written to a temporary folder that is renamed into place, then `checkpoints/latest`
 //! is replaced atomically: a crash at any moment leaves the previous checkpoint intact. The
@@ -17,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use std::rc::Rc;
 
@@ -26,7 +27,8 @@ use burn_store::{ModuleAdapter, ModuleSnapshot, SafetensorsStore, TensorSnapshot
 use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
-use crate::data::DataCursor;
+use super::record::{load_optimizer, save_optimizer};
+use crate::data::{DataCursor, DataFingerprint};
 use crate::error::{Error, Result};
 use crate::weights::{
     CheckpointFiles, canonicalize_safetensors, expected_tensors, read_tensors, write_atomic,
@@ -62,6 +64,10 @@ pub struct CheckpointState {
     pub config: TrainConfig,
     /// What is trained.
     pub trained: Trained,
+    /// The data the run trains on (absent for data made in memory, and in checkpoints written
+    /// before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataFingerprint>,
 }
 
 const STATE: &str = "state.json";
@@ -73,32 +79,8 @@ const OPTIM_AE: &str = "optimizer_ae";
 /// Checkpoints kept besides the newest.
 const KEEP: usize = 2;
 
-fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
-    NamedMpkFileRecorder::new()
-}
-
 fn store_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Weights(format!("{}: {e}", path.display()))
-}
-
-/// An optimiser state that does not decode: burn's message blames a version mismatch for any
-/// bad bytes, so say what else it may be.
-fn optim_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Weights(format!(
-        "{}.mpk: cannot read the optimiser state ({e}); the file is damaged (truncated?) or was \
-         written by another burn version; resume from an older checkpoint or start afresh",
-        path.display()
-    ))
-}
-
-/// burn reports a failed write of the optimiser record as a MessagePack error whatever the
-/// cause; the usual cause is a full disk.
-fn optim_write_err(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Weights(format!(
-        "{}.mpk: writing the optimiser state failed ({e}); is the disk full? The previous \
-         checkpoint is intact",
-        path.display()
-    ))
 }
 
 /// Saves `module`'s parameters selected by `filter` (burn paths, f32; enum variant names are
@@ -309,14 +291,8 @@ where
     if let Some(ema) = parts.ema {
         save_params(ema, &tmp.join(EMA), filter)?;
     }
-    let path = tmp.join(OPTIM);
-    recorder()
-        .record(parts.optim.to_record(), path.clone())
-        .map_err(|e| optim_write_err(&path, e))?;
-    let path = tmp.join(OPTIM_AE);
-    recorder()
-        .record(parts.optim_ae.to_record(), path.clone())
-        .map_err(|e| optim_write_err(&path, e))?;
+    save_optimizer(parts.optim, &tmp.join(OPTIM))?;
+    save_optimizer(parts.optim_ae, &tmp.join(OPTIM_AE))?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Json {
         path: tmp.join(STATE),
         error: e,
@@ -400,16 +376,8 @@ where
     };
     let model = load_params(model, &dir.join(TRAINED), filter)?;
     let ae = load_params(ae, &dir.join(AE), |_, _| true)?;
-    let path = dir.join(OPTIM);
-    let record = recorder()
-        .load(path.clone(), device)
-        .map_err(|e| optim_err(&path, e))?;
-    let optim = optim.load_record(record);
-    let path = dir.join(OPTIM_AE);
-    let record = recorder()
-        .load(path.clone(), device)
-        .map_err(|e| optim_err(&path, e))?;
-    let optim_ae = optim_ae.load_record(record);
+    let optim = load_optimizer(optim, &dir.join(OPTIM), device)?;
+    let optim_ae = load_optimizer(optim_ae, &dir.join(OPTIM_AE), device)?;
     Ok((model, ae, optim, optim_ae, ema))
 }
 

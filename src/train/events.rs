@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::calibration::LossParts;
+use crate::data::BadRows;
 use crate::lora::LoraReport;
 
 /// What one optimiser step did (also a line of `metrics.jsonl`).
@@ -21,7 +22,8 @@ pub struct StepLog {
     pub grad_norm: f64,
     /// Loss parts averaged over the micro-batches.
     pub loss: LossParts,
-    /// Bad samples skipped while loading this step's batches (one line), if any.
+    /// Bad samples skipped while loading this step's batches (one line), if any; the first
+    /// step of a run also lists the rows left out before training.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
     /// The checkpoint written after this step, if any.
@@ -59,6 +61,11 @@ pub enum Event<'a> {
         /// All scalar parameters.
         total: usize,
     },
+    /// Rows of the data left out before training: those the dataset skipped when it opened
+    /// and those whose captions the text side cannot take (only sent when there are any; each
+    /// is fatal instead under [`BadRowPolicy::Fail`](crate::data::BadRowPolicy::Fail)). The
+    /// first step's `metrics.jsonl` line records them too.
+    Skipped(&'a BadRows),
     /// The loop starts after step `start` (0, or the resumed checkpoint's) and runs to `steps`.
     Started {
         /// Steps already done.

@@ -18,7 +18,7 @@ use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
 use crate::lora::LoraTarget;
 use crate::mmdit::SD3Transformer2DModel;
-use crate::nouns::WordTokens;
+use crate::nouns::{Nouns, WordTokens};
 use crate::unet::UNet2DConditionModel;
 
 /// A module a [`Trainer`](super::Trainer) updates: a denoiser, or a denoiser with the text
@@ -74,6 +74,15 @@ pub trait TrainInputs<B: AutodiffBackend, M: AutodiffModule<B>> {
         device: &B::Device,
     ) -> Result<TrainBatch<B>>;
 
+    /// Checks one caption of the data before the first step: that the text side can encode
+    /// it and that each of its `nouns` lands on token positions the conditioning has. An error
+    /// says what is wrong (the trainer adds the file and line). By default nothing is checked
+    /// (and a bad caption stops the run at the step that meets it).
+    fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
+        let _ = (caption, nouns);
+        Ok(())
+    }
+
     /// Images `[n, 3, h, w]` in `[0, 1]` for `prompts`, sampled in `steps` steps from `seed`
     /// with `model` (the module as trained so far, without its graph).
     fn render(
@@ -102,6 +111,12 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, W: WordTokens> TrainInputs<B, M>
         device: &B::Device,
     ) -> Result<TrainBatch<B>> {
         batch.train_batch_with(device, &self.0)
+    }
+
+    /// The nouns are found among the caption's words (their positions are checked against the
+    /// cached text's length when a batch is built).
+    fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
+        nouns.groups_with(caption, &self.0).map(drop)
     }
 
     fn render(

@@ -20,6 +20,7 @@
 
 mod checkpoint;
 mod config;
+mod data_check;
 mod ema;
 mod events;
 mod inputs;
@@ -27,6 +28,7 @@ mod output_dir;
 mod outputs;
 mod params;
 mod preview;
+mod record;
 mod steps;
 mod trainer;
 

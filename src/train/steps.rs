@@ -18,7 +18,7 @@ use super::checkpoint::{
 use super::{Ema, StepLog, TrainConfig, TrainInputs, Trainable, clip_global_norm, stable_ids};
 use crate::backend::KernelBackend;
 use crate::calibration::{LossParts, MapAutoEncoder, StepDraw, ctcal_step};
-use crate::data::{Batch, BatchFeatures, Dataset, Loader, LoaderConfig};
+use crate::data::{Batch, BatchFeatures, DataFingerprint, Dataset, Loader, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::nn::normal_tensor;
 use crate::nouns::Nouns;
@@ -48,6 +48,10 @@ pub(crate) struct LoopSetup<'a, I: ?Sized, D> {
     pub out: &'a Path,
     /// Continue from `out/checkpoints/latest` when it exists.
     pub resume: bool,
+    /// The data's fingerprint, saved in checkpoints and checked on resume.
+    pub fingerprint: Option<DataFingerprint>,
+    /// The rows left out before training, for the first step's log.
+    pub skipped_before: Option<String>,
 }
 
 /// What the loop leaves.
@@ -83,7 +87,10 @@ where
         schedule,
         out,
         resume,
+        fingerprint,
+        skipped_before,
     } = setup;
+    let mut skipped_before = skipped_before;
     B::seed(device, step_seed(config.seed, 0, 0xAE));
     let mut model = stable_ids(model, "denoiser");
     let mut ae = stable_ids(config.ctcal.autoencoder.init::<B>(device), "autoencoder");
@@ -101,7 +108,7 @@ where
     let mut ema = None;
     if resume && let Some(dir) = latest_checkpoint(&root)? {
         let state = read_state(&dir)?;
-        check_compatible(&state, config, trained, &dir)?;
+        check_compatible(&state, config, trained, fingerprint.as_ref(), &dir)?;
         let loaded = load_checkpoint(&dir, &state, model, ae, optim, optim_ae, device)?;
         (model, ae, optim, optim_ae, ema) = loaded;
         start = state.step;
@@ -124,7 +131,7 @@ where
         let mut acc = GradientsAccumulator::<M>::new();
         let mut acc_ae = GradientsAccumulator::<MapAutoEncoder<B>>::new();
         let mut parts = LossParts::default();
-        let mut skipped = Vec::new();
+        let mut skipped: Vec<String> = skipped_before.take().into_iter().collect();
         for micro in 0..config.grad_accum {
             let mut batch = loader.next_batch()?;
             if !batch.skipped.0.is_empty() {
@@ -198,6 +205,7 @@ where
                 cursor: loader.cursor(),
                 config: config.clone(),
                 trained,
+                data: fingerprint.clone(),
             };
             let parts = CheckpointParts {
                 model: &model,
@@ -309,12 +317,37 @@ fn add_parts(a: LossParts, b: LossParts, w: f64) -> LossParts {
 }
 
 /// A resumed run must draw the same data and randomness as the one it continues.
+/// Refuses to resume from the latest checkpoint in `out` when it was made with other
+/// settings or on other data; nothing to check without one. Called before a run writes
+/// anything.
+pub(crate) fn check_resume(
+    out: &Path,
+    config: &TrainConfig,
+    trained: Trained,
+    data: Option<&DataFingerprint>,
+) -> Result<()> {
+    match latest_checkpoint(&out.join("checkpoints"))? {
+        Some(dir) => check_compatible(&read_state(&dir)?, config, trained, data, &dir),
+        None => Ok(()),
+    }
+}
+
 fn check_compatible(
     state: &CheckpointState,
     config: &TrainConfig,
     trained: Trained,
+    data: Option<&DataFingerprint>,
     dir: &Path,
 ) -> Result<()> {
+    if let (Some(then), Some(now)) = (&state.data, data)
+        && let Some(changes) = then.changes(now)
+    {
+        return Err(Error::Config(format!(
+            "cannot resume from {}: the training data changed since the run began ({changes}); \
+             resume on the data the run started with, or start afresh (--overwrite)",
+            dir.display()
+        )));
+    }
     let c = &state.config;
     let differs = [
         ("seed", c.seed != config.seed),

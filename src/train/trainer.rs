@@ -45,13 +45,14 @@ use std::cell::RefCell;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::{Trained, save_params};
+use super::data_check::check_captions;
 use super::output_dir::{check_output_dir, prepare_output_dir};
 use super::outputs::{PreviewBatch, Validation, write_validation};
-use super::steps::{LoopSetup, read_metrics, run_steps};
+use super::steps::{LoopSetup, check_resume, read_metrics, run_steps};
 use super::{Event, Output, StepLog, TrainConfig, TrainInputs, Trainable, count_params, loss_plot};
 use crate::backend::KernelBackend;
 use crate::calibration::MapAutoEncoder;
-use crate::data::Dataset;
+use crate::data::{DataFingerprint, Dataset};
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, apply_lora, export_peft};
 use crate::precision::MixedPrecision;
@@ -182,6 +183,11 @@ impl<'a> Trainer<'a> {
     /// Trains `model` on `dataset` under `schedule`, with `inputs` (a pipeline's frozen
     /// encoders, or cached features) turning batches into step inputs, and writes the run's
     /// outputs.
+    ///
+    /// Before anything is written, the config, the output folder and every caption of the data
+    /// ([`TrainInputs::check_caption`]) are checked; captions that fail are left out
+    /// ([`Event::Skipped`]) or stop the run, by the dataset's
+    /// [`policy`](crate::data::Dataset::policy).
     pub fn fit<B, M, I, D>(
         mut self,
         model: M,
@@ -198,6 +204,19 @@ impl<'a> Trainer<'a> {
     {
         self.config.validate()?;
         check_output_dir(&self.out, self.resume, self.overwrite)?;
+        let (dataset, skipped) = check_captions(dataset, inputs)?;
+        let dataset = Arc::new(dataset);
+        let fingerprint = DataFingerprint::of(&*dataset);
+        if self.resume {
+            let trained = match self.lora {
+                Some(_) => Trained::Lora,
+                None => Trained::Full,
+            };
+            check_resume(&self.out, &self.config, trained, fingerprint.as_ref())?;
+        }
+        if !skipped.is_empty() {
+            self.emit(&Event::Skipped(&skipped));
+        }
         if self.config.mixed_precision != MixedPrecision::No && !B::HALF_PRECISION {
             return Err(Error::Config(format!(
                 "mixed_precision {:?}: the ndarray backend has no bf16/f16; train on cuda (or \
@@ -265,6 +284,8 @@ impl<'a> Trainer<'a> {
             schedule,
             out: &out,
             resume: self.resume,
+            fingerprint,
+            skipped_before: (!skipped.is_empty()).then(|| format!("before training: {skipped}")),
         };
         let listeners = RefCell::new(&mut self.listeners);
         let emit = |event: &Event<'_>| {

@@ -147,13 +147,14 @@ fn mmdit_ctcal_step_matches_pytorch_ndarray() {
     assert_close(&parts, &expected("ctcal_sd3"), "ndarray mmdit");
 }
 
-/// The same steps on wgpu: match PyTorch, hence ndarray, within 1e-4.
+/// The SD 2 step on wgpu: matches PyTorch, hence ndarray, within 1e-4. The loss and the map
+/// capture are backend-generic code, checked on wgpu here; the MMDiT's own wgpu path is checked
+/// by `mmdit_parity` (its step here took about 100 of this test's 200 s under Mesa's software
+/// Vulkan, where CI's time is short).
 #[cfg(feature = "wgpu")]
 #[test]
 fn ctcal_step_matches_pytorch_wgpu() {
     let device = Default::default();
     let parts = run_sd2::<Autodiff<crate::common::Gpu>>(&device);
     assert_close(&parts, &expected("ctcal_sd2"), "wgpu");
-    let parts = run_sd3::<Autodiff<crate::common::Gpu>>(&device);
-    assert_close(&parts, &expected("ctcal_sd3"), "wgpu mmdit");
 }

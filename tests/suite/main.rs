@@ -6,6 +6,7 @@ mod common;
 mod ctcal_parity;
 mod embedded_default;
 mod full_size;
+mod fuzz;
 mod lora_parity;
 mod mmdit_naming;
 mod mmdit_parity;

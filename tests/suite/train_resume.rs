@@ -122,6 +122,10 @@ fn child_training_run() {
     let Ok(out) = std::env::var("CTCAL_CHILD_OUT") else {
         return;
     };
+    if std::env::var("CTCAL_CHILD_MODE").as_deref() == Ok("kill-points") {
+        run_with(Path::new(&out), true, kill_config(), Trained::Full, |_| {}).unwrap();
+        return;
+    }
     run(Path::new(&out), false, |log| {
         if log.step == 5 {
             std::thread::sleep(Duration::from_secs(600));
@@ -353,4 +357,128 @@ fn mixed_precision_on_ndarray_is_refused() {
     assert!(msg.contains("Bf16") && msg.contains("ndarray"), "{msg}");
     assert!(!out.join("checkpoints").exists());
     let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The run the kill-point test interrupts: a checkpoint after every step, so kills land in
+/// checkpoint writes as often as in steps.
+fn kill_config() -> TrainConfig {
+    config().with_steps(12).with_checkpoint_every(1)
+}
+
+/// Every file of a finished run's output folder (its data folder is beside it), by relative
+/// path; `metrics.jsonl` with the folder's own path taken out of the checkpoint entries.
+fn output_files(out: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, files: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, files);
+            } else {
+                let name = path.strip_prefix(root).unwrap().display().to_string();
+                files.insert(name, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut files = std::collections::BTreeMap::new();
+    walk(out, out, &mut files);
+    let metrics = files.get_mut("metrics.jsonl").unwrap();
+    let text = String::from_utf8(std::mem::take(metrics)).unwrap();
+    *metrics = text
+        .replace(&out.display().to_string(), "<out>")
+        .into_bytes();
+    files
+}
+
+/// A run SIGKILLed at 10 random moments (mid-step, mid-checkpoint, during start-up), each
+/// time resumed, ends with exactly the files of an uninterrupted run, byte for byte:
+/// checkpoints (weights, optimiser states, state.json), exports, metrics and plot. A resume
+/// onto data changed under the run is then refused, saying what changed.
+#[test]
+fn killed_at_ten_random_moments_the_run_ends_byte_identical() {
+    use rand::{Rng, SeedableRng};
+    let base = std::env::temp_dir().join(format!("ctcal-kill-points-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let (killed, clean) = (base.join("killed"), base.join("clean"));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let last_step = |out: &Path| {
+        let path = out.join("metrics.jsonl");
+        if path.exists() {
+            metric_steps(out).last().copied().unwrap_or(0)
+        } else {
+            0
+        }
+    };
+    let mut kills = Vec::new();
+    while kills.len() < 10 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "train_resume::child_training_run",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("CTCAL_CHILD_OUT", &killed)
+            .env("CTCAL_CHILD_MODE", "kill-points")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for a new step now and then (else a kill during start-up), then a random
+        // moment inside the next step or checkpoint.
+        let before = last_step(&killed);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        if rng.random_bool(0.8) {
+            while last_step(&killed) <= before && child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "the child made no progress");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        if child.try_wait().unwrap().is_some() {
+            break; // finished before its kill
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills.push(last_step(&killed));
+    }
+    println!("killed after steps {kills:?}");
+    assert!(
+        kills.len() >= 6,
+        "only {} kills landed: {kills:?}",
+        kills.len()
+    );
+    run_with(&killed, true, kill_config(), Trained::Full, |_| {}).unwrap();
+    run_with(&clean, false, kill_config(), Trained::Full, |_| {}).unwrap();
+
+    let (a, b) = (output_files(&killed), output_files(&clean));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "no temporary or extra file is left"
+    );
+    assert!(a.contains_key("checkpoints/step-0000012/optimizer.mpk"));
+    for (name, bytes) in &a {
+        assert!(
+            bytes == &b[name],
+            "{name} differs from the uninterrupted run's"
+        );
+    }
+
+    // The data changed under the run: one caption edited.
+    let meta = data_dir(&killed).join("metadata.jsonl");
+    let rows = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(&meta, rows.replacen("blue ball", "green ball", 1)).unwrap();
+    let err = run_with(
+        &killed,
+        true,
+        kill_config().with_steps(13),
+        Trained::Full,
+        |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("training data changed") && err.contains("caption"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&base);
 }

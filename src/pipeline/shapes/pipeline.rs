@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 
 use super::arch::ShapesArch;
 use super::model::{CONFIG, ShapesDenoiser, ShapesModel, ShapesModelConfig, encode_ids};
-use super::vocab::Vocab;
+use super::vocab::{SEQ_LEN, Vocab};
 use crate::attention::AttentionBackend;
 use crate::denoiser::{Denoiser, TextCond};
 use crate::error::{Error, Result};
@@ -210,6 +210,12 @@ impl<B: AttentionBackend, D: Denoiser<B>> TrainingPipeline<B> for ShapesPipeline
 
     fn word_tokens(&self) -> &dyn WordTokens {
         &self.vocab
+    }
+
+    /// The word vocabulary rejects unknown words and captions over its length.
+    fn caption_positions(&self, caption: &str) -> Result<usize> {
+        self.vocab.encode(&Self::normalise(caption))?;
+        Ok(SEQ_LEN)
     }
 
     fn encode_images(&self, pixels: Tensor<B, 4>, _sample_posterior: bool) -> Result<Tensor<B, 4>> {

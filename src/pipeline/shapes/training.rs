@@ -15,7 +15,8 @@ use crate::data::{Batch, BatchFeatures};
 use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
 use crate::lora::{LoraLinear, LoraTarget};
-use crate::pipeline::inputs::{pipeline_render, pipeline_train_batch};
+use crate::nouns::Nouns;
+use crate::pipeline::inputs::{pipeline_check_caption, pipeline_render, pipeline_train_batch};
 use crate::train::{TrainConfig, TrainInputs, Trainable};
 
 impl<B: AutodiffAttentionBackend> Trainable<B> for ShapesDenoiser<B> {
@@ -65,6 +66,10 @@ where
         device: &B::Device,
     ) -> Result<TrainBatch<B>> {
         pipeline_train_batch(self, batch, config, device)
+    }
+
+    fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
+        pipeline_check_caption(self, caption, nouns)
     }
 
     fn render(
@@ -122,6 +127,14 @@ impl<B: AutodiffAttentionBackend> TrainInputs<B, ShapesModel<B>> for ShapesModel
             cond: model.encode(&ids, device)?,
             nouns: batch.checked_noun_groups(&self.vocab, SEQ_LEN)?,
         })
+    }
+
+    /// The vocabulary encodes it; the nouns lie within its positions.
+    fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
+        self.vocab.encode(&crate::nouns::words(caption).join(" "))?;
+        nouns
+            .groups_with(caption, &self.vocab)?
+            .check_within(SEQ_LEN)
     }
 
     /// The pipeline's rendering with the model's own (trained) text encoder.

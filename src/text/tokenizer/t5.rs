@@ -16,7 +16,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 use tokenizers::models::unigram::Unigram;
-use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::normalizers::{NormalizerWrapper, Precompiled};
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizers;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
@@ -68,11 +68,13 @@ impl T5Tokenizer {
 
         let mut tokenizer = Tokenizer::new(unigram);
         if let Some(charsmap) = find_precompiled(file.get("normalizer")) {
-            let normalizer: NormalizerWrapper = serde_json::from_value(
-                json!({"type": "Precompiled", "precompiled_charsmap": charsmap}),
-            )
-            .map_err(|e| bad(&path, format!("bad precompiled_charsmap: {e}")))?;
-            tokenizer.with_normalizer(Some(normalizer));
+            // Decoded as the `Precompiled` type itself: through `NormalizerWrapper`, tokenizers
+            // 0.22 panics on a charsmap it cannot parse instead of returning the error.
+            // (It borrows from the text it reads, so it is read from a string.)
+            let text = json!({"type": "Precompiled", "precompiled_charsmap": charsmap}).to_string();
+            let normalizer: Precompiled = serde_json::from_str(&text)
+                .map_err(|e| bad(&path, format!("bad precompiled_charsmap: {e}")))?;
+            tokenizer.with_normalizer(Some(NormalizerWrapper::Precompiled(normalizer)));
         }
         tokenizer.with_pre_tokenizer(Some(PreTokenizers::new(vec![
             WhitespaceSplit.into(),
