@@ -109,10 +109,7 @@ mod tests {
 
     /// An auto-encoder and its AdamW after one step on a fixed input; each call builds its
     /// own optimiser, so its `HashMap` iterates in its own order.
-    fn stepped() -> (
-        MapAutoEncoder<Ad>,
-        impl Optimizer<MapAutoEncoder<Ad>, Ad> + Clone,
-    ) {
+    fn stepped() -> (MapAutoEncoder<Ad>, impl Optimizer<MapAutoEncoder<Ad>, Ad>) {
         let device = Default::default();
         <Ad as burn::tensor::backend::Backend>::seed(&device, 7);
         let ae: MapAutoEncoder<Ad> =

@@ -133,6 +133,23 @@ fn child_training_run() {
     });
 }
 
+/// This test binary re-executed as `child_training_run` training into `out`, in `mode`
+/// (`stop-at-5`: a fresh run that waits after step 5; `kill-points`: resumes and finishes).
+fn spawn_child(out: &Path, mode: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "train_resume::child_training_run",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("CTCAL_CHILD_OUT", out)
+        .env("CTCAL_CHILD_MODE", mode)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn final_tensors(out: &Path) -> Vec<(String, Vec<f32>)> {
     let dir = out.join(format!("checkpoints/step-{STEPS:07}"));
     let mut all = Vec::new();
@@ -170,16 +187,7 @@ fn killed_run_resumes_bit_identically() {
     let (killed, clean) = (base.join("killed"), base.join("clean"));
 
     // 1. A child trains until step 5, then is SIGKILLed.
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "train_resume::child_training_run",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env("CTCAL_CHILD_OUT", &killed)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child(&killed, "stop-at-5");
     let deadline = Instant::now() + Duration::from_secs(300);
     while !killed.join("metrics.jsonl").exists() || metric_steps(&killed).last() != Some(&5) {
         assert!(Instant::now() < deadline, "child did not reach step 5");
@@ -410,18 +418,7 @@ fn killed_at_ten_random_moments_the_run_ends_byte_identical() {
     };
     let mut kills = Vec::new();
     while kills.len() < 10 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "train_resume::child_training_run",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env("CTCAL_CHILD_OUT", &killed)
-            .env("CTCAL_CHILD_MODE", "kill-points")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child(&killed, "kill-points");
         // Wait for a new step now and then (else a kill during start-up), then a random
         // moment inside the next step or checkpoint.
         let before = last_step(&killed);
