@@ -49,20 +49,9 @@ impl CachedFeatures {
     pub fn open(metadata: &Path, policy: BadRowPolicy) -> Result<Self> {
         let mut metadata = Metadata::read(metadata, policy)?;
         let mut shapes: Option<FeatureShapes> = None;
-        let mut good = Vec::with_capacity(metadata.rows.len());
-        for row in std::mem::take(&mut metadata.rows) {
-            let checked = header_shapes(&metadata.file_path(&row))
-                .and_then(|found| check_row(&row, found, shapes.get_or_insert(found)));
-            match checked {
-                Ok(()) => good.push(row),
-                Err(reason) => {
-                    let bad = metadata.bad_row(&row, format!("{}: {reason}", row.file_name));
-                    metadata.skipped.0.push(bad.apply(policy)?);
-                }
-            }
-        }
-        metadata.skipped.0.sort_by_key(|b| b.line);
-        metadata.rows = good;
+        metadata.retain_rows(policy, |path, row| {
+            header_shapes(path).and_then(|found| check_row(row, found, shapes.get_or_insert(found)))
+        })?;
         let shapes = shapes.ok_or_else(|| {
             Error::Config(format!(
                 "{}: no usable sample ({})",

@@ -32,18 +32,7 @@ impl ImageFolder {
             return Err(Error::Config("image resolution must be at least 1".into()));
         }
         let mut metadata = Metadata::read(metadata, policy)?;
-        let mut good = Vec::with_capacity(metadata.rows.len());
-        for row in std::mem::take(&mut metadata.rows) {
-            match image_size(&metadata.file_path(&row)) {
-                Ok(_) => good.push(row),
-                Err(reason) => {
-                    let bad = metadata.bad_row(&row, format!("{}: {reason}", row.file_name));
-                    metadata.skipped.0.push(bad.apply(policy)?);
-                }
-            }
-        }
-        metadata.skipped.0.sort_by_key(|b| b.line);
-        metadata.rows = good;
+        metadata.retain_rows(policy, |path, _| image_size(path).map(drop))?;
         Ok(Self {
             metadata,
             resolution,

@@ -189,6 +189,29 @@ impl Metadata {
         self.root.join(&row.file_name)
     }
 
+    /// Keeps the rows `check` accepts (given each row's file path and the row); a row it
+    /// refuses becomes a bad row naming its file and the reason, skipped or fatal by `policy`.
+    /// For checks of the files themselves (image or safetensors headers) when a dataset opens.
+    pub fn retain_rows(
+        &mut self,
+        policy: BadRowPolicy,
+        mut check: impl FnMut(&Path, &MetadataRow) -> std::result::Result<(), String>,
+    ) -> Result<()> {
+        let mut good = Vec::with_capacity(self.rows.len());
+        for row in std::mem::take(&mut self.rows) {
+            match check(&self.file_path(&row), &row) {
+                Ok(()) => good.push(row),
+                Err(reason) => {
+                    let bad = self.bad_row(&row, format!("{}: {reason}", row.file_name));
+                    self.skipped.0.push(bad.apply(policy)?);
+                }
+            }
+        }
+        self.skipped.0.sort_by_key(|b| b.line);
+        self.rows = good;
+        Ok(())
+    }
+
     /// A bad row for `row` (a problem found after parsing: an unreadable file, a wrong shape).
     pub fn bad_row(&self, row: &MetadataRow, reason: String) -> BadRow {
         BadRow {

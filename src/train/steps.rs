@@ -107,8 +107,8 @@ where
     let mut cursor = None;
     let mut ema = None;
     if resume && let Some(dir) = latest_checkpoint(&root)? {
+        // `Trainer::fit` checked its settings and data (`check_resume`) before writing anything.
         let state = read_state(&dir)?;
-        check_compatible(&state, config, trained, fingerprint.as_ref(), &dir)?;
         let loaded = load_checkpoint(&dir, &state, model, ae, optim, optim_ae, device)?;
         (model, ae, optim, optim_ae, ema) = loaded;
         start = state.step;
