@@ -8,7 +8,9 @@
 //! gpu_step --workload attn  --dtype f32   # the attention op alone: burn's kernel vs chunked
 //! gpu_step --workload sd21  --dtype bf16  # UNet plain and CTCal optimiser steps, 512 px
 //! gpu_step --workload sd3   --dtype bf16  # SD3-medium plain flow optimiser step, 512 px
+//! gpu_step --workload attn-check          # the backend's attention op against the chunked reference
 //! ```
+//! `--backend tch` (feature `tch`) runs on LibTorch's first CUDA device (`--cpu`: its CPU).
 //! `--backend ndarray` (the default when cuda is not compiled in) runs the same code on the CPU
 //! at `--latent 8 --tiny` as a smoke test. Prints one JSON line per measured case.
 //!
@@ -23,7 +25,7 @@ mod common;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, Element, FloatDType, Tensor};
+use burn::tensor::{DType, Distribution, Element, ElementConversion, FloatDType, Tensor};
 use common::{arg, flag, time_with_warmup};
 use ctcal::attention::{
     AttentionBackend, AttentionConfig, AttentionKind, AttentionSite, AttentionStore,
@@ -264,31 +266,67 @@ where
     let mut optim = AdamWConfig::new().init::<B, M>();
     let mut model = Some(model);
     let mixed = o.dtype == "mixed";
+    // `--phases`: a device sync after each part of the step, and its time recorded.
+    let phases = flag("--phases");
+    let times: std::cell::RefCell<Vec<[f64; 4]>> = Default::default();
     let mut run = |config: &CtcalConfig| {
+        let mut clock = std::time::Instant::now();
+        let mut lap = || {
+            if phases {
+                let _ = B::sync(&device);
+            }
+            let t = clock.elapsed().as_secs_f64();
+            clock = std::time::Instant::now();
+            t
+        };
         let m = model.take().expect("model");
-        let out = if mixed {
-            let compute = cast_params(&m, compute_dtype::<B>());
-            ctcal_step(&compute, &ae, &data, &draw, &schedule, config)
-        } else {
-            ctcal_step(&m, &ae, &data, &draw, &schedule, config)
-        }
+        let compute = mixed.then(|| cast_params(&m, compute_dtype::<B>()));
+        let cast = lap();
+        let out = ctcal_step(
+            compute.as_ref().unwrap_or(&m),
+            &ae,
+            &data,
+            &draw,
+            &schedule,
+            config,
+        )
         .expect("step");
+        let forward = lap();
         let grads = GradientsParams::from_grads(out.loss.backward(), &m);
+        let backward = lap();
         model = Some(optim.step(1e-5, m, grads));
         let _ = B::sync(&device);
+        times.borrow_mut().push([cast, forward, backward, lap()]);
     };
     let base = if sd3 {
         CtcalConfig::sd3()
     } else {
         CtcalConfig::sd21()
     };
-    report(
-        o,
-        "plain step",
-        time_with_warmup(2, o.iters, || run(&base.clone().with_lambda_ctcal(0.0))),
-    );
+    let mut cases = vec![("plain step", base.clone().with_lambda_ctcal(0.0))];
     if !flag("--plain-only") {
-        report(o, "ctcal step", time_with_warmup(2, o.iters, || run(&base)));
+        cases.push(("ctcal step", base));
+    }
+    for (case, config) in cases {
+        report(o, case, time_with_warmup(2, o.iters, || run(&config)));
+        if phases {
+            let times = times.borrow();
+            let timed = &times[times.len() - o.iters.max(1)..];
+            let median = |i: usize| {
+                let mut v: Vec<f64> = timed.iter().map(|t| t[i] * 1e3).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            println!(
+                "{{\"workload\":\"{}\",\"dtype\":\"{}\",\"case\":\"{case} phases\",\"cast_ms\":{:.1},\"forward_ms\":{:.1},\"backward_ms\":{:.1},\"optimizer_ms\":{:.1}}}",
+                o.workload,
+                o.dtype,
+                median(0),
+                median(1),
+                median(2),
+                median(3)
+            );
+        }
     }
 }
 
@@ -355,17 +393,73 @@ fn sd3<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
     );
 }
 
-fn run<B: AutodiffAttentionBackend>(o: &Opts)
+/// The backend's attention op (forward and gradients, under autodiff) against the chunked
+/// reference computed in f32 on the inner backend, for self- and cross-attention shapes, in
+/// f32 and in bf16; prints the largest error relative to the largest reference entry.
+fn attn_check<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
+    use ctcal::attention::chunked;
+    let n = o.latent * o.latent;
+    let d = 64;
+    let scale = 1.0 / (d as f64).sqrt();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let rel = |ours: Tensor<B::InnerBackend, 4>, reference: &Tensor<B::InnerBackend, 4>| {
+        let err = (upcast(ours) - reference.clone())
+            .abs()
+            .max()
+            .into_scalar()
+            .elem::<f64>();
+        err / reference.clone().abs().max().into_scalar().elem::<f64>()
+    };
+    for (shape, n_k) in [("self", n), ("cross", 77)] {
+        let make = |len| Tensor::<B::InnerBackend, 4>::random([o.batch, 5, len, d], normal, device);
+        let (q, k, v, d_out) = (make(n), make(n_k), make(n_k), make(n));
+        let (out, lse) = chunked::forward(q.clone(), k.clone(), v.clone(), scale, 256);
+        let saved = chunked::Saved {
+            q: q.clone(),
+            k: k.clone(),
+            v: v.clone(),
+            out: out.clone(),
+            lse,
+        };
+        let (dq, dk, dv) = chunked::backward(saved, d_out.clone(), scale, 256);
+        for dtype in [FloatDType::F32, FloatDType::BF16] {
+            let leaf = |t: &Tensor<B::InnerBackend, 4>| {
+                Tensor::<B, 4>::from_inner(t.clone().cast(dtype)).require_grad()
+            };
+            let (ql, kl, vl) = (leaf(&q), leaf(&k), leaf(&v));
+            let ours = ctcal::attention::efficient_attention(
+                ql.clone(),
+                kl.clone(),
+                vl.clone(),
+                scale,
+                None,
+            );
+            let loss = (upcast(ours.clone()) * Tensor::from_inner(d_out.clone())).sum();
+            let grads = loss.backward();
+            let grad = |t: &Tensor<B, 4>| t.grad(&grads).expect("gradient");
+            println!(
+                "{{\"workload\":\"attn-check\",\"case\":\"{shape} {dtype:?}\",\"batch\":{},\"n_q\":{n},\"n_k\":{n_k},\"out\":{:.2e},\"dq\":{:.2e},\"dk\":{:.2e},\"dv\":{:.2e}}}",
+                o.batch,
+                rel(ours.inner(), &out),
+                rel(grad(&ql), &dq),
+                rel(grad(&kl), &dk),
+                rel(grad(&vl), &dv),
+            );
+        }
+    }
+}
+
+fn run<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device)
 where
     B::InnerBackend: AttentionBackend,
 {
-    let device = Default::default();
     match o.workload.as_str() {
-        "block" => block::<B>(o, &device),
-        "attn" => attn::<B>(o, &device),
-        "sd21" => sd21::<B>(o, &device),
-        "sd3" => sd3::<B>(o, &device),
-        other => eprintln!("unknown workload {other} (block, attn, sd21, sd3)"),
+        "block" => block::<B>(o, device),
+        "attn" => attn::<B>(o, device),
+        "attn-check" => attn_check::<B>(o, device),
+        "sd21" => sd21::<B>(o, device),
+        "sd3" => sd3::<B>(o, device),
+        other => eprintln!("unknown workload {other} (block, attn, attn-check, sd21, sd3)"),
     }
 }
 
@@ -386,17 +480,35 @@ fn main() {
         }
     });
     use burn::backend::Autodiff;
+    let d = Default::default();
     match (backend.as_str(), o.dtype.as_str()) {
         #[cfg(feature = "ndarray")]
-        ("ndarray", "f32") => run::<Autodiff<burn::backend::NdArray<f32>>>(&o),
+        ("ndarray", "f32") => run::<Autodiff<burn::backend::NdArray<f32>>>(&o, &d),
         // f32 compute under f64 masters: the mixed code path on the CPU (smoke test).
-        ("ndarray", "mixed") => run::<Autodiff<burn::backend::NdArray<f64>>>(&o),
+        #[cfg(feature = "ndarray")]
+        ("ndarray", "mixed") => run::<Autodiff<burn::backend::NdArray<f64>>>(&o, &d),
         #[cfg(feature = "wgpu")]
-        ("wgpu", "f32") => run::<Autodiff<burn::backend::Wgpu<f32>>>(&o),
+        ("wgpu", "f32") => run::<Autodiff<burn::backend::Wgpu<f32>>>(&o, &d),
         #[cfg(feature = "cuda-untuned")]
-        ("cuda", "f32" | "mixed") => run::<Autodiff<burn::backend::Cuda<f32>>>(&o),
+        ("cuda", "f32" | "mixed") => run::<Autodiff<burn::backend::Cuda<f32>>>(&o, &d),
         #[cfg(feature = "cuda-untuned")]
-        ("cuda", "bf16") => run::<Autodiff<burn::backend::Cuda<half::bf16>>>(&o),
+        ("cuda", "bf16") => run::<Autodiff<burn::backend::Cuda<half::bf16>>>(&o, &d),
+        // LibTorch on the first CUDA device, or on the CPU with `--cpu`.
+        #[cfg(feature = "tch")]
+        ("tch", dtype) => {
+            use burn::backend::LibTorch;
+            use burn::backend::libtorch::LibTorchDevice;
+            let device = if flag("--cpu") {
+                LibTorchDevice::Cpu
+            } else {
+                LibTorchDevice::Cuda(0)
+            };
+            match dtype {
+                "f32" | "mixed" => run::<Autodiff<LibTorch<f32>>>(&o, &device),
+                "bf16" => run::<Autodiff<LibTorch<half::bf16>>>(&o, &device),
+                d => eprintln!("backend tch with dtype {d}: expected f32, mixed or bf16"),
+            }
+        }
         (b, d) => eprintln!("backend {b} with dtype {d} is not compiled in (see --features)"),
     }
 }

@@ -1,9 +1,11 @@
 //! [`AttentionBackend`] for `Autodiff<B, C>`: custom backward operations (burn-autodiff's
-//! `Backward` trait) that keep `q`, `k`, `v`, the output and the row log-sum-exp, never the
-//! probabilities.
+//! `Backward` trait) that keep `q`, `k`, `v`, the output and the row statistics (the
+//! log-sum-exp), never the probabilities.
 //!
-//! The forward runs the inner backend's chunked computation; the backward calls
-//! [`chunked::backward`] / [`chunked::logsumexp_backward`] on the inner backend. `q`, `k` and
+//! The forward runs the inner backend's [`AttentionBackend::attention_forward`] (by default the
+//! chunked computation; LibTorch's fused kernel on CUDA); the backward calls its
+//! [`AttentionBackend::attention_backward`] (by default [`chunked::backward`]) and
+//! [`chunked::logsumexp_backward`]. `q`, `k` and
 //! `v` are checkpointed through burn's checkpointer, so a checkpointing strategy
 //! (`BalancedCheckpointing`) may recompute them instead of keeping them.
 
@@ -14,14 +16,14 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::ops::FloatTensor;
 
-use super::chunked::{self, Saved};
+use super::chunked;
 use super::efficient::{AttentionBackend, primitive, tensor};
 
 /// The backward of [`AttentionBackend::memory_efficient_attention`].
 #[derive(Debug)]
 struct EfficientAttentionBackward;
 
-/// Checkpointed `q`, `k`, `v`, the saved output and log-sum-exp, scale and chunk.
+/// Checkpointed `q`, `k`, `v`, the saved output and row statistics, scale and chunk.
 type AttentionState<B> = (
     NodeId,
     NodeId,
@@ -43,18 +45,20 @@ impl<B: AttentionBackend> Backward<B, 3> for EfficientAttentionBackward {
     ) {
         let [node_q, node_k, node_v] = ops.parents;
         let d_out = grads.consume::<B>(&ops.node);
-        let (q, k, v, out, lse, scale, chunk) = ops.state;
-        let saved = Saved {
-            q: tensor::<B>(checkpointer.retrieve_node_output(q)),
-            k: tensor(checkpointer.retrieve_node_output(k)),
-            v: tensor(checkpointer.retrieve_node_output(v)),
-            out: tensor(out),
-            lse: tensor(lse),
-        };
-        let (dq, dk, dv) = chunked::backward(saved, tensor(d_out), scale, chunk);
+        let (q, k, v, out, stats, scale, chunk) = ops.state;
+        let [dq, dk, dv] = B::attention_backward(
+            checkpointer.retrieve_node_output(q),
+            checkpointer.retrieve_node_output(k),
+            checkpointer.retrieve_node_output(v),
+            out,
+            stats,
+            d_out,
+            scale,
+            chunk,
+        );
         for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
             if let Some(node) = node {
-                grads.register::<B>(node.id, primitive(grad));
+                grads.register::<B>(node.id, grad);
             }
         }
     }
@@ -94,6 +98,8 @@ impl<B: AttentionBackend> Backward<B, 2> for LogSumExpBackward {
 }
 
 impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B, C> {
+    const NARROW_INPUTS: bool = B::NARROW_INPUTS;
+
     fn memory_efficient_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -113,15 +119,9 @@ impl<B: AttentionBackend, C: CheckpointStrategy> AttentionBackend for Autodiff<B
                     prep.checkpoint(&k),
                     prep.checkpoint(&v),
                 );
-                let (out, lse) = chunked::forward(
-                    tensor::<B>(q.primitive),
-                    tensor(k.primitive),
-                    tensor(v.primitive),
-                    scale,
-                    chunk,
-                );
-                let out = primitive(out);
-                let state = (qs, ks, vs, out.clone(), primitive(lse), scale, chunk);
+                let (out, stats) =
+                    B::attention_forward(q.primitive, k.primitive, v.primitive, scale, chunk);
+                let state = (qs, ks, vs, out.clone(), stats, scale, chunk);
                 prep.finish(state, out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::memory_efficient_attention(

@@ -25,6 +25,11 @@ use crate::precision::{cast_to, upcast};
 /// both with operations whose backward recomputes the probabilities chunk by chunk. Every model
 /// in this crate that attends needs `B: AttentionBackend`.
 pub trait AttentionBackend: KernelBackend {
+    /// Whether the operations below take half-precision inputs as they are (a fused kernel
+    /// that keeps f32 softmax statistics itself). When false (the chunked defaults), bf16 and
+    /// f16 inputs are computed in f32.
+    const NARROW_INPUTS: bool = false;
+
     /// `softmax(q k^T * scale) v` without materialising the whole score matrix.
     ///
     /// # Shapes
@@ -40,6 +45,46 @@ pub trait AttentionBackend: KernelBackend {
     ) -> FloatTensor<Self> {
         let (out, _) = chunked::forward(tensor::<Self>(q), tensor(k), tensor(v), scale, chunk);
         primitive(out)
+    }
+
+    /// The attention output and the row statistics its backward needs, for the autodiff
+    /// operation to save. The statistics are opaque to callers: only
+    /// [`attention_backward`](Self::attention_backward) of the same backend reads them (the
+    /// default: the row log-sum-exp `[batch, heads, n_q, 1]`).
+    fn attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f64,
+        chunk: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (out, lse) = chunked::forward(tensor::<Self>(q), tensor(k), tensor(v), scale, chunk);
+        (primitive(out), primitive(lse))
+    }
+
+    /// Gradients `(dq, dk, dv)` of [`attention_forward`](Self::attention_forward)'s output
+    /// given `d_out`, from the saved inputs, output and statistics (the default recomputes the
+    /// probabilities chunk by chunk).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        scale: f64,
+        chunk: usize,
+    ) -> [FloatTensor<Self>; 3] {
+        let saved = chunked::Saved {
+            q: tensor::<Self>(q),
+            k: tensor(k),
+            v: tensor(v),
+            out: tensor(out),
+            lse: tensor(stats),
+        };
+        let (dq, dk, dv) = chunked::backward(saved, tensor(d_out), scale, chunk);
+        [primitive(dq), primitive(dk), primitive(dv)]
     }
 
     /// The row log-sum-exp `L_i = log sum_j exp(q_i . k_j * scale)`, chunked like
@@ -101,6 +146,15 @@ pub fn efficient_attention<B: AttentionBackend>(
 ) -> Tensor<B, 4> {
     let [b, h, _, _] = q.dims();
     let chunk = chunk.unwrap_or_else(|| chunked::default_chunk(b, h, k.dims()[2]));
+    if B::NARROW_INPUTS {
+        return tensor(B::memory_efficient_attention(
+            primitive(q),
+            primitive(k),
+            primitive(v),
+            scale,
+            chunk,
+        ));
+    }
     // Narrow inputs (bf16 under autocast) are computed wide: the chunked softmax statistics
     // and the saved log-sum-exp need f32.
     let dtype = v.dtype();
@@ -164,11 +218,4 @@ mod cube_impl {
     }
 
     impl<B: FusionBackend + KernelBackend> super::AttentionBackend for Fusion<B> {}
-}
-
-#[cfg(feature = "tch")]
-mod tch_impl {
-    use burn_tch::{LibTorch, TchElement};
-
-    impl<E: TchElement> super::AttentionBackend for LibTorch<E> {}
 }

@@ -14,6 +14,8 @@ mod autodiff;
 pub mod chunked;
 mod efficient;
 mod layer;
+#[cfg(feature = "tch")]
+mod libtorch;
 mod site;
 mod store;
 

@@ -2,13 +2,15 @@
 //! backward is the other one on `B` (they are each other's adjoint), so a convolution's
 //! gradient never goes through `kh * kw` slice assignments; neither keeps a tensor for its
 //! backward, only the geometry. The SiLU is one tracked operation whose backward is
-//! `B::silu_backward` on its checkpointed input.
+//! `B::silu_backward` on its checkpointed input; the GroupNorm one whose backward is
+//! `B::group_norm_backward` on its checkpointed input, `gamma` and the saved statistics.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 
 use super::{Columns, ConvPath, KernelBackend};
@@ -62,6 +64,35 @@ impl<B: KernelBackend> Backward<B, 1> for SiluBackward {
     }
 }
 
+/// The backward of [`KernelBackend::group_norm`]: `B::group_norm_backward` on the
+/// checkpointed input, `gamma` and the saved statistics; `groups` is its field.
+#[derive(Debug)]
+struct GroupNormBackward(usize);
+
+/// Checkpointed `x`, then `gamma`, the mean and the reciprocal standard deviation.
+type GroupNormState<B> = (NodeId, FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+impl<B: KernelBackend> Backward<B, 3> for GroupNormBackward {
+    type State = GroupNormState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, gamma, mean, rstd) = ops.state;
+        let x = checkpointer.retrieve_node_output(x);
+        let parts = B::group_norm_backward(x, gamma, mean, rstd, grad, self.0);
+        for (node, grad) in ops.parents.into_iter().zip(parts) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     const CONV_PATH: ConvPath = B::CONV_PATH;
     const HALF_PRECISION: bool = B::HALF_PRECISION;
@@ -91,6 +122,47 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
                 prep.finish(state, B::silu(x.primitive))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::silu(x.primitive)),
+        }
+    }
+
+    fn group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+        match GroupNormBackward(groups)
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let xs = prep.checkpoint(&x);
+                let (y, mean, rstd) = B::group_norm(
+                    x.primitive,
+                    gamma.primitive.clone(),
+                    beta.primitive,
+                    groups,
+                    eps,
+                );
+                let state = (xs, gamma.primitive, mean.clone(), rstd.clone());
+                (
+                    prep.finish(state, y),
+                    Self::from_inner(mean),
+                    Self::from_inner(rstd),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, mean, rstd) =
+                    B::group_norm(x.primitive, gamma.primitive, beta.primitive, groups, eps);
+                (
+                    prep.finish(y),
+                    Self::from_inner(mean),
+                    Self::from_inner(rstd),
+                )
+            }
         }
     }
 }

@@ -19,12 +19,23 @@ use super::columns::Columns;
 
 /// The float types the loops handle, with the SiLU's scalar formulas.
 pub(crate) trait Value:
-    Copy + Default + Send + Sync + std::ops::AddAssign + 'static
+    Copy
+    + Default
+    + Send
+    + Sync
+    + std::ops::AddAssign
+    + std::ops::Add<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + 'static
 where
     NdArrayTensor: From<ArcArray<Self, IxDyn>>,
 {
     /// The tensor's array when it holds this type.
     fn view(t: &NdArrayTensor) -> Option<ArrayViewD<'_, Self>>;
+    /// Widened, for sums.
+    fn wide(self) -> f64;
+    /// Narrowed from a wide value.
+    fn narrow(v: f64) -> Self;
     /// `x * sigmoid(x)`.
     fn silu(x: Self) -> Self;
     /// `dy * d silu(x) / dx = dy * s (1 + x (1 - s))`, `s = sigmoid(x)`.
@@ -39,6 +50,16 @@ macro_rules! value {
                     NdArrayTensor::$variant(storage) => Some(storage.view()),
                     _ => None,
                 }
+            }
+
+            #[inline]
+            fn wide(self) -> f64 {
+                self as f64
+            }
+
+            #[inline]
+            fn narrow(v: f64) -> $t {
+                v as $t
             }
 
             #[inline]
@@ -59,7 +80,7 @@ value!(f32, F32);
 value!(f64, F64);
 
 /// A tensor's elements in row-major order: borrowed when its layout already is, else copied.
-fn elements<T: Value>(view: ArrayViewD<'_, T>) -> Cow<'_, [T]>
+pub(super) fn elements<T: Value>(view: ArrayViewD<'_, T>) -> Cow<'_, [T]>
 where
     NdArrayTensor: From<ArcArray<T, IxDyn>>,
 {
@@ -70,7 +91,7 @@ where
 }
 
 /// A row-major buffer as a burn-ndarray tensor.
-fn tensor<T: Value>(values: Vec<T>, shape: &[usize]) -> NdArrayTensor
+pub(super) fn tensor<T: Value>(values: Vec<T>, shape: &[usize]) -> NdArrayTensor
 where
     NdArrayTensor: From<ArcArray<T, IxDyn>>,
 {

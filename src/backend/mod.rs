@@ -2,8 +2,8 @@
 //! the backend computes in half precision), as a backend extension trait implemented for each
 //! backend the cargo features add, the way burn's own extension traits are.
 //!
-//! Code asks `B::CONV_PATH` or `B::HALF_PRECISION`, and gathers convolution windows with
-//! `B::im2col`; nothing matches backend names. `Autodiff<B>` and `Fusion<B>` answer what `B`
+//! Code asks `B::CONV_PATH` or `B::HALF_PRECISION`, gathers convolution windows with
+//! `B::im2col` and normalises with `B::group_norm`; nothing matches backend names. `Autodiff<B>` and `Fusion<B>` answer what `B`
 //! answers; `Autodiff<B>` differentiates `im2col` and `col2im` as each other's adjoint.
 
 use burn::tensor::backend::Backend;
@@ -14,6 +14,9 @@ mod autodiff;
 pub mod columns;
 #[cfg(feature = "ndarray")]
 mod host;
+#[cfg(feature = "ndarray")]
+mod host_norm;
+pub mod norm;
 
 pub use columns::Columns;
 
@@ -70,6 +73,35 @@ pub trait KernelBackend: Backend {
     fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         activation::silu_backward::<Self>(x, grad)
     }
+
+    /// GroupNorm with a per-channel affine: the output and the per-group mean and reciprocal
+    /// standard deviation its backward reads; the default is [`norm::group_norm`].
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, channels, spatial]`, `gamma`, `beta`: `[channels]`; returns the output
+    ///   shaped like `x` and two `[batch, groups]` statistics
+    fn group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        groups: usize,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        norm::group_norm::<Self>(x, gamma, beta, groups, eps)
+    }
+
+    /// Gradients `[dx, dgamma, dbeta]` of [`group_norm`](Self::group_norm) given the output's
+    /// gradient `grad`; the default is [`norm::group_norm_backward`].
+    fn group_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        groups: usize,
+    ) -> [FloatTensor<Self>; 3] {
+        norm::group_norm_backward::<Self>(x, gamma, mean, rstd, grad, groups)
+    }
 }
 
 #[cfg(feature = "ndarray")]
@@ -80,7 +112,7 @@ mod ndarray_impl {
     };
     use burn::tensor::ops::FloatTensor;
 
-    use super::{Columns, ConvPath, KernelBackend, activation, columns, host};
+    use super::{Columns, ConvPath, KernelBackend, activation, columns, host, host_norm, norm};
 
     /// burn-ndarray's convolution backward is slow (two shapes UNet training steps: 45.8 s
     /// with it, 7.4 s with im2col on 2 cores), and it has no bf16/f16 kernels; its columns
@@ -109,6 +141,30 @@ mod ndarray_impl {
         fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
             host::silu_backward(&x, &grad)
                 .unwrap_or_else(|| activation::silu_backward::<Self>(x, grad))
+        }
+
+        fn group_norm(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            groups: usize,
+            eps: f64,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            host_norm::group_norm(&x, &gamma, &beta, groups, eps)
+                .unwrap_or_else(|| norm::group_norm::<Self>(x, gamma, beta, groups, eps))
+        }
+
+        fn group_norm_backward(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            mean: FloatTensor<Self>,
+            rstd: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            groups: usize,
+        ) -> [FloatTensor<Self>; 3] {
+            host_norm::group_norm_backward(&x, &gamma, &mean, &rstd, &grad, groups).unwrap_or_else(
+                || norm::group_norm_backward::<Self>(x, gamma, mean, rstd, grad, groups),
+            )
         }
     }
 }
@@ -150,10 +206,48 @@ mod cube_impl {
 
 #[cfg(feature = "tch")]
 mod tch_impl {
-    use burn_tch::{LibTorch, TchElement};
+    use burn::tensor::ops::FloatTensor;
+    use burn_tch::{LibTorch, TchElement, TchTensor};
 
     use super::KernelBackend;
 
-    /// LibTorch's own convolution (oneDNN on the CPU, cuDNN on CUDA) and half types.
-    impl<E: TchElement> KernelBackend for LibTorch<E> {}
+    /// LibTorch's own convolution (oneDNN on the CPU, cuDNN on CUDA), half types, and
+    /// PyTorch's one-kernel SiLU, SiLU backward and GroupNorm.
+    impl<E: TchElement> KernelBackend for LibTorch<E> {
+        fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            TchTensor::new(x.tensor.silu())
+        }
+
+        fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            TchTensor::new(x.tensor.silu_backward(&grad.tensor))
+        }
+
+        /// PyTorch's `native_group_norm` (one kernel; tch exposes no `native_group_norm_backward`,
+        /// so the backward is the portable one).
+        fn group_norm(
+            x: FloatTensor<Self>,
+            gamma: FloatTensor<Self>,
+            beta: FloatTensor<Self>,
+            groups: usize,
+            eps: f64,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+            let size = x.tensor.size();
+            let kind = x.tensor.kind();
+            let affine = |p: &TchTensor| p.tensor.to_kind(kind);
+            let (y, mean, rstd) = x.tensor.contiguous().native_group_norm(
+                Some(affine(&gamma)),
+                Some(affine(&beta)),
+                size[0],
+                size[1],
+                size[2],
+                groups as i64,
+                eps,
+            );
+            (
+                TchTensor::new(y),
+                TchTensor::new(mean),
+                TchTensor::new(rstd),
+            )
+        }
+    }
 }

@@ -16,5 +16,5 @@ pub use embeddings::{TimestepEmbedding, TimestepEmbeddingConfig, timestep_embedd
 pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
 pub use lora_linear::LoraLinear;
 pub use noise::normal_tensor;
-pub use norm::layer_norm;
+pub use norm::{group_norm, layer_norm};
 pub use sampling::{Downsample2D, Upsample2D, conv3x3, nearest_resize};

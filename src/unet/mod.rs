@@ -15,7 +15,7 @@ pub use config::{DownBlockType, UNet2DConditionConfig, UpBlockType};
 pub use resnet::ResnetBlock2D;
 pub use transformer::{BasicTransformerBlock, Projection, Transformer2DModel};
 
-use crate::nn::{conv2d, conv3x3, silu_kernel};
+use crate::nn::{conv2d, conv3x3, group_norm, silu_kernel};
 use crate::precision::in_accumulation;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
@@ -272,7 +272,7 @@ impl<B: AttentionBackend> UNet2DConditionModel<B> {
         // 5. Output.
         conv2d(
             &self.conv_out,
-            silu_kernel(in_accumulation(x, |x| self.conv_norm_out.forward(x))),
+            silu_kernel(in_accumulation(x, |x| group_norm(&self.conv_norm_out, x))),
         )
     }
 }

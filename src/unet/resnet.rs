@@ -1,7 +1,7 @@
 //! `ResnetBlock2D` (diffusers `resnet.py`) in the variant SD 1.x/2.x's UNet uses.
 
 use crate::backend::KernelBackend;
-use crate::nn::{conv2d, conv3x3, silu_kernel};
+use crate::nn::{conv2d, conv3x3, group_norm, silu_kernel};
 use crate::precision::in_accumulation;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -65,13 +65,13 @@ impl<B: Backend> ResnetBlock2D<B> {
     {
         let h = conv2d(
             &self.conv1,
-            silu_kernel(in_accumulation(x.clone(), |x| self.norm1.forward(x))),
+            silu_kernel(in_accumulation(x.clone(), |x| group_norm(&self.norm1, x))),
         );
         let t = self.time_emb_proj.forward(silu_kernel(temb));
         let h = h + t.unsqueeze_dim::<3>(2).unsqueeze_dim::<4>(3);
         let h = conv2d(
             &self.conv2,
-            silu_kernel(in_accumulation(h, |h| self.norm2.forward(h))),
+            silu_kernel(in_accumulation(h, |h| group_norm(&self.norm2, h))),
         );
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv2d(conv, x),

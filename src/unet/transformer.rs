@@ -11,7 +11,7 @@ use crate::attention::{
     Attention, AttentionBackend, AttentionConfig, AttentionHook, AttentionKind, AttentionSite,
     BlockPos, Slot,
 };
-use crate::nn::{FeedForward, FeedForwardActivation, FeedForwardConfig, conv2d};
+use crate::nn::{FeedForward, FeedForwardActivation, FeedForwardConfig, conv2d, group_norm};
 
 /// Where a `Transformer2DModel` sits, to name its attention sites.
 #[derive(Debug, Clone, Copy)]
@@ -171,7 +171,7 @@ impl<B: AttentionBackend> Transformer2DModel<B> {
     ) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
-        let x = in_accumulation(x, |x| self.norm.forward(x));
+        let x = in_accumulation(x, |x| group_norm(&self.norm, x));
         // 1. To tokens: [b, c, h, w] -> [b, h * w, c], projecting before or after.
         let to_tokens = |x: Tensor<B, 4>| x.reshape([b, c, h * w]).swap_dims(1, 2);
         let mut tokens = match &self.proj_in {
