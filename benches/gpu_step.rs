@@ -480,19 +480,24 @@ fn main() {
         }
     });
     use burn::backend::Autodiff;
-    let d = Default::default();
     match (backend.as_str(), o.dtype.as_str()) {
         #[cfg(feature = "ndarray")]
-        ("ndarray", "f32") => run::<Autodiff<burn::backend::NdArray<f32>>>(&o, &d),
+        ("ndarray", "f32") => run::<Autodiff<burn::backend::NdArray<f32>>>(&o, &Default::default()),
         // f32 compute under f64 masters: the mixed code path on the CPU (smoke test).
         #[cfg(feature = "ndarray")]
-        ("ndarray", "mixed") => run::<Autodiff<burn::backend::NdArray<f64>>>(&o, &d),
+        ("ndarray", "mixed") => {
+            run::<Autodiff<burn::backend::NdArray<f64>>>(&o, &Default::default())
+        }
         #[cfg(feature = "wgpu")]
-        ("wgpu", "f32") => run::<Autodiff<burn::backend::Wgpu<f32>>>(&o, &d),
+        ("wgpu", "f32") => run::<Autodiff<burn::backend::Wgpu<f32>>>(&o, &Default::default()),
         #[cfg(feature = "cuda-untuned")]
-        ("cuda", "f32" | "mixed") => run::<Autodiff<burn::backend::Cuda<f32>>>(&o, &d),
+        ("cuda", "f32" | "mixed") => {
+            run::<Autodiff<burn::backend::Cuda<f32>>>(&o, &Default::default())
+        }
         #[cfg(feature = "cuda-untuned")]
-        ("cuda", "bf16") => run::<Autodiff<burn::backend::Cuda<half::bf16>>>(&o, &d),
+        ("cuda", "bf16") => {
+            run::<Autodiff<burn::backend::Cuda<half::bf16>>>(&o, &Default::default())
+        }
         // LibTorch on the first CUDA device, or on the CPU with `--cpu`.
         #[cfg(feature = "tch")]
         ("tch", dtype) => {
