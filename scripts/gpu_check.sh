@@ -71,6 +71,7 @@ for it in $ITEMS; do
   case $it in
   torch_block) item torch_block 70 python3 local/carry/torch_block.py ;;
   torch_anchor) item torch_anchor 150 python3 local/carry/torch_anchor.py --iters 5 --out $OUT/torch_anchor.json ;;
+  torch_anchor_b1) item torch_anchor_b1 150 python3 local/carry/torch_anchor.py --iters 5 --batch 1 --out $OUT/torch_anchor_b1.json ;;
   block_f32) item block_f32 120 $BIN --workload block --dtype f32 --iters 5 ;;
   attn_f32) item attn_f32 60 $BIN --workload attn --dtype f32 --iters 10 ;;
   sd21_f32) item sd21_f32 180 $BIN --workload sd21 --dtype f32 --iters 3 ;;

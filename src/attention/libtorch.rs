@@ -31,6 +31,21 @@ fn last_dim_contiguous(t: &TorchTensor) -> TorchTensor {
     }
 }
 
+/// The chunked forward of the other backends on inputs widened to f32 (the CPU path): the
+/// output in the inputs' type and the f32 row log-sum-exp.
+fn chunked_wide<E: TchElement>(
+    q: TchTensor,
+    k: TchTensor,
+    v: TchTensor,
+    scale: f64,
+    chunk: usize,
+) -> (TchTensor, TchTensor) {
+    let wide = |t| upcast(tensor::<LibTorch<E>>(t));
+    let dtype = tensor::<LibTorch<E>>(v.clone()).dtype();
+    let (out, lse) = chunked::forward(wide(q), wide(k), wide(v), scale, chunk);
+    (primitive(cast_to(out, dtype)), primitive(lse))
+}
+
 impl<E: TchElement> AttentionBackend for LibTorch<E> {
     const NARROW_INPUTS: bool = true;
 
@@ -53,15 +68,7 @@ impl<E: TchElement> AttentionBackend for LibTorch<E> {
                 false,
             ));
         }
-        let dtype = tensor::<Self>(v.clone()).dtype();
-        let (out, _) = chunked::forward(
-            upcast(tensor::<Self>(q)),
-            upcast(tensor(k)),
-            upcast(tensor(v)),
-            scale,
-            chunk,
-        );
-        primitive(cast_to(out, dtype))
+        chunked_wide::<E>(q, k, v, scale, chunk).0
     }
 
     /// On CUDA the statistics are the kernel's own log-sum-exp (f32, `[batch, heads, n_q']`
@@ -87,15 +94,7 @@ impl<E: TchElement> AttentionBackend for LibTorch<E> {
                 );
             return (TchTensor::new(out), TchTensor::new(lse));
         }
-        let dtype = tensor::<Self>(v.clone()).dtype();
-        let (out, lse) = chunked::forward(
-            upcast(tensor::<Self>(q)),
-            upcast(tensor(k)),
-            upcast(tensor(v)),
-            scale,
-            chunk,
-        );
-        (primitive(cast_to(out, dtype)), primitive(lse))
+        chunked_wide::<E>(q, k, v, scale, chunk)
     }
 
     fn attention_backward(

@@ -3,7 +3,9 @@
 //! gradient never goes through `kh * kw` slice assignments; neither keeps a tensor for its
 //! backward, only the geometry. The SiLU is one tracked operation whose backward is
 //! `B::silu_backward` on its checkpointed input; the GroupNorm one whose backward is
-//! `B::group_norm_backward` on its checkpointed input, `gamma` and the saved statistics.
+//! `B::group_norm_backward` on its checkpointed input, `gamma` and the saved statistics; the
+//! convolution of [`KernelBackend::convolve`] one whose weight gradient is
+//! `B::conv2d_weight_grad`.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
@@ -11,7 +13,7 @@ use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::Checkpoi
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{ConvOptions, FloatTensor};
 
 use super::{Columns, ConvPath, KernelBackend};
 
@@ -93,6 +95,44 @@ impl<B: KernelBackend> Backward<B, 3> for GroupNormBackward {
     }
 }
 
+/// The backward of [`KernelBackend::convolve`]: burn's input and bias gradients, the weight
+/// gradient from `B::conv2d_weight_grad`.
+#[derive(Debug)]
+struct ConvolveBackward;
+
+/// Checkpointed `x`, the weight, the bias and the options.
+type ConvolveState<B> = (NodeId, FloatTensor<B>, FloatTensor<B>, ConvOptions<2>);
+
+impl<B: KernelBackend> Backward<B, 3> for ConvolveBackward {
+    type State = ConvolveState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 3>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, bias, options) = ops.state;
+        let x: FloatTensor<B> = checkpointer.retrieve_node_output(x);
+        if let Some(node) = node_w {
+            let dw =
+                B::conv2d_weight_grad(x.clone(), weight.clone(), grad.clone(), options.clone());
+            grads.register::<B>(node.id, dw);
+        }
+        if let Some(node) = node_b {
+            grads.register::<B>(
+                node.id,
+                B::conv2d_bias_backward(x.clone(), bias, grad.clone()),
+            );
+        }
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::conv2d_x_backward(x, weight, grad, options));
+        }
+    }
+}
+
 impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     const CONV_PATH: ConvPath = B::CONV_PATH;
     const HALF_PRECISION: bool = B::HALF_PRECISION;
@@ -122,6 +162,37 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
                 prep.finish(state, B::silu(x.primitive))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::silu(x.primitive)),
+        }
+    }
+
+    fn convolve(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
+        match ConvolveBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let xs = prep.checkpoint(&x);
+                let y = B::convolve(
+                    x.primitive,
+                    weight.primitive.clone(),
+                    bias.primitive.clone(),
+                    options.clone(),
+                );
+                prep.finish((xs, weight.primitive, bias.primitive, options), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::convolve(
+                x.primitive,
+                weight.primitive,
+                bias.primitive,
+                options,
+            )),
         }
     }
 

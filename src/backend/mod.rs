@@ -7,7 +7,7 @@
 //! answers; `Autodiff<B>` differentiates `im2col` and `col2im` as each other's adjoint.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 
 pub mod activation;
 mod autodiff;
@@ -25,6 +25,11 @@ pub use columns::Columns;
 pub enum ConvPath {
     /// burn's own convolution (autotuned implicit GEMM on cubecl backends).
     Native,
+    /// The backend's convolution and input gradient, with the weight gradient from
+    /// [`KernelBackend::conv2d_weight_grad`] ([`KernelBackend::convolve`]): LibTorch, for which
+    /// burn's default weight gradient (a convolution whose kernel is the output gradient) is
+    /// cuDNN's slow path.
+    NativeOwnWeightGrad,
     /// im2col + matmul ([`im2col_conv2d`](crate::nn::im2col_conv2d)) for kernels whose windows
     /// overlap and for 1x1 kernels, burn's convolution for patch embeddings: burn-ndarray,
     /// whose own convolution backward is slow.
@@ -72,6 +77,33 @@ pub trait KernelBackend: Backend {
     /// [`activation::silu_backward`].
     fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         activation::silu_backward::<Self>(x, grad)
+    }
+
+    /// A 2-D convolution with bias (burn's `conv2d`); under `Autodiff` its own operation,
+    /// whose input and bias gradients are burn's and whose weight gradient is
+    /// [`conv2d_weight_grad`](Self::conv2d_weight_grad).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, c_in, h, w]`, `weight`: `[c_out, c_in / groups, kh, kw]`, `bias`:
+    ///   `[c_out]`; returns `[batch, c_out, h_out, w_out]`
+    fn convolve(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d(x, weight, Some(bias), options)
+    }
+
+    /// The gradient of [`convolve`](Self::convolve)'s weight given the output's gradient
+    /// `grad`; the default is burn's `conv2d_weight_backward`.
+    fn conv2d_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, grad, options)
     }
 
     /// GroupNorm with a per-channel affine: the output and the per-group mean and reciprocal
@@ -206,14 +238,52 @@ mod cube_impl {
 
 #[cfg(feature = "tch")]
 mod tch_impl {
-    use burn::tensor::ops::FloatTensor;
+    use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
     use burn_tch::{LibTorch, TchElement, TchTensor};
+    use tch::Kind;
 
-    use super::KernelBackend;
+    use super::{ConvPath, KernelBackend};
 
-    /// LibTorch's own convolution (oneDNN on the CPU, cuDNN on CUDA), half types, and
-    /// PyTorch's one-kernel SiLU, SiLU backward and GroupNorm.
+    /// LibTorch's own convolution (oneDNN on the CPU, cuDNN on CUDA) with the weight gradient
+    /// as a matrix product over the input's columns, half types, and PyTorch's one-kernel
+    /// SiLU, SiLU backward and GroupNorm.
     impl<E: TchElement> KernelBackend for LibTorch<E> {
+        const CONV_PATH: ConvPath = ConvPath::NativeOwnWeightGrad;
+
+        /// `dW[o, i, kh, kw] = sum over images and output positions of grad[o] * columns[i, kh,
+        /// kw]`: PyTorch's `im2col` of the input (the columns live only here) and one batched
+        /// matrix product, summed over the batch in f32 (f64 for f64).
+        fn conv2d_weight_grad(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            options: ConvOptions<2>,
+        ) -> FloatTensor<Self> {
+            let w_size = weight.tensor.size();
+            if options.groups != 1 {
+                return <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, grad, options);
+            }
+            let i64s = |v: [usize; 2]| [v[0] as i64, v[1] as i64];
+            let columns = x.tensor.im2col(
+                [w_size[2], w_size[3]],
+                i64s(options.dilation),
+                i64s(options.padding),
+                i64s(options.stride),
+            );
+            let g = grad.tensor.flatten(2, 3).to_kind(columns.kind());
+            // The batch sum in f32 at least.
+            let wide = match columns.kind() {
+                Kind::Double => Kind::Double,
+                _ => Kind::Float,
+            };
+            let dw = g
+                .matmul(&columns.transpose(1, 2))
+                .sum_dim_intlist([0i64].as_slice(), false, wide)
+                .reshape(w_size.as_slice())
+                .to_kind(weight.tensor.kind());
+            TchTensor::new(dw)
+        }
+
         fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
             TchTensor::new(x.tensor.silu())
         }
@@ -248,6 +318,54 @@ mod tch_impl {
                 TchTensor::new(mean),
                 TchTensor::new(rstd),
             )
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use burn::tensor::{Distribution, Tensor, TensorPrimitive};
+
+        type T = LibTorch<f64>;
+
+        /// PyTorch's columns times the gradient against burn's default weight gradient (f64,
+        /// CPU) for 3x3 padded, strided and dilated kernels and a 1x1 kernel.
+        #[test]
+        fn columns_weight_gradient_matches_burns() {
+            let device = Default::default();
+            let normal = Distribution::Normal(0.0, 1.0);
+            let p = |t: Tensor<T, 4>| t.into_primitive().tensor();
+            let cases = [
+                (5, 7, 3, 1, 1, 1, 9, 8),
+                (4, 6, 3, 2, 1, 1, 9, 10),
+                (6, 3, 1, 1, 0, 1, 7, 5),
+                (4, 5, 3, 1, 2, 2, 9, 7),
+            ];
+            for (c_in, c_out, k, stride, pad, dilation, h, w) in cases {
+                let options = ConvOptions::new([stride; 2], [pad; 2], [dilation; 2], 1);
+                let x = Tensor::<T, 4>::random([2, c_in, h, w], normal, &device);
+                let weight = Tensor::<T, 4>::random([c_out, c_in, k, k], normal, &device);
+                let y =
+                    burn::tensor::module::conv2d(x.clone(), weight.clone(), None, options.clone());
+                let grad = y.random_like(normal);
+                let dw = |f: fn(_, _, _, _) -> _| {
+                    let t = f(
+                        p(x.clone()),
+                        p(weight.clone()),
+                        p(grad.clone()),
+                        options.clone(),
+                    );
+                    Tensor::<T, 4>::from_primitive(TensorPrimitive::Float(t))
+                };
+                let ours = dw(<T as KernelBackend>::conv2d_weight_grad);
+                let theirs = dw(<T as ModuleOps<T>>::conv2d_weight_backward);
+                let scale = theirs.clone().abs().max().into_scalar();
+                let err = (ours - theirs).abs().max().into_scalar() / scale;
+                assert!(
+                    err < 1e-12,
+                    "k {k} stride {stride} dilation {dilation}: {err:e}"
+                );
+            }
         }
     }
 }

@@ -16,6 +16,7 @@
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::backend::{Columns, ConvPath, KernelBackend};
@@ -24,6 +25,7 @@ use crate::backend::{Columns, ConvPath, KernelBackend};
 pub fn conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let im2col = match B::CONV_PATH {
         ConvPath::Native => false,
+        ConvPath::NativeOwnWeightGrad => return own_weight_grad_conv2d(conv, x),
         ConvPath::Im2col => true,
         // Overlapping windows (kernel larger than stride) and pointwise kernels; patch
         // embeddings (kernel = stride) keep burn's convolution.
@@ -38,6 +40,28 @@ pub fn conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 
     } else {
         conv.forward(x)
     }
+}
+
+/// `conv.forward(x)` through [`KernelBackend::convolve`] (its own weight gradient under
+/// autodiff) for ungrouped convolutions with bias and explicit padding; `conv.forward`
+/// otherwise.
+fn own_weight_grad_conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let (Some(padding), Some(bias)) = (explicit_padding(&conv.padding), &conv.bias) else {
+        return conv.forward(x);
+    };
+    let [top, left, bottom, right] = padding;
+    if conv.groups != 1 || top != bottom || left != right {
+        return conv.forward(x);
+    }
+    let options = ConvOptions::new(conv.stride, [top, left], conv.dilation, 1);
+    let float = |t: Tensor<B, 1>| t.into_primitive().tensor();
+    let y = B::convolve(
+        x.into_primitive().tensor(),
+        conv.weight.val().into_primitive().tensor(),
+        float(bias.val()),
+        options,
+    );
+    Tensor::from_primitive(TensorPrimitive::Float(y))
 }
 
 /// The explicit `(top, left, bottom, right)` padding of `conv`, or `None` for `Same`.
@@ -107,14 +131,16 @@ mod tests {
     use burn::tensor::Distribution;
 
     type A = Autodiff<TestBackend>;
+    type ConvFn = fn(&Conv2d<A>, Tensor<A, 4>) -> Tensor<A, 4>;
 
     fn max_rel(a: Tensor<A, 4>, b: Tensor<A, 4>) -> f64 {
         let scale = b.clone().abs().max().into_scalar();
         (a - b).abs().max().into_scalar() / scale
     }
 
-    /// Against burn's convolution (ndarray, f64): outputs and the gradients of the input,
-    /// weight and bias, for SD's 3x3 padded, strided 3x3 (downsamplers), 1x1 (shortcuts) and
+    /// [`im2col_conv2d`] and the own-weight-gradient operation (with burn-ndarray's default
+    /// weight gradient: this checks its wiring) against burn's convolution (ndarray, f64):
+    /// outputs and the gradients of the input, weight and bias, for SD's 3x3 padded, strided 3x3 (downsamplers), 1x1 (shortcuts) and
     /// 2x2 stride-2 (SD 3 patchify) cases, with odd sizes, a dilation and no bias.
     #[test]
     fn matches_burn_convolution_and_its_gradients() {
@@ -190,30 +216,38 @@ mod tests {
                 Tensor::<A, 4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &device)
                     .require_grad();
             let want = conv.forward(x.clone());
-            let got = im2col_conv2d(&conv, x.clone());
-            assert_eq!(got.dims(), want.dims(), "case {n}");
-            assert!(
-                max_rel(got.clone(), want.clone()) < 1e-12,
-                "case {n}: output"
-            );
             // A fixed random cotangent, so every output element's gradient path counts.
             let r = want.random_like(Distribution::Normal(0.0, 1.0)).detach();
-            let gw = (want * r.clone()).sum().backward();
-            let gg = (got * r).sum().backward();
-            let rel = |a: Tensor<TestBackend, 4>, b: Tensor<TestBackend, 4>| {
-                let scale = b.clone().abs().max().into_scalar();
-                (a - b).abs().max().into_scalar() / scale
-            };
-            let dx = rel(x.grad(&gg).unwrap(), x.grad(&gw).unwrap());
-            let dw = rel(
-                conv.weight.val().grad(&gg).unwrap(),
-                conv.weight.val().grad(&gw).unwrap(),
-            );
-            assert!(dx < 1e-12 && dw < 1e-12, "case {n}: dx {dx:e}, dw {dw:e}");
-            if let Some(b) = &conv.bias {
-                let (g1, g2) = (b.val().grad(&gg).unwrap(), b.val().grad(&gw).unwrap());
-                let db = (g1 - g2.clone()).abs().max().into_scalar() / g2.abs().max().into_scalar();
-                assert!(db < 1e-12, "case {n}: db {db:e}");
+            let gw = (want.clone() * r.clone()).sum().backward();
+            let ours: [(&str, ConvFn); 2] = [
+                ("im2col", im2col_conv2d),
+                ("own weight gradient", own_weight_grad_conv2d),
+            ];
+            for (path, conv2d) in ours {
+                let n = format!("{n} ({path})");
+                let got = conv2d(&conv, x.clone());
+                assert_eq!(got.dims(), want.dims(), "case {n}");
+                assert!(
+                    max_rel(got.clone(), want.clone()) < 1e-12,
+                    "case {n}: output"
+                );
+                let gg = (got * r.clone()).sum().backward();
+                let rel = |a: Tensor<TestBackend, 4>, b: Tensor<TestBackend, 4>| {
+                    let scale = b.clone().abs().max().into_scalar();
+                    (a - b).abs().max().into_scalar() / scale
+                };
+                let dx = rel(x.grad(&gg).unwrap(), x.grad(&gw).unwrap());
+                let dw = rel(
+                    conv.weight.val().grad(&gg).unwrap(),
+                    conv.weight.val().grad(&gw).unwrap(),
+                );
+                assert!(dx < 1e-12 && dw < 1e-12, "case {n}: dx {dx:e}, dw {dw:e}");
+                if let Some(b) = &conv.bias {
+                    let (g1, g2) = (b.val().grad(&gg).unwrap(), b.val().grad(&gw).unwrap());
+                    let db =
+                        (g1 - g2.clone()).abs().max().into_scalar() / g2.abs().max().into_scalar();
+                    assert!(db < 1e-12, "case {n}: db {db:e}");
+                }
             }
         }
     }
