@@ -76,15 +76,7 @@ pub trait AttentionBackend: KernelBackend {
         scale: f64,
         chunk: usize,
     ) -> [FloatTensor<Self>; 3] {
-        let saved = chunked::Saved {
-            q: tensor::<Self>(q),
-            k: tensor(k),
-            v: tensor(v),
-            out: tensor(out),
-            lse: tensor(stats),
-        };
-        let (dq, dk, dv) = chunked::backward(saved, tensor(d_out), scale, chunk);
-        [primitive(dq), primitive(dk), primitive(dv)]
+        chunked_backward::<Self>(q, k, v, out, stats, d_out, scale, chunk)
     }
 
     /// The row log-sum-exp `L_i = log sum_j exp(q_i . k_j * scale)`, chunked like
@@ -121,6 +113,30 @@ impl<B: AutodiffBackend<InnerBackend: AttentionBackend> + AttentionBackend> Auto
 {
 }
 
+/// [`chunked::backward`] on primitives: the default
+/// [`AttentionBackend::attention_backward`], with `lse` the saved row log-sum-exp.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn chunked_backward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    out: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    d_out: FloatTensor<B>,
+    scale: f64,
+    chunk: usize,
+) -> [FloatTensor<B>; 3] {
+    let saved = chunked::Saved {
+        q: tensor::<B>(q),
+        k: tensor(k),
+        v: tensor(v),
+        out: tensor(out),
+        lse: tensor(lse),
+    };
+    let (dq, dk, dv) = chunked::backward(saved, tensor(d_out), scale, chunk);
+    [primitive(dq), primitive(dk), primitive(dv)]
+}
+
 /// Wraps a float primitive in a rank-4 tensor.
 pub(crate) fn tensor<B: Backend>(p: FloatTensor<B>) -> Tensor<B, 4> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
@@ -146,22 +162,14 @@ pub fn efficient_attention<B: AttentionBackend>(
 ) -> Tensor<B, 4> {
     let [b, h, _, _] = q.dims();
     let chunk = chunk.unwrap_or_else(|| chunked::default_chunk(b, h, k.dims()[2]));
-    if B::NARROW_INPUTS {
-        return tensor(B::memory_efficient_attention(
-            primitive(q),
-            primitive(k),
-            primitive(v),
-            scale,
-            chunk,
-        ));
-    }
-    // Narrow inputs (bf16 under autocast) are computed wide: the chunked softmax statistics
-    // and the saved log-sum-exp need f32.
+    // Narrow inputs (bf16 under autocast) are computed wide unless the backend's kernel takes
+    // them as they are: the chunked softmax statistics and the saved log-sum-exp need f32.
     let dtype = v.dtype();
+    let wide = |t: Tensor<B, 4>| primitive(if B::NARROW_INPUTS { t } else { upcast(t) });
     let out = tensor(B::memory_efficient_attention(
-        primitive(upcast(q)),
-        primitive(upcast(k)),
-        primitive(upcast(v)),
+        wide(q),
+        wide(k),
+        wide(v),
         scale,
         chunk,
     ));

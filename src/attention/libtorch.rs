@@ -8,13 +8,12 @@
 //! the kernels keep f32 statistics. On the CPU the chunked computation of the other backends
 //! runs, on inputs widened to f32, so CPU results do not depend on the backend.
 
-use burn::tensor::DType;
 use burn::tensor::ops::FloatTensor;
 use burn_tch::{LibTorch, TchElement, TchTensor};
 use tch::{Kind, Tensor as TorchTensor};
 
 use super::chunked;
-use super::efficient::{AttentionBackend, primitive, tensor};
+use super::efficient::{AttentionBackend, chunked_backward, primitive, tensor};
 use crate::precision::{cast_to, upcast};
 
 /// Whether PyTorch's CUDA kernels apply.
@@ -111,16 +110,10 @@ impl<E: TchElement> AttentionBackend for LibTorch<E> {
             return cuda_backward(q, k, v, out, stats, d_out, scale);
         }
         let dtypes = [&q, &k, &v].map(|t| tensor::<Self>(t.clone()).dtype());
-        let wide = |t: FloatTensor<Self>| upcast(tensor::<Self>(t));
-        let saved = chunked::Saved {
-            q: wide(q),
-            k: wide(k),
-            v: wide(v),
-            out: wide(out),
-            lse: tensor(stats),
-        };
-        let (dq, dk, dv) = chunked::backward(saved, wide(d_out), scale, chunk);
-        let narrow = |t, dtype: DType| primitive(cast_to(t, dtype));
+        let wide = |t| primitive(upcast(tensor::<Self>(t)));
+        let (q, k, v, out, d_out) = (wide(q), wide(k), wide(v), wide(out), wide(d_out));
+        let [dq, dk, dv] = chunked_backward::<Self>(q, k, v, out, stats, d_out, scale, chunk);
+        let narrow = |g, dtype| primitive(cast_to(tensor::<Self>(g), dtype));
         [
             narrow(dq, dtypes[0]),
             narrow(dk, dtypes[1]),

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::columns::Columns;
 
-/// The float types the loops handle, with the SiLU's scalar formulas.
+/// The float types the loops handle, with widening for sums and the SiLU's scalar formulas.
 pub(crate) trait Value:
     Copy
     + Default

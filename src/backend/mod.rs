@@ -3,8 +3,9 @@
 //! backend the cargo features add, the way burn's own extension traits are.
 //!
 //! Code asks `B::CONV_PATH` or `B::HALF_PRECISION`, gathers convolution windows with
-//! `B::im2col` and normalises with `B::group_norm`; nothing matches backend names. `Autodiff<B>` and `Fusion<B>` answer what `B`
-//! answers; `Autodiff<B>` differentiates `im2col` and `col2im` as each other's adjoint.
+//! `B::im2col` and normalises with `B::group_norm`; nothing matches backend names.
+//! `Autodiff<B>` and `Fusion<B>` answer what `B` answers; `Autodiff<B>` differentiates
+//! `im2col` and `col2im` as each other's adjoint.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};

@@ -140,8 +140,9 @@ mod tests {
 
     /// [`im2col_conv2d`] and the own-weight-gradient operation (with burn-ndarray's default
     /// weight gradient: this checks its wiring) against burn's convolution (ndarray, f64):
-    /// outputs and the gradients of the input, weight and bias, for SD's 3x3 padded, strided 3x3 (downsamplers), 1x1 (shortcuts) and
-    /// 2x2 stride-2 (SD 3 patchify) cases, with odd sizes, a dilation and no bias.
+    /// outputs and the gradients of the input, weight and bias, for SD's 3x3 padded, strided
+    /// 3x3 (downsamplers), 1x1 (shortcuts) and 2x2 stride-2 (SD 3 patchify) cases, with odd
+    /// sizes, a dilation and no bias.
     #[test]
     fn matches_burn_convolution_and_its_gradients() {
         let device = Default::default();
