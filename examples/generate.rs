@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ctcal::attention::AttentionBackend;
+use ctcal::hub::ModelLocation;
 use ctcal::launch::{BackendKind, OnBackend, launch};
 use ctcal::lora::{LoraConfig, apply_lora, import_peft, merge_lora};
 use ctcal::pipeline::{
@@ -30,9 +31,17 @@ use ctcal::vae::tensor_to_images;
 /// Render images from a diffusers pipeline folder.
 #[derive(Parser, Debug)]
 struct Cli {
-    /// A diffusers pipeline folder (with `model_index.json`).
-    #[arg(long, default_value = "weights/tiny-sd21")]
-    pipeline: PathBuf,
+    /// A diffusers pipeline folder (with `model_index.json`), or a model id in the Hugging Face
+    /// cache (`HF_HUB_CACHE`, `HF_HOME`; nothing is downloaded).
+    #[arg(
+        long,
+        visible_alias = "pretrained-model-name-or-path",
+        default_value = "weights/tiny-sd21"
+    )]
+    pipeline: String,
+    /// The hub revision (branch, tag or commit) of a pipeline given by id.
+    #[arg(long)]
+    revision: Option<String>,
     /// A prompt (repeat for several); default: two shape captions.
     #[arg(long)]
     prompt: Vec<String>,
@@ -73,7 +82,7 @@ struct Cli {
     #[arg(long, default_value = "out/generate")]
     out: PathBuf,
     /// Backend.
-    #[arg(long, default_value = "ndarray")]
+    #[arg(long, default_value_t = BackendKind::default())]
     backend: BackendKind,
 }
 
@@ -123,37 +132,35 @@ fn run<B: AttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
         .with_height(cli.height)
         .with_width(cli.width)
         .with_max_sequence_length(cli.max_sequence_length);
-    let folder = PipelineFolder::open(&cli.pipeline)?;
+    let location = ModelLocation::resolve(
+        &cli.pipeline,
+        cli.revision.as_deref(),
+        None,
+        "model_index.json",
+    )?;
+    let folder = PipelineFolder::open(&location.root)?;
     let variant = cli.variant.as_deref();
     let started = std::time::Instant::now();
     let generated = if SD_CLASSES.contains(&folder.class.as_str()) {
-        let mut pipe = StableDiffusion::<B>::load(&cli.pipeline, variant, device)?;
+        let mut pipe = StableDiffusion::<B>::from_pretrained(&location, variant, device)?;
         if let Some(lora) = &cli.lora {
             let config = LoraConfig::unet_default().with_rank(cli.rank);
             pipe.unet = with_lora(pipe.unet, &config, lora)?;
         }
-        println!(
-            "loaded {} in {:.1?}",
-            cli.pipeline.display(),
-            started.elapsed()
-        );
+        println!("loaded {} in {:.1?}", cli.pipeline, started.elapsed());
         pipe.generate(&refs, Some(&negative), &config, None)?
     } else if SD3_CLASSES.contains(&folder.class.as_str()) {
-        let mut pipe = StableDiffusion3::<B>::load(&cli.pipeline, variant, device)?;
+        let mut pipe = StableDiffusion3::<B>::from_pretrained(&location, variant, device)?;
         if let Some(lora) = &cli.lora {
             let config = LoraConfig::mmdit_default().with_rank(cli.rank);
             pipe.transformer = with_lora(pipe.transformer, &config, lora)?;
         }
-        println!(
-            "loaded {} in {:.1?}",
-            cli.pipeline.display(),
-            started.elapsed()
-        );
+        println!("loaded {} in {:.1?}", cli.pipeline, started.elapsed());
         pipe.generate(&refs, Some(&negative), &config, None)?
     } else {
         bail!(
             "{}: pipeline class {} is not supported (expected {} or {})",
-            cli.pipeline.display(),
+            location.root.display(),
             folder.class,
             SD_CLASSES.join(", "),
             SD3_CLASSES.join(", ")

@@ -45,7 +45,7 @@ struct Args {
     #[arg(long)]
     variant: Option<String>,
     /// Backend to run on.
-    #[arg(long, default_value = "ndarray")]
+    #[arg(long, default_value_t = BackendKind::default())]
     backend: BackendKind,
     /// Skip the PNG heatmaps.
     #[arg(long)]

@@ -62,8 +62,16 @@ struct Cli {
     /// A diffusers SD 2.x pipeline folder (its tokenizer, text encoder and VAE encode
     /// image-folder data and render validation images; its `unet/` is trained) or a shapes
     /// UNet model folder (`base_config.json`, `base.safetensors`).
-    #[arg(long, default_value = "weights/shapes-unet")]
-    pipeline: PathBuf,
+    ///
+    /// A model id (`stabilityai/stable-diffusion-2-1`) is looked up in the Hugging Face cache
+    /// (`HF_HUB_CACHE`, `HF_HOME`) at `--revision`; nothing is downloaded.
+    #[arg(
+        long,
+        visible_alias = "pretrained-model-name-or-path",
+        alias = "pretrained_model_name_or_path",
+        default_value = "weights/shapes-unet"
+    )]
+    pipeline: String,
     /// Train this `unet/` folder instead of the pipeline's.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -105,15 +113,17 @@ impl OnAutodiffBackend for Run<'_> {
 
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let teacher = TeacherRule::FixedTimestep(cli.teacher_t);
-    if is_shapes_model(&cli.pipeline) {
+    let location = cli.train.locate(&cli.pipeline)?;
+    let variant = cli.train.variant.as_deref();
+    if is_shapes_model(&location.root) {
         if cli.prediction.is_some() || cli.model.is_some() || cli.override_scheduler {
             bail!(
                 "--prediction, --override-scheduler and --model: {} is a shapes model, which trains whole on its own \
                  schedule (v-prediction)",
-                cli.pipeline.display()
+                cli.pipeline
             );
         }
-        let (dir, args) = (&cli.pipeline, &cli.train);
+        let (dir, args) = (&location.root, &cli.train);
         return fit_shapes::<B, UNet2DConditionModel<B>>(
             dir,
             args,
@@ -122,21 +132,22 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
             device,
         );
     }
-    let pipe = StableDiffusion::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
+    let pipe = StableDiffusion::<B::InnerBackend>::from_pretrained(&location, variant, device)?;
     let model_dir = cli
         .model
         .clone()
-        .unwrap_or_else(|| cli.pipeline.join("unet"));
+        .unwrap_or_else(|| location.root.join("unet"));
     let config = UNet2DConditionConfig::from_diffusers_json(&model_dir.join("config.json"))?;
     let resolution = (config.sample_size * pipe.vae.downscale) as u32;
-    let (unet, report) = load_module(config.init::<B>(device), &model_dir, None)?;
+    let (unet, report) = load_module(config.init::<B>(device), &model_dir, variant)
+        .map_err(|e| location.explain(e))?;
     println!(
         "loaded {} tensors from {}",
         report.tensors,
         report.files.join(", ")
     );
     // The training schedule is the pipeline's scheduler file's, as in diffusers' scripts.
-    let file = cli.pipeline.join("scheduler/scheduler_config.json");
+    let file = location.root.join("scheduler/scheduler_config.json");
     let mut ddpm = DdpmConfig::from_sampler(&pipe.scheduler);
     ddpm.prediction_type = file_setting(
         "prediction",

@@ -41,8 +41,16 @@ struct Cli {
     /// A diffusers SD 3 pipeline folder (its tokenizers, text encoders and VAE encode
     /// image-folder data and render validation images; its `transformer/` is trained) or a
     /// shapes MMDiT model folder (`base_config.json`, `base.safetensors`).
-    #[arg(long, default_value = "weights/shapes-mmdit")]
-    pipeline: PathBuf,
+    ///
+    /// A model id (`stabilityai/stable-diffusion-2-1`) is looked up in the Hugging Face cache
+    /// (`HF_HUB_CACHE`, `HF_HOME`) at `--revision`; nothing is downloaded.
+    #[arg(
+        long,
+        visible_alias = "pretrained-model-name-or-path",
+        alias = "pretrained_model_name_or_path",
+        default_value = "weights/shapes-mmdit"
+    )]
+    pipeline: String,
     /// Train this `transformer/` folder instead of the pipeline's.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -88,33 +96,37 @@ impl OnAutodiffBackend for Run<'_> {
 
 fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
     let teacher = cli.teacher_sigma.map(TeacherRule::FixedSigma);
-    if is_shapes_model(&cli.pipeline) {
+    let location = cli.train.locate(&cli.pipeline)?;
+    let variant = cli.train.variant.as_deref();
+    if is_shapes_model(&location.root) {
         if cli.shift.is_some() || cli.model.is_some() || cli.override_scheduler {
             bail!(
                 "--shift, --override-scheduler and --model: {} is a shapes model, which trains whole on its own \
                  schedule (shift 1)",
-                cli.pipeline.display()
+                cli.pipeline
             );
         }
-        let (dir, args) = (&cli.pipeline, &cli.train);
+        let (dir, args) = (&location.root, &cli.train);
         return fit_shapes::<B, SD3Transformer2DModel<B>>(dir, args, teacher, DEFAULT_OUT, device);
     }
-    let mut pipe = StableDiffusion3::<B::InnerBackend>::load(&cli.pipeline, None, device)?;
+    let mut pipe =
+        StableDiffusion3::<B::InnerBackend>::from_pretrained(&location, variant, device)?;
     pipe.max_sequence_length = cli.max_sequence_length;
     let model_dir = cli
         .model
         .clone()
-        .unwrap_or_else(|| cli.pipeline.join("transformer"));
+        .unwrap_or_else(|| location.root.join("transformer"));
     let config = SD3Transformer2DConfig::from_diffusers_json(&model_dir.join("config.json"))?;
     let resolution = (config.sample_size * pipe.vae.downscale) as u32;
-    let (model, report) = load_module(config.init::<B>(device), &model_dir, None)?;
+    let (model, report) = load_module(config.init::<B>(device), &model_dir, variant)
+        .map_err(|e| location.explain(e))?;
     println!(
         "loaded {} tensors from {}",
         report.tensors,
         report.files.join(", ")
     );
     // The training schedule is the pipeline's scheduler file's, as in diffusers' scripts.
-    let file = cli.pipeline.join("scheduler/scheduler_config.json");
+    let file = location.root.join("scheduler/scheduler_config.json");
     let mut flow = FlowConfig::from_sampler(&pipe.scheduler);
     flow.shift = file_setting(
         "shift",

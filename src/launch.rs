@@ -24,10 +24,13 @@ use crate::attention::{AttentionBackend, AutodiffAttentionBackend};
 use crate::error::{Error, Result};
 
 /// A backend a binary can run on, each behind its cargo feature; every one computes in f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+///
+/// The default is the build's own: a build with `cuda` runs on CUDA, else one with `tch` on
+/// LibTorch, else one with `wgpu` on wgpu, else ndarray (so `--features cuda` does not train on
+/// the CPU unless told to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
     /// burn-ndarray on the CPU (feature `ndarray`, the default).
-    #[default]
     Ndarray,
     /// burn-wgpu: Vulkan, Metal or DX12 (feature `wgpu`).
     Wgpu,
@@ -75,6 +78,15 @@ impl BackendKind {
             self.feature(),
             built.join(", ")
         )))
+    }
+}
+
+impl Default for BackendKind {
+    fn default() -> Self {
+        [Self::Cuda, Self::Tch, Self::Wgpu]
+            .into_iter()
+            .find(|k| k.is_compiled())
+            .unwrap_or(Self::Ndarray)
     }
 }
 
@@ -188,6 +200,22 @@ mod tests {
             }
             let err = launch(BackendKind::Cuda, Never).unwrap_err().to_string();
             assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_default_is_the_builds_gpu_backend() {
+        let default = BackendKind::default();
+        assert!(default.is_compiled());
+        let gpu = [BackendKind::Cuda, BackendKind::Tch, BackendKind::Wgpu];
+        let expected = match gpu.into_iter().find(|k| k.is_compiled()) {
+            Some(kind) => kind,
+            None => BackendKind::Ndarray,
+        };
+        assert_eq!(default, expected);
+        // The test command builds wgpu in: its runs default to it, not to the CPU.
+        if cfg!(feature = "wgpu") && !cfg!(feature = "cuda-untuned") && !cfg!(feature = "tch") {
+            assert_eq!(default, BackendKind::Wgpu);
         }
     }
 }

@@ -11,7 +11,8 @@
 //! Layers, bottom to top (a module uses only those below it):
 //! - [`error`], [`config`] (diffusers' JSON configs), [`precision`] (mixed-precision casts),
 //!   [`backend`] (per-backend kernel choices), [`heap`] (an allocator opt-in for binaries);
-//! - [`weights`] (diffusers safetensors in and out), [`viz`] (PNG maps and plots),
+//! - [`weights`] (diffusers safetensors in and out), [`hub`] (models by id from the Hugging Face
+//!   cache), [`viz`] (PNG maps and plots),
 //!   [`schedule`] (noise schedules, samplers), [`nouns`] (which tokens are nouns);
 //! - [`nn`] (shared layers, `LoraLinear`), [`attention`] (the hook trait every model threads
 //!   through its forward, the memory-efficient attention op);
@@ -64,6 +65,7 @@ pub mod data;
 pub mod denoiser;
 pub mod error;
 pub mod heap;
+pub mod hub;
 pub mod launch;
 pub mod lora;
 pub mod mmdit;

@@ -9,6 +9,7 @@ use clap::{Args, ValueEnum};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::calibration::CtcalConfig;
 use ctcal::data::{BadRowPolicy, Dataset, TrainingData};
+use ctcal::hub::ModelLocation;
 use ctcal::launch::BackendKind;
 use ctcal::lora::LoraConfig;
 use ctcal::pipeline::shapes::{ShapesDenoiserPart, ShapesPipeline, load_shapes_pipeline};
@@ -20,6 +21,9 @@ use ctcal::train::{
 };
 use ctcal::weights::save_diffusers;
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// The bundled shapes data, the default `--data`.
+const SHAPES_DATA: &str = "weights/shapes-data";
 
 /// Compute type of the forward and backward passes (weights and optimiser state stay f32).
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -56,8 +60,10 @@ pub struct TrainArgs {
     /// over images, encoded on the fly by the pipeline's frozen VAE and text encoders, or over
     /// cached features (`.safetensors` with `latents`, `encoder_hidden_states`, optional
     /// `pooled_projections`), e.g. `weights/tiny-data`.
-    #[arg(long, default_value = "weights/shapes-data")]
-    pub data: PathBuf,
+    /// Default: the bundled shapes set `weights/shapes-data` (in the repository, not the
+    /// crates.io package), which a diffusers pipeline trains on only with a notice.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
     /// Image side for image folders (resized and centre-cropped); default: the denoiser's
     /// native resolution.
     #[arg(long)]
@@ -69,42 +75,85 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 10)]
     pub validate_every: usize,
     /// A validation prompt (repeat for several); default: the first captions of the data.
-    #[arg(long)]
+    #[arg(long, alias = "validation_prompt")]
     pub validation_prompt: Vec<String>,
     /// Denoising steps of the validation images.
     #[arg(long, default_value_t = 20)]
     pub validation_steps: usize,
-    /// Backend to train on: ndarray, wgpu, cuda or tch (each needs its cargo feature).
-    #[arg(long, default_value = "ndarray")]
+    /// The hub revision (branch, tag or commit) of a pipeline given by model id.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Weight files variant (`fp16`: `*.fp16.safetensors`); by default the plain files, else
+    /// the `fp16` ones when only they are there.
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Backend to train on: ndarray, wgpu, cuda or tch (each needs its cargo feature); by
+    /// default the build's GPU backend if it has one, else ndarray.
+    #[arg(long, default_value_t = BackendKind::default())]
     pub backend: BackendKind,
     /// Mixed precision (diffusers' `--mixed_precision`): bf16 or fp16 forward and backward,
     /// f32 weights and AdamW state. GPU backends only.
-    #[arg(long, value_enum, default_value = "no")]
+    #[arg(long, alias = "mixed_precision", value_enum, default_value = "no")]
     pub mixed_precision: Precision,
     /// Gradient checkpointing (burn's `BalancedCheckpointing`): recompute cheap activations
     /// in the backward pass instead of keeping them; same gradients, less memory.
-    #[arg(long)]
+    #[arg(
+        long,
+        visible_alias = "gradient-checkpointing",
+        alias = "gradient_checkpointing"
+    )]
     pub checkpointing: bool,
     /// Train with a published recipe's settings (its flags cannot be given beside it).
     #[arg(long, value_enum, conflicts_with_all = ["steps", "batch_size", "lr", "warmup_steps", "lr_schedule", "rank"])]
     pub recipe: Option<Recipe>,
     /// Optimiser steps.
-    #[arg(long, default_value_t = 30)]
+    #[arg(
+        long,
+        visible_alias = "max-train-steps",
+        alias = "max_train_steps",
+        default_value_t = 30
+    )]
     pub steps: usize,
     /// Samples per step (per micro-batch with --grad-accum).
-    #[arg(long, default_value_t = 2)]
+    #[arg(
+        long,
+        visible_alias = "train-batch-size",
+        alias = "train_batch_size",
+        default_value_t = 2
+    )]
     pub batch_size: usize,
     /// Micro-batches per optimiser step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(
+        long,
+        visible_alias = "gradient-accumulation-steps",
+        alias = "gradient_accumulation_steps",
+        default_value_t = 1
+    )]
     pub grad_accum: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(
+        long,
+        visible_alias = "learning-rate",
+        alias = "learning_rate",
+        default_value_t = 1e-4
+    )]
     pub lr: f64,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = 0)]
+    #[arg(
+        long,
+        visible_alias = "lr-warmup-steps",
+        alias = "lr_warmup_steps",
+        default_value_t = 0
+    )]
     pub warmup_steps: usize,
     /// Schedule after warm-up.
-    #[arg(long, value_enum, default_value = "constant")]
+    #[arg(
+        long,
+        visible_alias = "lr-scheduler",
+        alias = "lr_scheduler",
+        value_enum,
+        default_value = "constant"
+    )]
     pub lr_schedule: Schedules,
     /// LoRA rank (ignored with --full).
     #[arg(long, default_value_t = 4)]
@@ -122,14 +171,26 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Checkpoint every N steps (and at the end).
-    #[arg(long, default_value_t = 10)]
+    #[arg(
+        long,
+        visible_alias = "checkpointing-steps",
+        alias = "checkpointing_steps",
+        default_value_t = 10
+    )]
     pub checkpoint_every: usize,
+    /// Checkpoints kept (older ones are removed); 0 keeps all.
+    #[arg(long, alias = "checkpoints_total_limit", default_value_t = 3)]
+    pub checkpoints_total_limit: usize,
     /// Output folder: checkpoints, metrics.jsonl, the exported weights.
-    #[arg(long)]
+    #[arg(long, visible_alias = "output-dir", alias = "output_dir")]
     pub out: Option<PathBuf>,
     /// Continue the run in --out from its latest checkpoint (also to more --steps).
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// diffusers' spelling of --resume: `latest` is the only value (the run continues from
+    /// `<out>/checkpoints/latest`).
+    #[arg(long, alias = "resume_from_checkpoint", value_parser = ["latest"], conflicts_with = "overwrite")]
+    pub resume_from_checkpoint: Option<String>,
     /// Clear --out before training; without it a fresh run into a folder with files is refused.
     #[arg(long)]
     pub overwrite: bool,
@@ -145,7 +206,7 @@ impl TrainArgs {
         self.config(CtcalConfig::new())
             .validate()
             .context("checking the training flags (--steps, --batch-size, --lr, ...)")?;
-        check_output_dir(&self.out(default_out), self.resume, self.overwrite)?;
+        check_output_dir(&self.out(default_out), self.resuming(), self.overwrite)?;
         if !matches!(self.mixed_precision, Precision::No) && self.backend == BackendKind::Ndarray {
             bail!(
                 "--mixed-precision {:?} needs --backend cuda (or wgpu): ndarray has no bf16/f16",
@@ -174,12 +235,40 @@ impl TrainArgs {
         .with_ema_decay(self.ema_decay)
         .with_seed(self.seed)
         .with_checkpoint_every(self.checkpoint_every)
+        .with_checkpoints_total_limit(self.checkpoints_total_limit)
         .with_sample_posterior(!self.latent_mean)
         .with_mixed_precision(match self.mixed_precision {
             Precision::No => MixedPrecision::No,
             Precision::Bf16 => MixedPrecision::Bf16,
             Precision::Fp16 => MixedPrecision::Fp16,
         })
+    }
+
+    /// Where the pipeline named by `name_or_path` (a folder, or a model id in the Hugging Face
+    /// cache at `--revision`) is on disk.
+    pub fn locate(&self, name_or_path: &str) -> Result<ModelLocation> {
+        let location = ModelLocation::resolve(
+            name_or_path,
+            self.revision.as_deref(),
+            None,
+            "model_index.json",
+        )?;
+        if let Some(hub) = &location.hub {
+            println!(
+                "{} at {} (commit {}): {}",
+                hub.repo_id,
+                hub.revision,
+                hub.commit,
+                location.root.display()
+            );
+        }
+        Ok(location)
+    }
+
+    /// Whether to continue from the latest checkpoint (--resume or
+    /// --resume-from-checkpoint latest).
+    pub fn resuming(&self) -> bool {
+        self.resume || self.resume_from_checkpoint.is_some()
     }
 
     /// The output folder (`default` without `--out`).
@@ -191,7 +280,8 @@ impl TrainArgs {
     /// rows it skips are printed when the trainer reports them; fewer usable samples than a
     /// batch is an error.
     pub fn open_data(&self, resolution: u32) -> Result<TrainingData> {
-        let meta = self.data.join("metadata.jsonl");
+        let dir = self.data.as_deref().unwrap_or(Path::new(SHAPES_DATA));
+        let meta = dir.join("metadata.jsonl");
         let policy = match self.strict {
             true => BadRowPolicy::Fail,
             false => BadRowPolicy::Skip,
@@ -234,7 +324,7 @@ impl TrainArgs {
     ) -> Trainer<'a> {
         let mut trainer = Trainer::new(config)
             .output_dir(out)
-            .resume(self.resume)
+            .resume(self.resuming())
             .overwrite(self.overwrite)
             .validation(Validation {
                 prompts: self.validation_prompt.clone(),
@@ -377,6 +467,12 @@ where
     M: Trainable<B>,
     P: TrainInputs<B, M>,
 {
+    if args.data.is_none() {
+        println!(
+            "no --data: training on the bundled toy set {SHAPES_DATA} (32x32 pictures of \
+             coloured shapes); give --data for your own images or cached features"
+        );
+    }
     let data = args.open_data(denoiser.resolution)?;
     let out = args.out(default_out);
     let bar = progress_bar();

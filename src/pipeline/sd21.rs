@@ -10,6 +10,7 @@ use super::index::PipelineFolder;
 use crate::attention::AttentionBackend;
 use crate::denoiser::{Denoiser, TextCond};
 use crate::error::Result;
+use crate::hub::ModelLocation;
 use crate::schedule::{DDIM_COMPATIBLE, DdimConfig, DdimScheduler};
 use crate::text::{
     ClipTextConfig, ClipTextModel, ClipTokenizer, load_transformers, sd21_prompt_embeds,
@@ -41,6 +42,17 @@ pub struct StableDiffusion<B: Backend> {
 }
 
 impl<B: AttentionBackend> StableDiffusion<B> {
+    /// Loads the pipeline a [`ModelLocation`] found (a folder or a model in the Hugging Face
+    /// cache, diffusers' `from_pretrained`); a file missing from a cached snapshot is named
+    /// with the command that fetches it.
+    pub fn from_pretrained(
+        location: &ModelLocation,
+        variant: Option<&str>,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Self::load(&location.root, variant, device).map_err(|e| location.explain(e))
+    }
+
     /// Loads every component of a diffusers pipeline folder; `variant` as in
     /// [`load_module`] (`Some("fp16")`). The scheduler must be DDIM-compatible (see
     /// [`DdimConfig::from_diffusers_json`]).

@@ -10,6 +10,7 @@ use super::index::PipelineFolder;
 use crate::attention::AttentionBackend;
 use crate::denoiser::{Denoiser, TextCond};
 use crate::error::Result;
+use crate::hub::ModelLocation;
 use crate::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 use crate::schedule::{FlowEulerConfig, FlowEulerScheduler};
 use crate::text::{
@@ -53,6 +54,17 @@ pub struct StableDiffusion3<B: Backend> {
 }
 
 impl<B: AttentionBackend> StableDiffusion3<B> {
+    /// Loads the pipeline a [`ModelLocation`] found (a folder or a model in the Hugging Face
+    /// cache, diffusers' `from_pretrained`); a file missing from a cached snapshot is named
+    /// with the command that fetches it.
+    pub fn from_pretrained(
+        location: &ModelLocation,
+        variant: Option<&str>,
+        device: &B::Device,
+    ) -> Result<Self> {
+        Self::load(&location.root, variant, device).map_err(|e| location.explain(e))
+    }
+
     /// Loads every component of a diffusers SD 3 pipeline folder (`text_encoder_3` and
     /// `tokenizer_3` may be `[null, null]`); `variant` as in [`load_module`].
     pub fn load(root: &Path, variant: Option<&str>, device: &B::Device) -> Result<Self> {

@@ -7,6 +7,9 @@
 //!   weight when fine-tuning fully), by burn module path;
 //! - `autoencoder.safetensors`: the CTCal map auto-encoder;
 //! - `ema.safetensors` when an EMA is kept;
+//! - `pytorch_lora_weights.safetensors` in a LoRA run: the adapters at that step (the EMA's
+//!   when kept) in the layout diffusers' `load_lora_weights` reads, as diffusers' scripts save
+//!   with each checkpoint;
 //! - `optimizer.mpk`, `optimizer_ae.mpk`: burn's AdamW records (full precision, maps sorted:
 //!   so the same state gives the same bytes).
 //!
@@ -76,8 +79,6 @@ const AE: &str = "autoencoder.safetensors";
 const EMA: &str = "ema.safetensors";
 const OPTIM: &str = "optimizer";
 const OPTIM_AE: &str = "optimizer_ae";
-/// Checkpoints kept besides the newest.
-const KEEP: usize = 2;
 
 fn store_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Weights(format!("{}: {e}", path.display()))
@@ -233,12 +234,15 @@ pub struct CheckpointParts<'a, B: AutodiffBackend, M, A, O1, O2> {
     pub optim_ae: &'a O2,
     /// The EMA model, if kept.
     pub ema: Option<&'a M>,
+    /// Writes the run's export (`pytorch_lora_weights.safetensors`) into the checkpoint
+    /// folder, given the folder and the exported model (the EMA's when kept).
+    pub export: Option<&'a dyn Fn(&Path, &M) -> Result<()>>,
     /// Marker.
     pub _b: std::marker::PhantomData<B>,
 }
 
-/// Writes a checkpoint under `root` (`<out>/checkpoints`) and points `latest` at it; removes
-/// all but the newest few. Returns its folder.
+/// Writes a checkpoint under `root` (`<out>/checkpoints`) and points `latest` at it; keeps
+/// the newest `state.config.checkpoints_total_limit` (0: all). Returns its folder.
 pub fn save_checkpoint<B, M, A, O1, O2>(
     root: &Path,
     state: &CheckpointState,
@@ -268,7 +272,7 @@ where
     }
     std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
     write_atomic(&root.join("latest"), name.as_bytes())?;
-    prune(root, &name);
+    prune(root, &name, state.config.checkpoints_total_limit);
     Ok(dir)
 }
 
@@ -291,6 +295,9 @@ where
     if let Some(ema) = parts.ema {
         save_params(ema, &tmp.join(EMA), filter)?;
     }
+    if let Some(export) = parts.export {
+        export(tmp, parts.ema.unwrap_or(parts.model))?;
+    }
     save_optimizer(parts.optim, &tmp.join(OPTIM))?;
     save_optimizer(parts.optim_ae, &tmp.join(OPTIM_AE))?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Json {
@@ -300,8 +307,9 @@ where
     std::fs::write(tmp.join(STATE), json).map_err(|e| Error::io(&tmp.join(STATE), e))
 }
 
-/// Removes checkpoint folders older than the newest `KEEP + 1` and stale temporary folders.
-fn prune(root: &Path, newest: &str) {
+/// Removes checkpoint folders older than the newest `keep` (0: none removed) and stale
+/// temporary folders.
+fn prune(root: &Path, newest: &str, keep: usize) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
@@ -315,7 +323,10 @@ fn prune(root: &Path, newest: &str) {
         }
     }
     done.sort();
-    let excess = done.len().saturating_sub(KEEP + 1);
+    let excess = match keep {
+        0 => 0,
+        keep => done.len().saturating_sub(keep),
+    };
     for name in &done[..excess] {
         let _ = std::fs::remove_dir_all(root.join(name));
     }

@@ -59,6 +59,10 @@ pub struct TrainConfig {
     /// Checkpoint every this many steps (and at the end); 0: only at the end.
     #[config(default = 100)]
     pub checkpoint_every: usize,
+    /// Checkpoints kept: older ones are removed after each new one (diffusers'
+    /// `--checkpoints_total_limit`); 0 keeps every one.
+    #[config(default = 3)]
+    pub checkpoints_total_limit: usize,
     /// Print the loss every this many steps.
     #[config(default = 10)]
     pub log_every: usize,

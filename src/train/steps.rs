@@ -20,10 +20,14 @@ use crate::backend::KernelBackend;
 use crate::calibration::{LossParts, MapAutoEncoder, StepDraw, ctcal_step};
 use crate::data::{Batch, BatchFeatures, DataFingerprint, Dataset, Loader, LoaderConfig};
 use crate::error::{Error, Result};
+use crate::lora::export_peft;
 use crate::nn::normal_tensor;
 use crate::nouns::Nouns;
 use crate::precision::cast_params;
 use crate::schedule::Schedule;
+
+/// The LoRA export's file name, in the output folder and in each checkpoint (diffusers').
+pub(crate) const LORA_WEIGHTS: &str = "pytorch_lora_weights.safetensors";
 
 /// Mixes `(seed, step, stream)` into one seed (SplitMix64 finaliser), so the randomness of a
 /// step does not depend on what ran before it: a resumed run draws exactly what an
@@ -101,6 +105,9 @@ where
     let mut optim_ae = adamw.init::<B, MapAutoEncoder<B>>();
     let root = out.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    let export_lora = |dir: &Path, model: &M| -> Result<()> {
+        export_peft(model, &dir.join(LORA_WEIGHTS), M::PEFT_PREFIX).map(|_| ())
+    };
 
     // Resume.
     let mut start = 0;
@@ -213,6 +220,7 @@ where
                 optim: &optim,
                 optim_ae: &optim_ae,
                 ema: ema.as_ref().map(|e| &e.model),
+                export: (trained == Trained::Lora).then_some(&export_lora),
                 _b: std::marker::PhantomData,
             };
             Some(save_checkpoint(&root, &state, parts)?)

@@ -48,7 +48,7 @@ use super::checkpoint::{Trained, save_params};
 use super::data_check::check_captions;
 use super::output_dir::{check_output_dir, prepare_output_dir};
 use super::outputs::{PreviewBatch, Validation, write_validation};
-use super::steps::{LoopSetup, check_resume, read_metrics, run_steps};
+use super::steps::{LORA_WEIGHTS, LoopSetup, check_resume, read_metrics, run_steps};
 use super::{Event, Output, StepLog, TrainConfig, TrainInputs, Trainable, count_params, loss_plot};
 use crate::backend::KernelBackend;
 use crate::calibration::MapAutoEncoder;
@@ -337,7 +337,7 @@ impl<'a> Trainer<'a> {
         };
         let step = config.steps;
         if trained == Trained::Lora {
-            let path = out.join("pytorch_lora_weights.safetensors");
+            let path = out.join(LORA_WEIGHTS);
             export_peft(fitted.final_model(), &path, M::PEFT_PREFIX)?;
             self.wrote(Output::LoraWeights, &path, step);
         }

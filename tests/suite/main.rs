@@ -7,6 +7,7 @@ mod ctcal_parity;
 mod embedded_default;
 mod full_size;
 mod fuzz;
+mod hub_cache;
 mod lora_parity;
 mod mmdit_naming;
 mod mmdit_parity;

@@ -124,7 +124,7 @@ fn position_table_matches_diffusers_buffer() {
     assert!(err < 1e-6, "position table relative error {err}");
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-every-model")]
 #[test]
 fn sd3_matches_diffusers_wgpu() {
     check_case::<crate::common::Gpu>("mmdit_sd3", &Default::default());

@@ -14,7 +14,7 @@ use crate::common::{Cpu, fixture, rel_err, values};
 
 const TOL: f32 = 1e-4;
 
-fn weights(name: &str) -> PathBuf {
+pub fn weights(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("weights")
         .join(name)
@@ -61,8 +61,13 @@ fn check(name: &str, case: &Case, got: Generated<impl burn::tensor::backend::Bac
 }
 
 fn sd21<B: AttentionBackend>(device: &B::Device) {
-    let c = case("pipeline_sd21");
     let pipe = StableDiffusion::<B>::load(&weights("tiny-sd21"), None, device).unwrap();
+    sd21_matches(&pipe, device);
+}
+
+/// `pipe`, the tiny SD 2.1 pipeline however it was loaded, generates diffusers' images.
+pub fn sd21_matches<B: AttentionBackend>(pipe: &StableDiffusion<B>, device: &B::Device) {
+    let c = case("pipeline_sd21");
     let prompts: Vec<&str> = c.prompts.iter().map(String::as_str).collect();
     let negative: Vec<&str> = c.negative.iter().map(String::as_str).collect();
     let latents = c.inputs.tensor("latents", device).unwrap();

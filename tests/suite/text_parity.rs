@@ -136,14 +136,14 @@ fn t5_encoder_matches_transformers_ndarray() {
     check_t5::<crate::common::Cpu>(&Default::default());
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-every-model")]
 #[test]
 fn clip_text_models_match_transformers_wgpu() {
     // Non-legacy pooling with quick_gelu; legacy pooling with GELU and the projection.
     check_clip_family::<crate::common::Gpu>(&Default::default(), &["clip_eos", "clip_g"]);
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-every-model")]
 #[test]
 fn t5_encoder_matches_transformers_wgpu() {
     check_t5::<crate::common::Gpu>(&Default::default());

@@ -1,6 +1,7 @@
 //! The training API as a model zoo calls it: a shapes MMDiT fine-tuned with LoRA through
 //! `Trainer` in a few lines, stopped after 2 steps and resumed to 3, ends bit for bit where an
-//! uninterrupted 3-step run ends (the exported adapters and the last loss).
+//! uninterrupted 3-step run ends (the exported adapters and the last loss); each checkpoint
+//! holds its step's adapters and only the newest ones are kept.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +30,8 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
         let config = TrainConfig::new(pipe.arch.ctcal())
             .with_steps(steps)
             .with_batch_size(2)
-            .with_checkpoint_every(1);
+            .with_checkpoint_every(1)
+            .with_checkpoints_total_limit(2);
         Trainer::new(config)
             .output_dir(out)
             .resume(resume)
@@ -54,6 +56,23 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
     assert!(
         adapters(&split) == adapters(&whole),
         "the resumed run differs"
+    );
+
+    // Each checkpoint holds the adapters of its step, as diffusers' scripts save them; the
+    // total limit keeps the newest two.
+    let checkpoints = whole.join("checkpoints");
+    let mut kept: Vec<String> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["latest", "step-0000002", "step-0000003"]);
+    let bytes = |dir: &Path| std::fs::read(dir.join("pytorch_lora_weights.safetensors")).unwrap();
+    assert_eq!(bytes(&checkpoints.join("step-0000003")), bytes(&whole));
+    assert!(adapters(&checkpoints.join("step-0000002")) != adapters(&whole));
+    assert_eq!(
+        bytes(&checkpoints.join("step-0000002")),
+        bytes(&split.join("checkpoints/step-0000002")),
     );
     let _ = std::fs::remove_dir_all(&base);
 }

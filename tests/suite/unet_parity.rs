@@ -90,13 +90,13 @@ fn sharded_checkpoint_matches_single_file() {
     assert_eq!(run(&single), run(&sharded));
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-every-model")]
 #[test]
 fn sd2_layout_matches_diffusers_wgpu() {
     check_case::<crate::common::Gpu>("unet_sd2", &Default::default());
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-every-model")]
 #[test]
 fn sd1_layout_matches_diffusers_wgpu() {
     check_case::<crate::common::Gpu>("unet_sd1", &Default::default());

@@ -49,7 +49,7 @@ fn sd3_layout_matches_diffusers_ndarray() {
     check_case::<Cpu>("vae_sd3", &fixture("vae_sd3/vae"), &Default::default());
 }
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "wgpu-every-model")]
 #[test]
 fn sd2_layout_matches_diffusers_wgpu() {
     check_case::<crate::common::Gpu>("vae_sd2", &fixture("vae_sd2/vae"), &Default::default());
