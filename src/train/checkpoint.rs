@@ -236,10 +236,13 @@ pub struct CheckpointParts<'a, B: AutodiffBackend, M, A, O1, O2> {
     pub ema: Option<&'a M>,
     /// Writes the run's export (`pytorch_lora_weights.safetensors`) into the checkpoint
     /// folder, given the folder and the exported model (the EMA's when kept).
-    pub export: Option<&'a dyn Fn(&Path, &M) -> Result<()>>,
+    pub export: Option<&'a ExportFn<M>>,
     /// Marker.
     pub _b: std::marker::PhantomData<B>,
 }
+
+/// Writes an export of the model into a checkpoint folder (see [`CheckpointParts::export`]).
+pub type ExportFn<M> = dyn Fn(&Path, &M) -> Result<()>;
 
 /// Writes a checkpoint under `root` (`<out>/checkpoints`) and points `latest` at it; keeps
 /// the newest `state.config.checkpoints_total_limit` (0: all). Returns its folder.
