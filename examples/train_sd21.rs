@@ -165,6 +165,7 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         dir: &model_dir,
         folder: "unet",
         resolution,
+        base_model: &cli.pipeline,
     };
     let configs = (
         CtcalConfig::sd21().with_teacher(teacher),

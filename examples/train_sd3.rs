@@ -148,6 +148,7 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         dir: &model_dir,
         folder: "transformer",
         resolution,
+        base_model: &cli.pipeline,
     };
     let configs = (ctcal, LoraConfig::mmdit_default());
     fit_pipeline(

@@ -314,12 +314,14 @@ impl TrainArgs {
     }
 
     /// A trainer for these flags: `lora` adapters of `--rank` unless `--full`, validation
-    /// images, a progress bar and messages on `bar`.
+    /// images, a model card naming `base_model` (a diffusers pipeline), a progress bar and
+    /// messages on `bar`.
     pub fn trainer<'a>(
         &self,
         config: TrainConfig,
         lora: LoraConfig,
         out: &Path,
+        base_model: Option<&str>,
         bar: &'a ProgressBar,
     ) -> Trainer<'a> {
         let mut trainer = Trainer::new(config)
@@ -334,6 +336,9 @@ impl TrainArgs {
             .listen(move |event| report(bar, event));
         if !self.full {
             trainer = trainer.lora(lora.with_rank(self.rank));
+        }
+        if let Some(base_model) = base_model {
+            trainer = trainer.model_card(base_model);
         }
         trainer
     }
@@ -385,6 +390,7 @@ fn report(bar: &ProgressBar, event: &Event<'_>) {
                     "LoRA weights (PEFT keys; diffusers' pipe.load_lora_weights(<out>) reads them)"
                 }
                 Output::AutoEncoder => "map auto-encoder",
+                Output::ModelCard => "model card",
             };
             say(bar, format!("step {step}: {what}: {}", path.display()));
         }
@@ -449,6 +455,8 @@ pub struct DiffusersModel<'a, M> {
     pub folder: &'a str,
     /// The image side it was trained at (its `sample_size` times the VAE's factor).
     pub resolution: u32,
+    /// The pipeline as the user named it (a hub id or a folder), for the model card.
+    pub base_model: &'a str,
 }
 
 /// Fine-tunes a diffusers denoiser with the frozen rest of its pipeline `pipe` as `args` say
@@ -476,7 +484,8 @@ where
     let data = args.open_data(denoiser.resolution)?;
     let out = args.out(default_out);
     let bar = progress_bar();
-    let trainer = args.trainer(args.config(ctcal), lora, &out, &bar);
+    let base = Some(denoiser.base_model);
+    let trainer = args.trainer(args.config(ctcal), lora, &out, base, &bar);
     let fitted = fit(trainer, denoiser.model, pipe, data, schedule, device)?;
     bar.finish();
     if args.full {
@@ -520,7 +529,8 @@ where
     let data = args.open_data(pipe.size as u32)?;
     let out = args.out(default_out);
     let bar = progress_bar();
-    let trainer = args.trainer(args.config(ctcal), arch.lora(args.rank), &out, &bar);
+    // No model card: a shapes model is not a diffusers pipeline.
+    let trainer = args.trainer(args.config(ctcal), arch.lora(args.rank), &out, None, &bar);
     let fitted = fit(trainer, model, &pipe, data, &arch.schedule(), device)?;
     bar.finish();
     if args.full {

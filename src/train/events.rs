@@ -47,6 +47,8 @@ pub enum Output {
     LoraWeights,
     /// The trained CTCal map auto-encoder (`autoencoder.safetensors`).
     AutoEncoder,
+    /// The model card (`README.md`).
+    ModelCard,
 }
 
 /// One thing that happened in a run.

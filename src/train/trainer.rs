@@ -46,6 +46,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use super::checkpoint::{Trained, save_params};
 use super::data_check::check_captions;
+use super::model_card::ModelCard;
 use super::output_dir::{check_output_dir, prepare_output_dir};
 use super::outputs::{PreviewBatch, Validation, write_validation};
 use super::steps::{LORA_WEIGHTS, LoopSetup, check_resume, read_metrics, run_steps};
@@ -65,9 +66,10 @@ use crate::viz::save_png;
 /// [`overwrite`](Self::overwrite)): `checkpoints/` (every `checkpoint_every` steps and at the
 /// end; `resume(true)` continues from the latest, also to more steps than first asked),
 /// `metrics.jsonl`, `maps_start.png` / `maps_end.png` (teacher | student noun maps of the first
-/// captions, before and after), `validation/` when set, `loss.png`, `autoencoder.safetensors`
-/// and, for a LoRA run, `pytorch_lora_weights.safetensors` (PEFT keys under the model's
-/// diffusers prefix, what `pipe.load_lora_weights()` reads). A fully fine-tuned model is in the
+/// captions, before and after), `validation/` when set, `loss.png`, `autoencoder.safetensors`,
+/// the model card `README.md` when [`model_card`](Self::model_card) names the base model and,
+/// for a LoRA run, `pytorch_lora_weights.safetensors` (PEFT keys under the model's diffusers
+/// prefix, what `pipe.load_lora_weights()` reads; also in each checkpoint). A fully fine-tuned model is in the
 /// returned [`Fitted`]; saving it is the caller's (its layout depends on the model).
 pub struct Trainer<'a> {
     config: TrainConfig,
@@ -77,6 +79,7 @@ pub struct Trainer<'a> {
     lora: Option<LoraConfig>,
     previews: bool,
     validation: Option<Validation>,
+    base_model: Option<String>,
     listeners: Vec<Listener<'a>>,
 }
 
@@ -117,6 +120,7 @@ impl<'a> Trainer<'a> {
             lora: None,
             previews: true,
             validation: None,
+            base_model: None,
             listeners: Vec::new(),
         }
     }
@@ -156,6 +160,13 @@ impl<'a> Trainer<'a> {
     /// Render validation images during the run.
     pub fn validation(mut self, validation: Validation) -> Self {
         self.validation = Some(validation);
+        self
+    }
+
+    /// At the end, write a model card (`README.md`, as diffusers' training scripts do) for a
+    /// fine-tune of `base_model` (a hub id or a folder).
+    pub fn model_card(mut self, base_model: impl Into<String>) -> Self {
+        self.base_model = Some(base_model.into());
         self
     }
 
@@ -354,6 +365,19 @@ impl<'a> Trainer<'a> {
         let path = out.join("loss.png");
         save_png(&loss_plot(&history, config.ctcal.lambda_ctcal), &path)?;
         self.wrote(Output::LossPlot, &path, step);
+        if let Some(base_model) = &self.base_model {
+            let prompts = validation.map(|v| v.prompts).unwrap_or_default();
+            let image = Path::new("validation").join(format!("step_{step:05}.png"));
+            let card = ModelCard {
+                base_model,
+                config: &config,
+                lora_rank: self.lora.as_ref().map(|l| l.rank),
+                prompts: &prompts,
+                image: out.join(&image).is_file().then_some(image),
+            };
+            let path = card.write(&out)?;
+            self.wrote(Output::ModelCard, &path, step);
+        }
         Ok(fitted)
     }
 }

@@ -34,6 +34,7 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
             .with_checkpoints_total_limit(2);
         Trainer::new(config)
             .output_dir(out)
+            .model_card("weights/shapes-mmdit")
             .resume(resume)
             .lora(pipe.arch.lora(4))
             .fit(mmdit, &pipe, data, &pipe.arch.schedule(), &device)
@@ -73,6 +74,15 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
     assert_eq!(
         bytes(&checkpoints.join("step-0000002")),
         bytes(&split.join("checkpoints/step-0000002")),
+    );
+
+    // The model card diffusers' scripts write, with this run's settings.
+    let card = std::fs::read_to_string(whole.join("README.md")).unwrap();
+    assert!(
+        card.starts_with("---\nbase_model: \"weights/shapes-mmdit\"\n")
+            && card.contains("| steps | 3 |")
+            && card.contains("LoRA adapters (rank 4)"),
+        "{card}"
     );
     let _ = std::fs::remove_dir_all(&base);
 }
