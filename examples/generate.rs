@@ -36,6 +36,7 @@ struct Cli {
     #[arg(
         long,
         visible_alias = "pretrained-model-name-or-path",
+        alias = "pretrained_model_name_or_path",
         default_value = "weights/tiny-sd21"
     )]
     pipeline: String,

@@ -42,7 +42,7 @@ struct Cli {
     /// image-folder data and render validation images; its `transformer/` is trained) or a
     /// shapes MMDiT model folder (`base_config.json`, `base.safetensors`).
     ///
-    /// A model id (`stabilityai/stable-diffusion-2-1`) is looked up in the Hugging Face cache
+    /// A model id (`stabilityai/stable-diffusion-3-medium-diffusers`) is looked up in the Hugging Face cache
     /// (`HF_HUB_CACHE`, `HF_HOME`) at `--revision`; nothing is downloaded.
     #[arg(
         long,

@@ -27,7 +27,18 @@ use crate::precision::cast_params;
 use crate::schedule::Schedule;
 
 /// The LoRA export's file name, in the output folder and in each checkpoint (diffusers').
-pub(crate) const LORA_WEIGHTS: &str = "pytorch_lora_weights.safetensors";
+const LORA_WEIGHTS: &str = "pytorch_lora_weights.safetensors";
+
+/// Writes `model`'s adapters to `dir/pytorch_lora_weights.safetensors` in the PEFT layout
+/// diffusers' `load_lora_weights` reads: the run's export and each checkpoint's.
+pub(crate) fn export_lora<B: AutodiffBackend, M: Trainable<B>>(
+    model: &M,
+    dir: &Path,
+) -> Result<std::path::PathBuf> {
+    let path = dir.join(LORA_WEIGHTS);
+    export_peft(model, &path, M::PEFT_PREFIX)?;
+    Ok(path)
+}
 
 /// Mixes `(seed, step, stream)` into one seed (SplitMix64 finaliser), so the randomness of a
 /// step does not depend on what ran before it: a resumed run draws exactly what an
@@ -105,9 +116,7 @@ where
     let mut optim_ae = adamw.init::<B, MapAutoEncoder<B>>();
     let root = out.join("checkpoints");
     std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-    let export_lora = |dir: &Path, model: &M| -> Result<()> {
-        export_peft(model, &dir.join(LORA_WEIGHTS), M::PEFT_PREFIX).map(|_| ())
-    };
+    let checkpoint_export = |dir: &Path, model: &M| export_lora(model, dir).map(|_| ());
 
     // Resume.
     let mut start = 0;
@@ -220,7 +229,7 @@ where
                 optim: &optim,
                 optim_ae: &optim_ae,
                 ema: ema.as_ref().map(|e| &e.model),
-                export: (trained == Trained::Lora).then_some(&export_lora),
+                export: (trained == Trained::Lora).then_some(&checkpoint_export),
                 _b: std::marker::PhantomData,
             };
             Some(save_checkpoint(&root, &state, parts)?)

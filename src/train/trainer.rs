@@ -49,13 +49,13 @@ use super::data_check::check_captions;
 use super::model_card::ModelCard;
 use super::output_dir::{check_output_dir, prepare_output_dir};
 use super::outputs::{PreviewBatch, Validation, write_validation};
-use super::steps::{LORA_WEIGHTS, LoopSetup, check_resume, read_metrics, run_steps};
+use super::steps::{LoopSetup, check_resume, export_lora, read_metrics, run_steps};
 use super::{Event, Output, StepLog, TrainConfig, TrainInputs, Trainable, count_params, loss_plot};
 use crate::backend::KernelBackend;
 use crate::calibration::MapAutoEncoder;
 use crate::data::{DataFingerprint, Dataset};
 use crate::error::{Error, Result};
-use crate::lora::{LoraConfig, apply_lora, export_peft};
+use crate::lora::{LoraConfig, apply_lora};
 use crate::precision::MixedPrecision;
 use crate::schedule::Schedule;
 use crate::viz::save_png;
@@ -69,8 +69,9 @@ use crate::viz::save_png;
 /// captions, before and after), `validation/` when set, `loss.png`, `autoencoder.safetensors`,
 /// the model card `README.md` when [`model_card`](Self::model_card) names the base model and,
 /// for a LoRA run, `pytorch_lora_weights.safetensors` (PEFT keys under the model's diffusers
-/// prefix, what `pipe.load_lora_weights()` reads; also in each checkpoint). A fully fine-tuned model is in the
-/// returned [`Fitted`]; saving it is the caller's (its layout depends on the model).
+/// prefix, what `pipe.load_lora_weights()` reads; also in each checkpoint). A fully
+/// fine-tuned model is in the returned [`Fitted`]; saving it is the caller's (its layout
+/// depends on the model).
 pub struct Trainer<'a> {
     config: TrainConfig,
     out: PathBuf,
@@ -348,8 +349,7 @@ impl<'a> Trainer<'a> {
         };
         let step = config.steps;
         if trained == Trained::Lora {
-            let path = out.join(LORA_WEIGHTS);
-            export_peft(fitted.final_model(), &path, M::PEFT_PREFIX)?;
+            let path = export_lora(fitted.final_model(), &out)?;
             self.wrote(Output::LoraWeights, &path, step);
         }
         let path = out.join("autoencoder.safetensors");
