@@ -22,6 +22,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
+use common::settings::TrainCli;
 use common::train::{DiffusersModel, TrainArgs, fit_pipeline, fit_shapes};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::calibration::{CtcalConfig, TeacherRule};
@@ -33,12 +34,15 @@ use ctcal::pipeline::shapes::is_shapes_model;
 use ctcal::schedule::{DdpmConfig, PredictionType, Schedule};
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use ctcal::weights::load_module;
+use serde::{Deserialize, Serialize};
 
 /// What the UNet predicts (the scheduler's `prediction_type`).
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum Prediction {
     /// Velocity (SD 2.1, 768 px).
     #[value(name = "v-prediction", alias = "v_prediction")]
+    #[serde(rename = "v-prediction")]
     Velocity,
     /// Noise (SD 2.1-base, SD 1.x).
     Epsilon,
@@ -57,7 +61,7 @@ impl From<Prediction> for PredictionType {
 }
 
 /// Fine-tune an SD 2.1 UNet with CTCal.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Serialize, Deserialize)]
 struct Cli {
     /// A diffusers SD 2.x pipeline folder (its tokenizer, text encoder and VAE encode
     /// image-folder data and render validation images; its `unet/` is trained) or a shapes
@@ -87,14 +91,26 @@ struct Cli {
     #[arg(long)]
     override_scheduler: bool,
     #[command(flatten)]
+    #[serde(flatten)]
     train: TrainArgs,
+}
+
+impl TrainCli for Cli {
+    const OWN_TRAIN_FLAGS: &'static [(&'static str, &'static [&'static str])] =
+        &[("teacher_t", &["ctcal.teacher"])];
+    fn train_args(&self) -> &TrainArgs {
+        &self.train
+    }
+    fn train_args_mut(&mut self) -> &mut TrainArgs {
+        &mut self.train
+    }
 }
 
 /// Where outputs go without `--out`.
 const DEFAULT_OUT: &str = "out/train_sd21";
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = common::settings::parse(DEFAULT_OUT)?;
     cli.train.check(DEFAULT_OUT)?;
     if cli.train.backend == ctcal::launch::BackendKind::Ndarray {
         ctcal::heap::retain_freed_memory();

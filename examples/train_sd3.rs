@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Parser;
+use common::settings::TrainCli;
 use common::train::{DiffusersModel, TrainArgs, fit_pipeline, fit_shapes};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::calibration::{CtcalConfig, TeacherRule};
@@ -34,9 +35,10 @@ use ctcal::pipeline::StableDiffusion3;
 use ctcal::pipeline::shapes::is_shapes_model;
 use ctcal::schedule::{FlowConfig, Schedule};
 use ctcal::weights::load_module;
+use serde::{Deserialize, Serialize};
 
 /// Fine-tune an SD 3 transformer with CTCal.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Serialize, Deserialize)]
 struct Cli {
     /// A diffusers SD 3 pipeline folder (its tokenizers, text encoders and VAE encode
     /// image-folder data and render validation images; its `transformer/` is trained) or a
@@ -70,14 +72,26 @@ struct Cli {
     #[arg(long)]
     override_scheduler: bool,
     #[command(flatten)]
+    #[serde(flatten)]
     train: TrainArgs,
+}
+
+impl TrainCli for Cli {
+    const OWN_TRAIN_FLAGS: &'static [(&'static str, &'static [&'static str])] =
+        &[("teacher_sigma", &["ctcal.teacher"])];
+    fn train_args(&self) -> &TrainArgs {
+        &self.train
+    }
+    fn train_args_mut(&mut self) -> &mut TrainArgs {
+        &mut self.train
+    }
 }
 
 /// Where outputs go without `--out`.
 const DEFAULT_OUT: &str = "out/train_sd3";
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = common::settings::parse(DEFAULT_OUT)?;
     cli.train.check(DEFAULT_OUT)?;
     if cli.train.backend == ctcal::launch::BackendKind::Ndarray {
         ctcal::heap::retain_freed_memory();

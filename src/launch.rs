@@ -27,8 +27,9 @@ use crate::error::{Error, Result};
 ///
 /// The default is the build's own: a build with `cuda` runs on CUDA, else one with `tch` on
 /// LibTorch, else one with `wgpu` on wgpu, else ndarray (so `--features cuda` does not train on
-/// the CPU unless told to).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// the CPU unless told to). In settings files it is named as its cargo feature (`"cuda"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// burn-ndarray on the CPU (feature `ndarray`, the default).
     Ndarray,

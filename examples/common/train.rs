@@ -16,17 +16,19 @@ use ctcal::pipeline::shapes::{ShapesDenoiserPart, ShapesPipeline, load_shapes_pi
 use ctcal::precision::MixedPrecision;
 use ctcal::schedule::Schedule;
 use ctcal::train::{
-    Event, Fitted, LrSchedule, Output, TrainConfig, TrainInputs, Trainable, Trainer, Validation,
-    check_output_dir,
+    Event, Fitted, Layers, LrSchedule, Output, TrainConfig, TrainInputs, Trainable, Trainer,
+    Validation, check_output_dir,
 };
 use ctcal::weights::save_diffusers;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 
 /// The bundled shapes data, the default `--data`.
 const SHAPES_DATA: &str = "weights/shapes-data";
 
 /// Compute type of the forward and backward passes (weights and optimiser state stay f32).
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// f32 throughout.
     No,
@@ -37,7 +39,8 @@ pub enum Precision {
 }
 
 /// Learning-rate schedule after warm-up.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Schedules {
     /// Constant.
     Constant,
@@ -46,16 +49,26 @@ pub enum Schedules {
 }
 
 /// A published training recipe.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Recipe {
     /// The CTCal paper's (`TrainConfig::paper_recipe`): LoRA rank 4, AdamW 1e-4, weight decay
     /// 1e-2, 500 warm-up steps then constant, gradient norm 1.0, batch 16, 15,000 steps.
     Gors,
 }
 
-/// Arguments shared by the training examples.
-#[derive(Args, Debug)]
+/// Arguments shared by the training examples; in a settings file, the top-level keys (the
+/// training settings among them under `[train]`, see `settings`).
+#[derive(Args, Debug, Serialize, Deserialize)]
 pub struct TrainArgs {
+    /// A TOML settings file: the top-level keys are the flags without dashes (`data`,
+    /// `rank`, ...), the whole training config is its `[train]` table (`steps`, `lr`,
+    /// `weight_decay`, `[train.ctcal]` `tau`, ...); flags given override it. Every run writes
+    /// its resolved settings to `<out>/config.toml` (and each checkpoint), which `--config`
+    /// takes to start a run alike and `--resume` reads by itself.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Training data: a folder with `metadata.jsonl` (`file_name`, `text`, optional `nouns`)
     /// over images, encoded on the fly by the pipeline's frozen VAE and text encoders, or over
     /// cached features (`.safetensors` with `latents`, `encoder_hidden_states`, optional
@@ -184,40 +197,60 @@ pub struct TrainArgs {
     /// Output folder: checkpoints, metrics.jsonl, the exported weights.
     #[arg(long, visible_alias = "output-dir", alias = "output_dir")]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its latest checkpoint (also to more --steps).
+    /// Continue the run in --out from its latest checkpoint (also to more --steps), with the
+    /// settings it saved (flags given override them).
     #[arg(long, conflicts_with = "overwrite")]
+    #[serde(skip)]
     pub resume: bool,
     /// diffusers' spelling of --resume: `latest` is the only value (the run continues from
     /// `<out>/checkpoints/latest`).
     #[arg(long, alias = "resume_from_checkpoint", value_parser = ["latest"], conflicts_with = "overwrite")]
+    #[serde(skip)]
     pub resume_from_checkpoint: Option<String>,
     /// Clear --out before training; without it a fresh run into a folder with files is refused.
     #[arg(long)]
+    #[serde(skip)]
     pub overwrite: bool,
     /// Stop at the first bad metadata row or unreadable sample instead of skipping it.
     #[arg(long)]
     pub strict: bool,
+    /// The settings files under the flags (filled by `settings::parse`).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub layers: Layers,
+    /// The run's own settings for its `config.toml` (filled by `settings::parse`).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub run_keys: toml::Table,
 }
 
 impl TrainArgs {
     /// Refuses settings the chosen backend cannot run, before anything is loaded or written.
     pub fn check(&self, default_out: &str) -> Result<()> {
         // The numbers (every CtcalConfig preset passes its own checks) and the output folder.
-        self.config(CtcalConfig::new())
-            .validate()
-            .context("checking the training flags (--steps, --batch-size, --lr, ...)")?;
+        let config = self.config(CtcalConfig::new())?;
+        config.validate().context(
+            "checking the training settings (--steps, --batch-size, --lr, [train], ...)",
+        )?;
         check_output_dir(&self.out(default_out), self.resuming(), self.overwrite)?;
-        if !matches!(self.mixed_precision, Precision::No) && self.backend == BackendKind::Ndarray {
+        let precision = config.mixed_precision;
+        if precision != MixedPrecision::No && self.backend == BackendKind::Ndarray {
             bail!(
-                "--mixed-precision {:?} needs --backend cuda (or wgpu): ndarray has no bf16/f16",
-                self.mixed_precision
+                "mixed precision {precision:?} (--mixed-precision) needs --backend cuda (or \
+                 wgpu): ndarray has no bf16/f16"
             );
         }
         Ok(())
     }
 
-    /// The run's settings with `ctcal` as the CTCal loss.
-    pub fn config(&self, ctcal: CtcalConfig) -> TrainConfig {
+    /// The run's settings with `ctcal` as the CTCal loss: the flags (and their defaults) with
+    /// the settings files' `[train]` tables over them, and the flags given over those.
+    pub fn config(&self, ctcal: CtcalConfig) -> Result<TrainConfig> {
+        Ok(self.layers.train_config(self.flag_config(ctcal))?)
+    }
+
+    /// The run's settings as the flags alone say.
+    fn flag_config(&self, ctcal: CtcalConfig) -> TrainConfig {
         let ctcal = ctcal.with_lambda_ctcal(self.ctcal_weight);
         match self.recipe {
             Some(Recipe::Gors) => TrainConfig::paper_recipe(ctcal),
@@ -279,7 +312,7 @@ impl TrainArgs {
     /// Opens `--data` (images of `--resolution`, else `resolution`, or cached features); the
     /// rows it skips are printed when the trainer reports them; fewer usable samples than a
     /// batch is an error.
-    pub fn open_data(&self, resolution: u32) -> Result<TrainingData> {
+    pub fn open_data(&self, resolution: u32, batch_size: usize) -> Result<TrainingData> {
         let dir = self.data.as_deref().unwrap_or(Path::new(SHAPES_DATA));
         let meta = dir.join("metadata.jsonl");
         let policy = match self.strict {
@@ -289,12 +322,12 @@ impl TrainArgs {
         let side = self.resolution.unwrap_or(resolution);
         let data = TrainingData::open(&meta, side, policy)
             .with_context(|| format!("opening the training data {}", meta.display()))?;
-        if data.len() < self.batch_size {
+        if data.len() < batch_size {
             bail!(
-                "{} has {} usable samples, fewer than --batch-size {} ({})",
+                "{} has {} usable samples, fewer than the batch size {} ({})",
                 meta.display(),
                 data.len(),
-                self.batch_size,
+                batch_size,
                 data.skipped()
             );
         }
@@ -325,6 +358,7 @@ impl TrainArgs {
         bar: &'a ProgressBar,
     ) -> Trainer<'a> {
         let mut trainer = Trainer::new(config)
+            .settings(self.run_keys.clone())
             .output_dir(out)
             .resume(self.resuming())
             .overwrite(self.overwrite)
@@ -391,6 +425,7 @@ fn report(bar: &ProgressBar, event: &Event<'_>) {
                 }
                 Output::AutoEncoder => "map auto-encoder",
                 Output::ModelCard => "model card",
+                Output::Settings => "resolved settings (--config takes them, --resume reads them)",
             };
             say(bar, format!("step {step}: {what}: {}", path.display()));
         }
@@ -481,11 +516,12 @@ where
              coloured shapes); give --data for your own images or cached features"
         );
     }
-    let data = args.open_data(denoiser.resolution)?;
+    let config = args.config(ctcal)?;
+    let data = args.open_data(denoiser.resolution, config.batch_size)?;
     let out = args.out(default_out);
     let bar = progress_bar();
     let base = Some(denoiser.base_model);
-    let trainer = args.trainer(args.config(ctcal), lora, &out, base, &bar);
+    let trainer = args.trainer(config, lora, &out, base, &bar);
     let fitted = fit(trainer, denoiser.model, pipe, data, schedule, device)?;
     bar.finish();
     if args.full {
@@ -526,11 +562,12 @@ where
     if let Some(rule) = teacher {
         ctcal = ctcal.with_teacher(rule);
     }
-    let data = args.open_data(pipe.size as u32)?;
+    let config = args.config(ctcal)?;
+    let data = args.open_data(pipe.size as u32, config.batch_size)?;
     let out = args.out(default_out);
     let bar = progress_bar();
     // No model card: a shapes model is not a diffusers pipeline.
-    let trainer = args.trainer(args.config(ctcal), arch.lora(args.rank), &out, None, &bar);
+    let trainer = args.trainer(config, arch.lora(args.rank), &out, None, &bar);
     let fitted = fit(trainer, model, &pipe, data, &arch.schedule(), device)?;
     bar.finish();
     if args.full {

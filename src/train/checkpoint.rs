@@ -10,6 +10,7 @@
 //! - `pytorch_lora_weights.safetensors` in a LoRA run: the adapters at that step (the EMA's
 //!   when kept) in the layout diffusers' `load_lora_weights` reads, as diffusers' scripts save
 //!   with each checkpoint;
+//! - `config.toml`: the run's resolved settings ([`super::render`]), which `--resume` reads;
 //! - `optimizer.mpk`, `optimizer_ae.mpk`: burn's AdamW records (full precision, maps sorted:
 //!   so the same state gives the same bytes).
 //!
@@ -237,12 +238,30 @@ pub struct CheckpointParts<'a, B: AutodiffBackend, M, A, O1, O2> {
     /// Writes the run's export (`pytorch_lora_weights.safetensors`) into the checkpoint
     /// folder, given the folder and the exported model (the EMA's when kept).
     pub export: Option<&'a ExportFn<M>>,
+    /// The run's resolved settings file (`config.toml`, from [`render`](super::render)).
+    pub settings: Option<&'a str>,
     /// Marker.
     pub _b: std::marker::PhantomData<B>,
 }
 
 /// Writes an export of the model into a checkpoint folder (see [`CheckpointParts::export`]).
 pub type ExportFn<M> = dyn Fn(&Path, &M) -> Result<()>;
+
+/// The settings a run in `out` was resolved with: those of its latest checkpoint, else those
+/// written when it started; `None` when the folder has neither.
+pub fn saved_settings(out: &Path) -> Result<Option<super::SettingsFile>> {
+    let checkpoint = latest_checkpoint(&out.join("checkpoints"))?;
+    let candidates = checkpoint.map(|dir| dir.join(super::SETTINGS_FILE));
+    for path in candidates
+        .into_iter()
+        .chain([out.join(super::SETTINGS_FILE)])
+    {
+        if path.is_file() {
+            return super::SettingsFile::read(&path).map(Some);
+        }
+    }
+    Ok(None)
+}
 
 /// Writes a checkpoint under `root` (`<out>/checkpoints`) and points `latest` at it; keeps
 /// the newest `state.config.checkpoints_total_limit` (0: all). Returns its folder.
@@ -300,6 +319,9 @@ where
     }
     if let Some(export) = parts.export {
         export(tmp, parts.ema.unwrap_or(parts.model))?;
+    }
+    if let Some(settings) = parts.settings {
+        super::write_settings(tmp, settings)?;
     }
     save_optimizer(parts.optim, &tmp.join(OPTIM))?;
     save_optimizer(parts.optim_ae, &tmp.join(OPTIM_AE))?;
@@ -458,5 +480,36 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(load().unwrap_err().to_string().contains("does not exist"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A run's saved settings: the latest checkpoint's, else the output folder's.
+    #[test]
+    fn saved_settings_prefer_the_latest_checkpoint() {
+        let out = std::env::temp_dir().join(format!("ctcal-settings-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(out.join("checkpoints/step-0000002")).unwrap();
+        assert_eq!(saved_settings(&out).unwrap(), None);
+        let config = TrainConfig::new(crate::calibration::CtcalConfig::sd21());
+        let run = toml::Table::new();
+        crate::train::write_settings(
+            &out,
+            &crate::train::render(&run, &config.clone().with_steps(2)).unwrap(),
+        )
+        .unwrap();
+        let steps = |out: &Path| {
+            let file = saved_settings(out).unwrap().unwrap();
+            file.train_config(&config).unwrap().steps
+        };
+        assert_eq!(steps(&out), 2);
+        let dir = out.join("checkpoints/step-0000002");
+        std::fs::write(dir.join("state.json"), "{}").unwrap();
+        crate::train::write_settings(
+            &dir,
+            &crate::train::render(&run, &config.clone().with_steps(9)).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(out.join("checkpoints/latest"), "step-0000002").unwrap();
+        assert_eq!(steps(&out), 9);
+        std::fs::remove_dir_all(&out).unwrap();
     }
 }

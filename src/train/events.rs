@@ -49,6 +49,8 @@ pub enum Output {
     AutoEncoder,
     /// The model card (`README.md`).
     ModelCard,
+    /// The run's resolved settings (`config.toml`).
+    Settings,
 }
 
 /// One thing that happened in a run.

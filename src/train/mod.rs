@@ -7,6 +7,7 @@
 //!     .output_dir("out/run")  checkpoints/, metrics.jsonl, previews, exports
 //!     .resume(true)           continue the run there (or .overwrite(true): clear it)
 //!     .lora(lora_config)      adapters instead of every parameter
+//!     .settings(run_keys)     the program's own settings, saved with the config (config.toml)
 //!     .listen(|event| ..)     progress bars, loggers
 //!     .fit(model, &pipeline, dataset, &schedule, &device)
 //! ```
@@ -30,12 +31,13 @@ mod outputs;
 mod params;
 mod preview;
 mod record;
+mod settings;
 mod steps;
 mod trainer;
 
 pub use checkpoint::{
     CheckpointParts, CheckpointState, Trained, latest_checkpoint, load_checkpoint, load_params,
-    read_state, save_checkpoint, save_params,
+    read_state, save_checkpoint, save_params, saved_settings,
 };
 pub use config::{LrSchedule, TrainConfig};
 pub use ema::Ema;
@@ -46,5 +48,9 @@ pub use output_dir::check_output_dir;
 pub use outputs::Validation;
 pub use params::{clip_global_norm, count_params, grad_sq_norm, scale_grads, stable_ids};
 pub use preview::{loss_plot, map_preview, preview_levels};
+pub use settings::{
+    Layers, NONE, SETTINGS_FILE, SettingsFile, TRAIN_TABLE, from_table, merge, overlay, render,
+    to_table, write_settings,
+};
 pub use steps::step_seed;
 pub use trainer::{Fitted, Trainer};

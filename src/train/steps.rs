@@ -65,6 +65,8 @@ pub(crate) struct LoopSetup<'a, I: ?Sized, D> {
     pub resume: bool,
     /// The data's fingerprint, saved in checkpoints and checked on resume.
     pub fingerprint: Option<DataFingerprint>,
+    /// The resolved settings file, written into each checkpoint.
+    pub settings: &'a str,
     /// The rows left out before training, for the first step's log.
     pub skipped_before: Option<String>,
 }
@@ -103,6 +105,7 @@ where
         out,
         resume,
         fingerprint,
+        settings,
         skipped_before,
     } = setup;
     let mut skipped_before = skipped_before;
@@ -230,6 +233,7 @@ where
                 optim_ae: &optim_ae,
                 ema: ema.as_ref().map(|e| &e.model),
                 export: (trained == Trained::Lora).then_some(&checkpoint_export),
+                settings: Some(settings),
                 _b: std::marker::PhantomData,
             };
             Some(save_checkpoint(&root, &state, parts)?)

@@ -49,6 +49,7 @@ use super::data_check::check_captions;
 use super::model_card::ModelCard;
 use super::output_dir::{check_output_dir, prepare_output_dir};
 use super::outputs::{PreviewBatch, Validation, write_validation};
+use super::settings::{render, write_settings};
 use super::steps::{LoopSetup, check_resume, export_lora, read_metrics, run_steps};
 use super::{Event, Output, StepLog, TrainConfig, TrainInputs, Trainable, count_params, loss_plot};
 use crate::backend::KernelBackend;
@@ -65,7 +66,8 @@ use crate::viz::save_png;
 /// What a run writes into its output folder (`out/` by default; a fresh run needs it empty or
 /// [`overwrite`](Self::overwrite)): `checkpoints/` (every `checkpoint_every` steps and at the
 /// end; `resume(true)` continues from the latest, also to more steps than first asked),
-/// `metrics.jsonl`, `maps_start.png` / `maps_end.png` (teacher | student noun maps of the first
+/// `config.toml` (the resolved settings, see [`settings`](Self::settings); also in each
+/// checkpoint), `metrics.jsonl`, `maps_start.png` / `maps_end.png` (teacher | student noun maps of the first
 /// captions, before and after), `validation/` when set, `loss.png`, `autoencoder.safetensors`,
 /// the model card `README.md` when [`model_card`](Self::model_card) names the base model and,
 /// for a LoRA run, `pytorch_lora_weights.safetensors` (PEFT keys under the model's diffusers
@@ -81,6 +83,7 @@ pub struct Trainer<'a> {
     previews: bool,
     validation: Option<Validation>,
     base_model: Option<String>,
+    settings: toml::Table,
     listeners: Vec<Listener<'a>>,
 }
 
@@ -122,6 +125,7 @@ impl<'a> Trainer<'a> {
             previews: true,
             validation: None,
             base_model: None,
+            settings: toml::Table::new(),
             listeners: Vec::new(),
         }
     }
@@ -168,6 +172,15 @@ impl<'a> Trainer<'a> {
     /// fine-tune of `base_model` (a hub id or a folder).
     pub fn model_card(mut self, base_model: impl Into<String>) -> Self {
         self.base_model = Some(base_model.into());
+        self
+    }
+
+    /// The caller's own settings of the run (the model, the data, ... as its flags name them),
+    /// written with the [`TrainConfig`] (under `[train]`) into `config.toml` in the output
+    /// folder and in each checkpoint, so that a resumed run can read them back
+    /// ([`saved_settings`](super::saved_settings)).
+    pub fn settings(mut self, run: toml::Table) -> Self {
+        self.settings = run;
         self
     }
 
@@ -251,7 +264,10 @@ impl<'a> Trainer<'a> {
         });
 
         let out = self.out.clone();
+        let settings = render(&self.settings, &self.config)?;
         prepare_output_dir(&out, self.resume, self.overwrite)?;
+        let path = write_settings(&out, &settings)?;
+        self.wrote(Output::Settings, &path, 0);
         let preview = match self.previews {
             true => Some(PreviewBatch::new(
                 &*dataset,
@@ -297,6 +313,7 @@ impl<'a> Trainer<'a> {
             out: &out,
             resume: self.resume,
             fingerprint,
+            settings: &settings,
             skipped_before: (!skipped.is_empty()).then(|| format!("before training: {skipped}")),
         };
         let listeners = RefCell::new(&mut self.listeners);

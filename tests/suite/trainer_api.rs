@@ -1,16 +1,17 @@
 //! The training API as a model zoo calls it: a shapes MMDiT fine-tuned with LoRA through
 //! `Trainer` in a few lines, stopped after 2 steps and resumed to 3, ends bit for bit where an
 //! uninterrupted 3-step run ends (the exported adapters and the last loss); each checkpoint
-//! holds its step's adapters and only the newest ones are kept.
+//! holds its step's adapters and resolved settings, and only the newest ones are kept.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
+use ctcal::calibration::CtcalConfig;
 use ctcal::data::{BadRowPolicy, ImageFolder};
 use ctcal::mmdit::SD3Transformer2DModel;
 use ctcal::pipeline::shapes::load_shapes_pipeline;
-use ctcal::train::{TrainConfig, Trainer};
+use ctcal::train::{SettingsFile, TrainConfig, Trainer, saved_settings};
 use ctcal::weights::TensorFile;
 
 use crate::common::Cpu;
@@ -32,7 +33,10 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
             .with_batch_size(2)
             .with_checkpoint_every(1)
             .with_checkpoints_total_limit(2);
+        let mut run = toml::Table::new();
+        run.insert("pipeline".into(), "weights/shapes-mmdit".into());
         Trainer::new(config)
+            .settings(run)
             .output_dir(out)
             .model_card("weights/shapes-mmdit")
             .resume(resume)
@@ -84,5 +88,37 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
             && card.contains("LoRA adapters (rank 4)"),
         "{card}"
     );
+
+    // The resolved settings, in the output folder and in each checkpoint: a resumed run reads
+    // those of its latest checkpoint, the run's own keys and its whole config.
+    let other = TrainConfig::new(CtcalConfig::sd21()).with_seed(9);
+    for (dir, steps) in [
+        (whole.clone(), 3),
+        (checkpoints.join("step-0000003"), 3),
+        (split.join("checkpoints/step-0000002"), 2),
+    ] {
+        let file = SettingsFile::read(&dir.join("config.toml")).unwrap();
+        let config = file.train_config(&other).unwrap();
+        assert_eq!(
+            (config.steps, config.seed, config.batch_size),
+            (steps, 0, 2)
+        );
+        assert_eq!(config.ctcal, uninterrupted_ctcal());
+        assert_eq!(
+            file.run_keys()["pipeline"].as_str(),
+            Some("weights/shapes-mmdit")
+        );
+    }
+    let saved = saved_settings(&split).unwrap().unwrap();
+    assert!(
+        saved.origin.ends_with("step-0000003/config.toml"),
+        "{}",
+        saved.origin
+    );
     let _ = std::fs::remove_dir_all(&base);
+}
+
+/// The CTCal config the runs above train with.
+fn uninterrupted_ctcal() -> CtcalConfig {
+    ctcal::pipeline::shapes::ShapesArch::Mmdit.ctcal()
 }
