@@ -110,6 +110,7 @@ impl TrainCli for Cli {
 const DEFAULT_OUT: &str = "out/train_sd21";
 
 fn main() -> Result<()> {
+    common::log::init();
     let cli: Cli = common::settings::parse(DEFAULT_OUT)?;
     cli.train.check(DEFAULT_OUT)?;
     if cli.train.backend == ctcal::launch::BackendKind::Ndarray {
@@ -157,7 +158,7 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     let resolution = (config.sample_size * pipe.vae.downscale) as u32;
     let (unet, report) = load_module(config.init::<B>(device), &model_dir, variant)
         .map_err(|e| location.explain(e))?;
-    println!(
+    tracing::info!(
         "loaded {} tensors from {}",
         report.tensors,
         report.files.join(", ")
@@ -174,7 +175,7 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     )?;
     let forced = cli.prediction.is_some() && cli.override_scheduler;
     let how = if forced { "--prediction over " } else { "" };
-    println!("schedule: {} ({how}{})", ddpm.summary(), file.display());
+    tracing::info!("schedule: {} ({how}{})", ddpm.summary(), file.display());
     let schedule = Schedule::Ddpm(ddpm.init());
     let denoiser = DiffusersModel {
         model: unet,

@@ -91,6 +91,7 @@ impl TrainCli for Cli {
 const DEFAULT_OUT: &str = "out/train_sd3";
 
 fn main() -> Result<()> {
+    common::log::init();
     let cli: Cli = common::settings::parse(DEFAULT_OUT)?;
     cli.train.check(DEFAULT_OUT)?;
     if cli.train.backend == ctcal::launch::BackendKind::Ndarray {
@@ -134,7 +135,7 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     let resolution = (config.sample_size * pipe.vae.downscale) as u32;
     let (model, report) = load_module(config.init::<B>(device), &model_dir, variant)
         .map_err(|e| location.explain(e))?;
-    println!(
+    tracing::info!(
         "loaded {} tensors from {}",
         report.tensors,
         report.files.join(", ")
@@ -151,7 +152,7 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     )?;
     let forced = cli.shift.is_some() && cli.override_scheduler;
     let how = if forced { "--shift over " } else { "" };
-    println!("schedule: {} ({how}{})", flow.summary(), file.display());
+    tracing::info!("schedule: {} ({how}{})", flow.summary(), file.display());
     let schedule = Schedule::Flow(flow.init());
     let mut ctcal = CtcalConfig::sd3();
     if let Some(rule) = teacher {

@@ -10,6 +10,7 @@ use ctcal::attention::StoredMap;
 use ctcal::viz::{heatmap_row, save_png};
 use ctcal::weights::{TensorEntry, write_tensor_file};
 
+pub mod log;
 pub mod settings;
 pub mod train;
 

@@ -76,7 +76,7 @@ pub fn parse<C: TrainCli>(default_out: &str) -> Result<C> {
     if cli.train_args().resuming() {
         let out = first.train_args().out(default_out);
         if let Some(saved) = saved_settings(&out)? {
-            println!("resuming with the settings of {}", saved.origin);
+            tracing::info!("resuming with the settings of {}", saved.origin);
             files.insert(0, saved);
         }
     }

@@ -20,7 +20,10 @@ use ctcal::train::{
     Validation, check_output_dir,
 };
 use ctcal::weights::save_diffusers;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
+use tracing::{info, warn};
+
+use super::log::progress_bar;
 use serde::{Deserialize, Serialize};
 
 /// The bundled shapes data, the default `--data`.
@@ -46,6 +49,14 @@ pub enum Schedules {
     Constant,
     /// Half-cosine to zero.
     Cosine,
+}
+
+/// Where to log besides `metrics.jsonl` (diffusers' `--report_to`).
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportTo {
+    /// TensorBoard event files in `<out>/logs/`.
+    Tensorboard,
 }
 
 /// A published training recipe.
@@ -211,6 +222,11 @@ pub struct TrainArgs {
     #[arg(long)]
     #[serde(skip)]
     pub overwrite: bool,
+    /// Also log to TensorBoard: each step's losses, learning rate, gradient norm and step time,
+    /// the validation images and noun-map previews, in `<out>/logs/`
+    /// (`tensorboard --logdir <out>/logs`).
+    #[arg(long, alias = "report_to", value_enum)]
+    pub report_to: Option<ReportTo>,
     /// Stop at the first bad metadata row or unreadable sample instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -287,7 +303,7 @@ impl TrainArgs {
             "model_index.json",
         )?;
         if let Some(hub) = &location.hub {
-            println!(
+            info!(
                 "{} at {} (commit {}): {}",
                 hub.repo_id,
                 hub.revision,
@@ -332,12 +348,12 @@ impl TrainArgs {
             );
         }
         match &data {
-            TrainingData::Images(_) => println!(
+            TrainingData::Images(_) => info!(
                 "training on {} images of {side}x{side} from {}",
                 data.len(),
                 meta.display()
             ),
-            TrainingData::Cached(_) => println!(
+            TrainingData::Cached(_) => info!(
                 "training on {} cached samples from {}",
                 data.len(),
                 meta.display()
@@ -359,6 +375,7 @@ impl TrainArgs {
     ) -> Trainer<'a> {
         let mut trainer = Trainer::new(config)
             .settings(self.run_keys.clone())
+            .tensorboard(matches!(self.report_to, Some(ReportTo::Tensorboard)))
             .output_dir(out)
             .resume(self.resuming())
             .overwrite(self.overwrite)
@@ -387,19 +404,16 @@ fn report(bar: &ProgressBar, event: &Event<'_>) {
             total,
         } => {
             if let Some(lora) = lora {
-                say(
-                    bar,
-                    format!(
-                        "LoRA on {} projections: {} trainable parameters, {} frozen",
-                        lora.adapters(),
-                        lora.trainable_params,
-                        lora.frozen_params
-                    ),
+                info!(
+                    "LoRA on {} projections: {} trainable parameters, {} frozen",
+                    lora.adapters(),
+                    lora.trainable_params,
+                    lora.frozen_params
                 );
             }
-            say(bar, format!("training {trainable} of {total} parameters"));
+            info!("training {trainable} of {total} parameters");
         }
-        Event::Skipped(rows) => bar.suspend(|| eprintln!("{rows}")),
+        Event::Skipped(rows) => warn!("{rows}"),
         Event::Started { start, steps, .. } => {
             bar.set_length(*steps as u64);
             bar.set_position(*start as u64);
@@ -411,7 +425,7 @@ fn report(bar: &ProgressBar, event: &Event<'_>) {
                 log.loss.total, log.loss.diffusion, log.loss.ctcal, log.lr
             ));
             if let Some(skipped) = &log.skipped {
-                bar.suspend(|| eprintln!("step {}: {skipped}", log.step));
+                warn!("step {}: {skipped}", log.step);
             }
         }
         Event::Wrote { output, path, step } => {
@@ -426,27 +440,11 @@ fn report(bar: &ProgressBar, event: &Event<'_>) {
                 Output::AutoEncoder => "map auto-encoder",
                 Output::ModelCard => "model card",
                 Output::Settings => "resolved settings (--config takes them, --resume reads them)",
+                Output::TensorBoard => "TensorBoard events (tensorboard --logdir <out>/logs)",
             };
-            say(bar, format!("step {step}: {what}: {}", path.display()));
+            info!("step {step}: {what}: {}", path.display());
         }
     }
-}
-
-/// Prints `message` above the bar, also when the bar is hidden (output not a terminal).
-fn say(bar: &ProgressBar, message: impl std::fmt::Display) {
-    bar.suspend(|| println!("{message}"));
-}
-
-/// A progress bar for a run.
-pub fn progress_bar() -> ProgressBar {
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {per_sec} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 /// Runs `trainer` and prints the loss summary.
@@ -465,7 +463,7 @@ where
 {
     let fitted = trainer.fit(model, inputs, Arc::new(data), schedule, device)?;
     if let (Some(first), Some(last)) = (fitted.logs.first(), fitted.logs.last()) {
-        println!(
+        info!(
             "steps {}..{}: loss {:.4} -> {:.4} (diffusion {:.4} -> {:.4}, ctcal {:.4} -> {:.4})",
             fitted.start_step + 1,
             last.step,
@@ -511,7 +509,7 @@ where
     P: TrainInputs<B, M>,
 {
     if args.data.is_none() {
-        println!(
+        info!(
             "no --data: training on the bundled toy set {SHAPES_DATA} (32x32 pictures of \
              coloured shapes); give --data for your own images or cached features"
         );
@@ -528,7 +526,7 @@ where
         let dir = out.join(denoiser.folder);
         let config = denoiser.dir.join("config.json");
         let n = save_diffusers(&fitted.final_model().valid(), &config, &dir, |_| false)?;
-        println!("{n} tensors in diffusers layout: {}", dir.display());
+        info!("{n} tensors in diffusers layout: {}", dir.display());
     }
     Ok(())
 }
@@ -552,7 +550,7 @@ where
     let (pipe, model) = load_shapes_pipeline::<B, D>(dir, device)
         .with_context(|| format!("loading the shapes model {}", dir.display()))?;
     let arch = pipe.arch;
-    println!(
+    info!(
         "shapes {arch} model from {} (pixel space, {}x{}, word-level text encoder)",
         dir.display(),
         pipe.size,
@@ -574,7 +572,7 @@ where
         let dir = out.join("model");
         let model = fitted.final_model().valid();
         pipe.model(model).save_dir(&pipe.config, &dir)?;
-        println!("shapes model folder: {}", dir.display());
+        info!("shapes model folder: {}", dir.display());
     }
     Ok(())
 }

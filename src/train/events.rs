@@ -29,6 +29,13 @@ pub struct StepLog {
     /// The checkpoint written after this step, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<PathBuf>,
+    /// When the step ended: seconds since the Unix epoch (TensorBoard's `wall_time`).
+    #[serde(default)]
+    pub wall_time: f64,
+    /// Wall-clock seconds of the step: loading its batches, forward, backward and update (not
+    /// the checkpoint). GPU backends may still be running queued kernels when it is read.
+    #[serde(default)]
+    pub step_time: f64,
 }
 
 /// The kinds of files a run writes.
@@ -51,6 +58,8 @@ pub enum Output {
     ModelCard,
     /// The run's resolved settings (`config.toml`).
     Settings,
+    /// The TensorBoard event file of this start of the run (`logs/events.out.tfevents.*`).
+    TensorBoard,
 }
 
 /// One thing that happened in a run.

@@ -31,8 +31,10 @@ mod outputs;
 mod params;
 mod preview;
 mod record;
+mod report;
 mod settings;
 mod steps;
+mod tensorboard;
 mod trainer;
 
 pub use checkpoint::{
@@ -48,9 +50,11 @@ pub use output_dir::check_output_dir;
 pub use outputs::Validation;
 pub use params::{clip_global_norm, count_params, grad_sq_norm, scale_grads, stable_ids};
 pub use preview::{loss_plot, map_preview, preview_levels};
+pub use report::{LOG_DIR, TensorBoardLog};
 pub use settings::{
     Layers, NONE, SETTINGS_FILE, SettingsFile, TRAIN_TABLE, from_table, merge, overlay, render,
     to_table, write_settings,
 };
 pub use steps::step_seed;
+pub use tensorboard::{EventWriter, wall_time_now};
 pub use trainer::{Fitted, Trainer};

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
@@ -15,6 +16,7 @@ use super::checkpoint::{
     CheckpointParts, CheckpointState, Trained, latest_checkpoint, load_checkpoint, read_state,
     save_checkpoint,
 };
+use super::tensorboard::wall_time_now;
 use super::{Ema, StepLog, TrainConfig, TrainInputs, Trainable, clip_global_norm, stable_ids};
 use crate::backend::KernelBackend;
 use crate::calibration::{LossParts, MapAutoEncoder, StepDraw, ctcal_step};
@@ -132,6 +134,7 @@ where
         (model, ae, optim, optim_ae, ema) = loaded;
         start = state.step;
         cursor = Some(state.cursor);
+        tracing::info!("resuming from {} (step {start})", dir.display());
     }
     let mut ema = config.ema_decay.map(|decay| match ema.take() {
         Some(m) => Ema { model: m, decay },
@@ -146,6 +149,7 @@ where
     let ae_peak = config.ae_lr.unwrap_or(config.lr);
     started(start);
     for step in start..config.steps {
+        let began = Instant::now();
         B::seed(device, step_seed(config.seed, step, 0xD0));
         let mut acc = GradientsAccumulator::<M>::new();
         let mut acc_ae = GradientsAccumulator::<MapAutoEncoder<B>>::new();
@@ -215,6 +219,7 @@ where
         if let Some(ema) = ema.as_mut() {
             ema.update(&model);
         }
+        let step_time = began.elapsed().as_secs_f64();
 
         let done = step + 1;
         let every = config.checkpoint_every;
@@ -247,8 +252,20 @@ where
             loss: parts,
             skipped: (!skipped.is_empty()).then(|| skipped.join("; ")),
             checkpoint,
+            wall_time: wall_time_now(),
+            step_time,
         };
         write_metrics(&mut metrics, &metrics_path, &log)?;
+        tracing::debug!(
+            step = done,
+            loss = log.loss.total,
+            diffusion = log.loss.diffusion,
+            ctcal = log.loss.ctcal,
+            lr,
+            grad_norm,
+            step_time,
+            "step"
+        );
         on_step(&log, &model)?;
     }
     Ok(LoopEnd {

@@ -49,6 +49,7 @@ use super::data_check::check_captions;
 use super::model_card::ModelCard;
 use super::output_dir::{check_output_dir, prepare_output_dir};
 use super::outputs::{PreviewBatch, Validation, write_validation};
+use super::report::TensorBoardLog;
 use super::settings::{render, write_settings};
 use super::steps::{LoopSetup, check_resume, export_lora, read_metrics, run_steps};
 use super::{Event, Output, StepLog, TrainConfig, TrainInputs, Trainable, count_params, loss_plot};
@@ -66,7 +67,7 @@ use crate::viz::save_png;
 /// What a run writes into its output folder (`out/` by default; a fresh run needs it empty or
 /// [`overwrite`](Self::overwrite)): `checkpoints/` (every `checkpoint_every` steps and at the
 /// end; `resume(true)` continues from the latest, also to more steps than first asked),
-/// `config.toml` (the resolved settings, see [`settings`](Self::settings); also in each
+/// `logs/` with [`tensorboard`](Self::tensorboard), `config.toml` (the resolved settings, see [`settings`](Self::settings); also in each
 /// checkpoint), `metrics.jsonl`, `maps_start.png` / `maps_end.png` (teacher | student noun maps of the first
 /// captions, before and after), `validation/` when set, `loss.png`, `autoencoder.safetensors`,
 /// the model card `README.md` when [`model_card`](Self::model_card) names the base model and,
@@ -84,6 +85,7 @@ pub struct Trainer<'a> {
     validation: Option<Validation>,
     base_model: Option<String>,
     settings: toml::Table,
+    tensorboard: bool,
     listeners: Vec<Listener<'a>>,
 }
 
@@ -126,6 +128,7 @@ impl<'a> Trainer<'a> {
             validation: None,
             base_model: None,
             settings: toml::Table::new(),
+            tensorboard: false,
             listeners: Vec::new(),
         }
     }
@@ -181,6 +184,14 @@ impl<'a> Trainer<'a> {
     /// ([`saved_settings`](super::saved_settings)).
     pub fn settings(mut self, run: toml::Table) -> Self {
         self.settings = run;
+        self
+    }
+
+    /// Also log to TensorBoard (diffusers' `--report_to tensorboard`): event files in
+    /// `<out>/logs/` with each step's losses, learning rate, gradient norm and step time, the
+    /// validation images and the noun-map previews (see [`TensorBoardLog`](super::TensorBoardLog)).
+    pub fn tensorboard(mut self, on: bool) -> Self {
+        self.tensorboard = on;
         self
     }
 
@@ -268,6 +279,13 @@ impl<'a> Trainer<'a> {
         prepare_output_dir(&out, self.resume, self.overwrite)?;
         let path = write_settings(&out, &settings)?;
         self.wrote(Output::Settings, &path, 0);
+        let mut board = match self.tensorboard {
+            true => Some(TensorBoardLog::create(&out)?),
+            false => None,
+        };
+        if let Some(board) = &board {
+            self.wrote(Output::TensorBoard, board.path(), 0);
+        }
         let preview = match self.previews {
             true => Some(PreviewBatch::new(
                 &*dataset,
@@ -282,6 +300,9 @@ impl<'a> Trainer<'a> {
             let path = out.join("maps_start.png");
             preview.write(model.denoiser(), schedule, &self.config, &path)?;
             self.wrote(Output::MapPreview, &path, 0);
+            if let Some(board) = &mut board {
+                board.png_file("maps", 0, &path)?;
+            }
         }
         let validation = self.validation.clone().map(|mut v| {
             if v.prompts.is_empty() {
@@ -299,6 +320,9 @@ impl<'a> Trainer<'a> {
         if let Some(v) = validation.as_ref().filter(|v| due(v, 0)) {
             let path = write_validation(inputs, &model.valid(), v, self.config.seed, 0, &out)?;
             self.wrote(Output::Validation, &path, 0);
+            if let Some(board) = &mut board {
+                board.png_file("validation", 0, &path)?;
+            }
         }
 
         let config = self.config.clone();
@@ -336,6 +360,9 @@ impl<'a> Trainer<'a> {
             },
             |log, model| {
                 emit(&Event::Step(log));
+                if let Some(board) = &mut board {
+                    board.step(log)?;
+                }
                 if let Some(dir) = &log.checkpoint {
                     emit(&Event::Wrote {
                         output: Output::Checkpoint,
@@ -351,6 +378,9 @@ impl<'a> Trainer<'a> {
                         path: &path,
                         step: log.step,
                     });
+                    if let Some(board) = &mut board {
+                        board.png_file("validation", log.step, &path)?;
+                    }
                 }
                 logs.push(log.clone());
                 Ok(())
@@ -376,6 +406,9 @@ impl<'a> Trainer<'a> {
             let path = out.join("maps_end.png");
             preview.write(fitted.final_model().denoiser(), schedule, &config, &path)?;
             self.wrote(Output::MapPreview, &path, step);
+            if let Some(board) = &mut board {
+                board.png_file("maps", step, &path)?;
+            }
         }
         // The whole run's curves, also after resumes: metrics.jsonl holds every step.
         let history = read_metrics(&out.join("metrics.jsonl"))?;

@@ -168,6 +168,24 @@ fn final_tensors(out: &Path) -> Vec<(String, Vec<f32>)> {
     all
 }
 
+/// `metrics.jsonl` of `out` without each line's `wall_time` and `step_time` (which differ
+/// between runs of the same steps); checks that every line has them, a time after this code
+/// was written and a positive duration.
+fn metrics_without_times(out: &Path) -> String {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let mut kept = String::new();
+    for line in text.lines() {
+        let mut row: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).unwrap();
+        let wall = row.remove("wall_time").and_then(|v| v.as_f64()).unwrap();
+        let step = row.remove("step_time").and_then(|v| v.as_f64()).unwrap();
+        assert!(wall > 1.79e9 && step > 0.0 && step < 600.0, "{line}");
+        kept += &serde_json::to_string(&row).unwrap();
+        kept.push('\n');
+    }
+    kept
+}
+
 fn metric_steps(out: &Path) -> Vec<u64> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
@@ -303,6 +321,7 @@ fn a_used_output_folder_needs_resume_or_overwrite() {
     let lora = |steps| config().with_steps(steps).with_checkpoint_every(0);
     run_with(&out, false, lora(2), Trained::Lora, |_| {}).unwrap();
     let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let before_untimed = metrics_without_times(&out);
     let written = [
         "checkpoints/step-0000002/trained.safetensors",
         "checkpoints/step-0000002/autoencoder.safetensors",
@@ -340,8 +359,8 @@ fn a_used_output_folder_needs_resume_or_overwrite() {
         .fit(unet, &inputs, dataset, &schedule, &device)
         .unwrap();
     assert!(!out.join("stray.txt").exists());
-    // The same run writes the same bytes (checkpoint, exports, metrics).
-    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), before);
+    // The same run writes the same bytes (checkpoint, exports, metrics but their times).
+    assert_eq!(metrics_without_times(&out), before_untimed);
     assert!(bytes(&out) == first, "a file of the same run differs");
     // Resuming the finished run to 3 steps runs one step.
     let mut steps = Vec::new();
@@ -374,7 +393,8 @@ fn kill_config() -> TrainConfig {
 }
 
 /// Every file of a finished run's output folder (its data folder is beside it), by relative
-/// path; `metrics.jsonl` with the folder's own path taken out of the checkpoint entries.
+/// path; `metrics.jsonl` without its times and with the folder's own path taken out of the
+/// checkpoint entries.
 fn output_files(out: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, files: &mut std::collections::BTreeMap<String, Vec<u8>>) {
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -390,8 +410,7 @@ fn output_files(out: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     let mut files = std::collections::BTreeMap::new();
     walk(out, out, &mut files);
     let metrics = files.get_mut("metrics.jsonl").unwrap();
-    let text = String::from_utf8(std::mem::take(metrics)).unwrap();
-    *metrics = text
+    *metrics = metrics_without_times(out)
         .replace(&out.display().to_string(), "<out>")
         .into_bytes();
     files
