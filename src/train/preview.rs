@@ -8,13 +8,21 @@ use image::RgbImage;
 use super::StepLog;
 use crate::calibration::{CtcalConfig, StepDraw, TeacherRule, TrainBatch, teacher_maps};
 use crate::denoiser::Denoiser;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::nouns::noun_groups_at;
 use crate::schedule::Schedule;
-use crate::viz::{COLOURS, Series, draw_text, heatmap_row, line_plot, stack_rows};
+use crate::viz::{
+    COLOURS, LinePlot, MapGridSpec, MapPair, MapRow, Series, TextStyle, draw_text, ema_alpha,
+    line_plot, map_grid,
+};
 
-/// One row per sample of `batch`: for each noun, its map at `teacher_level` then at
-/// `student_level` (same noise), each tile normalised to its maximum, with the caption above.
-/// A sample without nouns gets no row.
+/// The smallest tile of a map preview, in pixels.
+const MAP_TILE: u32 = 112;
+
+/// One row per sample of `batch`: its caption, then for each noun its map at `teacher_level`
+/// and at `student_level` (same noise), each tile divided by its own maximum, labelled with
+/// the levels and the noun (the tagger's nouns of the caption when it finds as many as the
+/// sample has, else numbered). A sample without nouns gets no row.
 #[allow(clippy::too_many_arguments)]
 pub fn map_preview<B, M>(
     model: &M,
@@ -42,51 +50,99 @@ where
     };
     let (teacher, student) = (at(teacher_level)?, at(student_level)?);
     let mut rows = Vec::new();
+    let mut grid = [1, 1];
     for (i, (t, s)) in teacher.into_iter().zip(student).enumerate() {
         let (Some(t), Some(s)) = (t, s) else { continue };
         let [n, gh, gw] = t.dims();
-        let values = |m: Tensor<B, 3>| -> Vec<f32> {
+        grid = [gh, gw];
+        let values = |m: Tensor<B, 3>| -> Result<Vec<f32>> {
             m.into_data()
                 .convert::<f32>()
                 .to_vec::<f32>()
-                .unwrap_or_default()
+                .map_err(|e| Error::Input(format!("noun maps of sample {i}: {e:?}")))
         };
-        let (tv, sv) = (values(t), values(s));
+        let (tv, sv) = (values(t)?, values(s)?);
         let size = gh * gw;
-        let tiles: Vec<Vec<f32>> = (0..n)
-            .flat_map(|k| {
-                [
-                    tv[k * size..(k + 1) * size].to_vec(),
-                    sv[k * size..(k + 1) * size].to_vec(),
-                ]
+        let caption = captions.get(i).map_or("", String::as_str);
+        let pairs = noun_labels(caption, n)
+            .into_iter()
+            .enumerate()
+            .map(|(k, noun)| MapPair {
+                noun,
+                teacher: tv[k * size..(k + 1) * size].to_vec(),
+                student: sv[k * size..(k + 1) * size].to_vec(),
             })
             .collect();
-        let maps = heatmap_row(&tiles, [gh, gw], 64);
-        let mut row = RgbImage::from_pixel(
-            maps.width().max(200),
-            maps.height() + 10,
-            image::Rgb([255; 3]),
-        );
-        draw_text(&mut row, 0, 0, &captions[i], 1, image::Rgb([0, 0, 0]));
-        image::imageops::overlay(&mut row, &maps, 0, 10);
-        rows.push(row);
+        rows.push(MapRow {
+            caption: caption.to_string(),
+            pairs,
+        });
     }
-    Ok(stack_rows(&rows))
+    let spec = MapGridSpec {
+        grid,
+        teacher: format!("teacher ({})", level_label(schedule, teacher_level)),
+        student: format!("student ({})", level_label(schedule, student_level)),
+        min_tile: MAP_TILE,
+    };
+    Ok(map_grid(&rows, &spec))
 }
 
-/// Loss curves of a run: total, diffusion and the weighted CTCal term per step.
+/// A noise level as the schedule counts it: a DDPM timestep `t = 700`, a flow `σ = 0.70`.
+pub(crate) fn level_label(schedule: &Schedule, level: f64) -> String {
+    match schedule {
+        Schedule::Ddpm(_) => format!("t = {level:.0}"),
+        Schedule::Flow(_) => format!("σ = {level:.2}"),
+    }
+}
+
+/// Names for the `n` nouns of `caption` in order: the built-in tagger's nouns when it finds
+/// exactly `n` (as it does for captions without marked nouns, whose groups it made), else
+/// `noun 1` ... `noun n` (the batch holds token positions, not words).
+pub(crate) fn noun_labels(caption: &str, n: usize) -> Vec<String> {
+    let words = crate::nouns::words(caption);
+    // The tagger's groups over word positions (word k at position k) are word indices.
+    let positions: Vec<_> = (0..words.len()).map(|k| k..k + 1).collect();
+    let tagged = noun_groups_at(caption, &positions).0;
+    if tagged.len() == n {
+        tagged
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|&k| words[k].as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect()
+    } else {
+        (1..=n).map(|k| format!("noun {k}")).collect()
+    }
+}
+
+/// Loss curves of a run (`loss.png`): total, diffusion and the weighted CTCal term per step,
+/// each raw (thin, light) under its exponential moving average ([`ema_alpha`] of the run's
+/// length); a log y axis when the losses span more than a decade.
 pub fn loss_plot(logs: &[StepLog], lambda: f64) -> RgbImage {
-    let curve = |label: &str, i: usize, f: &dyn Fn(&StepLog) -> f64| Series {
-        label: label.to_string(),
+    let alpha = ema_alpha(logs.len());
+    let curve = |label: String, i: usize, f: &dyn Fn(&StepLog) -> f64| Series {
+        label,
         points: logs.iter().map(|l| (l.step as f64, f(l))).collect(),
         colour: COLOURS[i],
     };
     let series = [
-        curve("total", 0, &|l| l.loss.total),
-        curve("diffusion", 1, &|l| l.loss.diffusion),
-        curve("lambda ctcal", 2, &|l| lambda * l.loss.ctcal),
+        curve("total".into(), 0, &|l| l.loss.total),
+        curve("diffusion".into(), 1, &|l| l.loss.diffusion),
+        curve(format!("λ·ctcal (λ = {lambda})"), 2, &|l| {
+            lambda * l.loss.ctcal
+        }),
     ];
-    line_plot("loss per step", &series, 640, 320)
+    let title = format!("Training loss: per step (light), moving average α = {alpha:.2} (bold)");
+    let plot = LinePlot::new(title, "step", "loss").smoothing(alpha);
+    line_plot(&plot, &series).unwrap_or_else(|e| {
+        // Only a picture too small for its axes fails; say so in the picture.
+        let mut img = RgbImage::from_pixel(plot.width, plot.height, image::Rgb([255; 3]));
+        draw_text(&mut img, 16, 16, &e.to_string(), TextStyle::new(14.0));
+        img
+    })
 }
 
 /// The `(teacher, student)` levels previews use: the config's fixed teacher (else 0 for DDPM,
@@ -100,5 +156,67 @@ pub fn preview_levels(schedule: &Schedule, rule: TeacherRule) -> (f64, f64) {
             (t as f64 / s.config.num_train_timesteps as f64, 0.7)
         }
         (Schedule::Flow(_), TeacherRule::BelowStudent) => (0.05, 0.7),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibration::LossParts;
+    use crate::schedule::{DdpmConfig, FlowConfig, FlowSchedule};
+
+    fn log(step: usize, total: f64, diffusion: f64, ctcal: f64) -> StepLog {
+        StepLog {
+            step,
+            lr: 1e-4,
+            grad_norm: 0.0,
+            loss: LossParts {
+                total,
+                diffusion,
+                ctcal,
+                ..Default::default()
+            },
+            skipped: None,
+            checkpoint: None,
+            wall_time: 0.0,
+            step_time: 0.0,
+        }
+    }
+
+    #[test]
+    fn levels_are_named_as_the_schedule_counts_them() {
+        let ddpm = Schedule::Ddpm(DdpmConfig::sd21().init());
+        let flow = Schedule::Flow(FlowSchedule {
+            config: FlowConfig::sd3_medium(),
+        });
+        assert_eq!(level_label(&ddpm, 700.0), "t = 700");
+        assert_eq!(level_label(&flow, 0.05), "σ = 0.05");
+    }
+
+    #[test]
+    fn nouns_are_named_by_the_tagger_when_it_agrees() {
+        let caption = "a red square and a green triangle";
+        assert_eq!(noun_labels(caption, 2), ["square", "triangle"]);
+        // The batch has another count (marked nouns): numbered, not guessed.
+        assert_eq!(noun_labels(caption, 1), ["noun 1"]);
+        assert_eq!(noun_labels(caption, 3), ["noun 1", "noun 2", "noun 3"]);
+    }
+
+    /// The plot is 900 x 500, draws the total in its colour through a non-finite loss, and an
+    /// empty history still gives the picture (empty axes).
+    #[test]
+    fn loss_plot_draws_every_run() {
+        let logs: Vec<StepLog> = (1..=40)
+            .map(|s| {
+                let d = 1.0 / s as f64;
+                let total = if s == 7 { f64::NAN } else { d + 0.1 * 0.02 };
+                log(s, total, d, 0.02)
+            })
+            .collect();
+        let img = loss_plot(&logs, 0.1);
+        assert_eq!(img.dimensions(), (900, 500));
+        let blue = COLOURS[0];
+        assert!(img.pixels().filter(|p| **p == blue).count() > 200);
+        assert_eq!(loss_plot(&[], 0.1).dimensions(), (900, 500));
     }
 }

@@ -1,14 +1,21 @@
-//! Pictures: attention maps as heatmap tiles in a row (one per token), training curves as line
-//! plots, written as PNG.
+//! Pictures: attention maps as heatmap tiles and teacher | student grids, training curves as
+//! line plots (plotters), written as PNG. Text is DejaVu Sans, embedded, so no picture needs
+//! system fonts.
 //!
-//! Used by the examples so a person can look at what the hooks capture (and, in training, at
-//! teacher against student maps).
+//! Used by the examples and the trainer so a person can look at what the hooks capture (and,
+//! in training, at teacher against student maps and the loss curves).
 
-mod font;
+mod axis;
+mod canvas;
+mod maps;
 mod plot;
+mod text;
 
-pub use font::{draw_text, text_width};
-pub use plot::{COLOURS, Series, line_plot};
+pub use maps::{MapGridSpec, MapPair, MapRow, colour_bar, heatmap_row, heatmap_tile, map_grid};
+pub use plot::{
+    COLOURS, LinePlot, MIN_PLOT_SIZE, Series, YScale, ema, ema_alpha, line_plot, log_scale_fits,
+};
+pub use text::{TextStyle, draw_text, text_width};
 
 use std::path::Path;
 
@@ -25,7 +32,7 @@ const RAMP: [[u8; 3]; 5] = [
     [253, 231, 37],
 ];
 
-/// The ramp colour of `v` in `[0, 1]`.
+/// The ramp colour of `v` in `[0, 1]` (clamped): the heatmaps' and the colour bar's colours.
 pub fn colour(v: f32) -> Rgb<u8> {
     let v = v.clamp(0.0, 1.0) * (RAMP.len() - 1) as f32;
     let i = (v.floor() as usize).min(RAMP.len() - 2);
@@ -38,29 +45,8 @@ pub fn colour(v: f32) -> Rgb<u8> {
     ])
 }
 
-/// Lays `maps` (each `grid[0] * grid[1]` values, row-major) side by side, each normalised to
-/// its own maximum and scaled up to `tile` pixels high, with a 2-pixel gap.
-pub fn heatmap_row(maps: &[Vec<f32>], grid: [usize; 2], tile: usize) -> RgbImage {
-    let [h, w] = grid;
-    let scale = (tile / h.max(1)).max(1);
-    let (th, tw) = (h * scale, w * scale);
-    let gap = 2;
-    let width = (maps.len() * (tw + gap)).saturating_sub(gap);
-    let mut img = RgbImage::from_pixel(width.max(1) as u32, th as u32, Rgb([255, 255, 255]));
-    for (m, map) in maps.iter().enumerate() {
-        let max = map.iter().cloned().fold(f32::MIN, f32::max).max(1e-12);
-        let x0 = m * (tw + gap);
-        for y in 0..th {
-            for x in 0..tw {
-                let v = map[(y / scale) * w + x / scale] / max;
-                img.put_pixel((x0 + x) as u32, y as u32, colour(v));
-            }
-        }
-    }
-    img
-}
-
-/// Stacks rows of equal width vertically with a 4-pixel gap (e.g. teacher above student).
+/// Stacks rows vertically, left-aligned, with a 4-pixel gap (e.g. one row of samples per
+/// model).
 pub fn stack_rows(rows: &[RgbImage]) -> RgbImage {
     let width = rows.iter().map(|r| r.width()).max().unwrap_or(1);
     let gap = 4;
@@ -72,9 +58,7 @@ pub fn stack_rows(rows: &[RgbImage]) -> RgbImage {
     let mut img = RgbImage::from_pixel(width, height.max(1), Rgb([255, 255, 255]));
     let mut y0 = 0;
     for row in rows {
-        for (x, y, p) in row.enumerate_pixels() {
-            img.put_pixel(x, y0 + y, *p);
-        }
+        image::imageops::replace(&mut img, row, 0, y0 as i64);
         y0 += row.height() + gap;
     }
     img
@@ -100,19 +84,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ramp_ends_and_layout() {
+    fn ramp_ends_and_middle() {
         assert_eq!(colour(0.0), Rgb(RAMP[0]));
+        assert_eq!(colour(-1.0), Rgb(RAMP[0]));
         assert_eq!(colour(1.0), Rgb(RAMP[4]));
         assert_eq!(colour(0.5), Rgb(RAMP[2]));
-        // Two 2x3 maps at tile 4: scale 2, each 4x6, gap 2 -> 14 wide, 4 high.
-        let img = heatmap_row(
-            &[vec![0.0, 0.0, 1.0, 0.0, 0.0, 0.0], vec![1.0; 6]],
-            [2, 3],
-            4,
-        );
-        assert_eq!((img.width(), img.height()), (14, 4));
-        assert_eq!(*img.get_pixel(4, 0), Rgb(RAMP[4]));
-        assert_eq!(*img.get_pixel(0, 0), Rgb(RAMP[0]));
-        assert_eq!(*img.get_pixel(6, 0), Rgb([255, 255, 255]));
+        // A quarter of the way from RAMP[0] to RAMP[1]: (68 - 9/4, 1 + 81/4, 84 + 55/4).
+        assert_eq!(colour(0.0625), Rgb([66, 21, 98]));
+    }
+
+    #[test]
+    fn rows_stack_with_gaps() {
+        let a = RgbImage::from_pixel(3, 2, Rgb([1, 2, 3]));
+        let b = RgbImage::from_pixel(5, 1, Rgb([4, 5, 6]));
+        let img = stack_rows(&[a, b]);
+        assert_eq!(img.dimensions(), (5, 7));
+        assert_eq!(*img.get_pixel(2, 1), Rgb([1, 2, 3]));
+        assert_eq!(*img.get_pixel(4, 1), Rgb([255, 255, 255]));
+        assert_eq!(*img.get_pixel(4, 6), Rgb([4, 5, 6]));
     }
 }

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::calibration::LossParts;
 use ctcal::pipeline::shapes::{ShapesModel, ShapesModelConfig, Vocab, load_shapes_model};
-use ctcal::viz::{COLOURS, Series, line_plot};
+use ctcal::viz::{COLOURS, LinePlot, Series, YScale, line_plot};
 use ctcal_shapes::{
     AgreementProbe, ArchLevels, LevelAgreement, ShapesConfig, ShapesSet, Split, TrainRun,
     agreement_by_level, train_shapes,
@@ -273,7 +273,11 @@ pub fn bench<B: AutodiffAttentionBackend>(
         "{arch}: map mass inside the noun's mask vs {}",
         arch.level_name()
     );
-    let plot = line_plot(&title, &series, 480, 320);
+    let x_label = format!("noise level ({})", arch.level_name());
+    let frame = LinePlot::new(title, x_label, "map mass inside the mask")
+        .size(720, 440)
+        .y_scale(YScale::Linear);
+    let plot = line_plot(&frame, &series)?;
     ctcal::viz::save_png(&plot, &out.join("agreement.png"))?;
     figures(out, &eval, &shown, o, seed, device)?;
     let runs_json: Vec<_> = runs
@@ -298,7 +302,7 @@ fn figures<B: AutodiffAttentionBackend>(
     device: &B::Device,
 ) -> Result<()> {
     use burn::module::AutodiffModule;
-    use ctcal::viz::{draw_text, save_png, stack_rows};
+    use ctcal::viz::{TextStyle, draw_text, save_png, stack_rows};
     use image::{Rgb, RgbImage};
     let n = eval.len().min(8);
     let s = eval.size;
@@ -314,10 +318,10 @@ fn figures<B: AutodiffAttentionBackend>(
     };
     let row = |label: &str, images: Vec<Vec<u8>>| -> Result<RgbImage> {
         let w = 3 * s as u32;
-        let mut img = RgbImage::from_pixel(n as u32 * (w + 4), w + 12, Rgb([255, 255, 255]));
-        draw_text(&mut img, 2, 2, label, 1, Rgb([0, 0, 0]));
+        let mut img = RgbImage::from_pixel(n as u32 * (w + 4), w + 22, Rgb([255, 255, 255]));
+        draw_text(&mut img, 2, 2, label, TextStyle::new(14.0));
         for (i, rgb) in images.into_iter().enumerate() {
-            image::imageops::replace(&mut img, &tile(rgb)?, i as i64 * (w as i64 + 4), 12);
+            image::imageops::replace(&mut img, &tile(rgb)?, i as i64 * (w as i64 + 4), 22);
         }
         Ok(img)
     };
