@@ -14,7 +14,7 @@ if grep -E '^(weights|tests|benches|scripts|shapes|local|out)/' <<<"$list" >&2; 
   exit 1
 fi
 cargo package --no-verify --allow-dirty -p ctcal -q 2>/dev/null
-crate=$(ls -t target/package/ctcal-*.crate | head -1)
+crate=$(ls -t "${CARGO_TARGET_DIR:-target}"/package/ctcal-*.crate | head -1)
 size=$(stat -c %s "$crate")
 echo "package_check: $crate is $size bytes, $(wc -l <<<"$list") files"
 if [ "$size" -ge 10000000 ]; then
