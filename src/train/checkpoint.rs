@@ -263,6 +263,11 @@ pub fn saved_settings(out: &Path) -> Result<Option<super::SettingsFile>> {
     Ok(None)
 }
 
+/// The folder of the checkpoint after `step` under `root` (`<out>/checkpoints/step-0000100`).
+pub fn checkpoint_dir(root: &Path, step: usize) -> PathBuf {
+    root.join(format!("step-{step:07}"))
+}
+
 /// Writes a checkpoint under `root` (`<out>/checkpoints`) and points `latest` at it; keeps
 /// the newest `state.config.checkpoints_total_limit` (0: all). Returns its folder.
 pub fn save_checkpoint<B, M, A, O1, O2>(
@@ -277,8 +282,10 @@ where
     O1: Optimizer<M, B>,
     O2: Optimizer<A, B>,
 {
-    let name = format!("step-{:07}", state.step);
-    let dir = root.join(&name);
+    let dir = checkpoint_dir(root, state.step);
+    let name = dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let tmp = root.join(format!("{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -38,8 +38,8 @@ mod tensorboard;
 mod trainer;
 
 pub use checkpoint::{
-    CheckpointParts, CheckpointState, Trained, latest_checkpoint, load_checkpoint, load_params,
-    read_state, save_checkpoint, save_params, saved_settings,
+    CheckpointParts, CheckpointState, Trained, checkpoint_dir, latest_checkpoint, load_checkpoint,
+    load_params, read_state, save_checkpoint, save_params, saved_settings,
 };
 pub use config::{LrSchedule, TrainConfig};
 pub use ema::Ema;

@@ -12,9 +12,11 @@ use crate::calibration::TrainBatch;
 use crate::data::{Batch, DataCursor, Dataset};
 use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
+use crate::nouns::Nouns;
 use crate::schedule::Schedule;
 use crate::vae::tensor_to_images;
 use crate::viz::save_png;
+use image::RgbImage;
 
 /// Validation images: the same prompts and seed rendered with the module being trained, at the
 /// start, every `every` steps and at the end (`validation/step_NNNNN.png`, one row per render).
@@ -32,6 +34,7 @@ pub struct Validation {
 pub(crate) struct PreviewBatch<B: AutodiffBackend> {
     batch: TrainBatch<B>,
     captions: Vec<String>,
+    nouns: Vec<Nouns>,
     noise: Tensor<B, 4>,
 }
 
@@ -66,6 +69,7 @@ impl<B: AutodiffBackend> PreviewBatch<B> {
         Ok(Self {
             batch: train_batch,
             captions: batch.captions,
+            nouns: batch.nouns,
             noise,
         })
     }
@@ -73,6 +77,31 @@ impl<B: AutodiffBackend> PreviewBatch<B> {
     /// The first `n` captions, the default validation prompts.
     pub fn first_captions(&self, n: usize) -> Vec<String> {
         self.captions.iter().take(n).cloned().collect()
+    }
+
+    /// The teacher | student map of each noun of the batch, as a picture.
+    pub fn render<M>(
+        &self,
+        model: &M,
+        schedule: &Schedule,
+        config: &TrainConfig,
+    ) -> Result<RgbImage>
+    where
+        M: AutodiffModule<B> + Denoiser<B>,
+        M::InnerModule: Denoiser<B::InnerBackend>,
+    {
+        let (teacher, student) = preview_levels(schedule, config.ctcal.teacher);
+        map_preview(
+            model,
+            &self.batch,
+            &self.captions,
+            &self.nouns,
+            self.noise.clone(),
+            schedule,
+            &config.ctcal,
+            teacher,
+            student,
+        )
     }
 
     /// Writes the teacher | student map of each noun of the batch to `path`.
@@ -87,17 +116,7 @@ impl<B: AutodiffBackend> PreviewBatch<B> {
         M: AutodiffModule<B> + Denoiser<B>,
         M::InnerModule: Denoiser<B::InnerBackend>,
     {
-        let (teacher, student) = preview_levels(schedule, config.ctcal.teacher);
-        let img = map_preview(
-            model,
-            &self.batch,
-            &self.captions,
-            self.noise.clone(),
-            schedule,
-            &config.ctcal,
-            teacher,
-            student,
-        )?;
+        let img = self.render(model, schedule, config)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }

@@ -9,7 +9,7 @@ use super::StepLog;
 use crate::calibration::{CtcalConfig, StepDraw, TeacherRule, TrainBatch, teacher_maps};
 use crate::denoiser::Denoiser;
 use crate::error::{Error, Result};
-use crate::nouns::noun_groups_at;
+use crate::nouns::{Nouns, noun_groups_at};
 use crate::schedule::Schedule;
 use crate::viz::{
     COLOURS, LinePlot, MapGridSpec, MapPair, MapRow, Series, TextStyle, draw_text, ema_alpha,
@@ -21,13 +21,15 @@ const MAP_TILE: u32 = 112;
 
 /// One row per sample of `batch`: its caption, then for each noun its map at `teacher_level`
 /// and at `student_level` (same noise), each tile divided by its own maximum, labelled with
-/// the levels and the noun (the tagger's nouns of the caption when it finds as many as the
-/// sample has, else numbered). A sample without nouns gets no row.
+/// the levels and the noun (the row's own noun words from `nouns` when it marks as many as the
+/// sample has; else the tagger's nouns of the caption when it finds as many; else numbered).
+/// A sample without nouns gets no row.
 #[allow(clippy::too_many_arguments)]
 pub fn map_preview<B, M>(
     model: &M,
     batch: &TrainBatch<B>,
     captions: &[String],
+    nouns: &[Nouns],
     noise: Tensor<B, 4>,
     schedule: &Schedule,
     config: &CtcalConfig,
@@ -64,7 +66,7 @@ where
         let (tv, sv) = (values(t)?, values(s)?);
         let size = gh * gw;
         let caption = captions.get(i).map_or("", String::as_str);
-        let pairs = noun_labels(caption, n)
+        let pairs = noun_labels(caption, nouns.get(i), n)
             .into_iter()
             .enumerate()
             .map(|(k, noun)| MapPair {
@@ -95,10 +97,16 @@ pub(crate) fn level_label(schedule: &Schedule, level: f64) -> String {
     }
 }
 
-/// Names for the `n` nouns of `caption` in order: the built-in tagger's nouns when it finds
-/// exactly `n` (as it does for captions without marked nouns, whose groups it made), else
-/// `noun 1` ... `noun n` (the batch holds token positions, not words).
-pub(crate) fn noun_labels(caption: &str, n: usize) -> Vec<String> {
+/// Names for the `n` nouns of `caption` in order: the row's marked noun words when there are
+/// `n`; else the built-in tagger's nouns when it finds exactly `n` (as it does for captions
+/// without marked nouns, whose groups it made); else `noun 1` ... `noun n` (marked token
+/// positions name no words).
+pub(crate) fn noun_labels(caption: &str, marked: Option<&Nouns>, n: usize) -> Vec<String> {
+    if let Some(Nouns::Words(words)) = marked
+        && words.len() == n
+    {
+        return words.clone();
+    }
     let words = crate::nouns::words(caption);
     // The tagger's groups over word positions (word k at position k) are word indices.
     let positions: Vec<_> = (0..words.len()).map(|k| k..k + 1).collect();
@@ -196,10 +204,23 @@ mod tests {
     #[test]
     fn nouns_are_named_by_the_tagger_when_it_agrees() {
         let caption = "a red square and a green triangle";
-        assert_eq!(noun_labels(caption, 2), ["square", "triangle"]);
+        assert_eq!(noun_labels(caption, None, 2), ["square", "triangle"]);
+        assert_eq!(
+            noun_labels(caption, Some(&Nouns::Unmarked), 2),
+            ["square", "triangle"]
+        );
+        // The row's own words win (here the tagger would say "square", "triangle").
+        let marked = Nouns::Words(vec!["red square".into(), "green triangle".into()]);
+        assert_eq!(
+            noun_labels(caption, Some(&marked), 2),
+            ["red square", "green triangle"]
+        );
         // The batch has another count (marked nouns): numbered, not guessed.
-        assert_eq!(noun_labels(caption, 1), ["noun 1"]);
-        assert_eq!(noun_labels(caption, 3), ["noun 1", "noun 2", "noun 3"]);
+        assert_eq!(noun_labels(caption, None, 1), ["noun 1"]);
+        assert_eq!(
+            noun_labels(caption, Some(&marked), 3),
+            ["noun 1", "noun 2", "noun 3"]
+        );
     }
 
     /// The plot is 900 x 500, draws the total in its colour through a non-finite loss, and an

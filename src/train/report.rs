@@ -1,6 +1,6 @@
 //! What a run reports to TensorBoard (`Trainer::tensorboard`): each step's losses, learning
-//! rate, gradient norm and step time as scalars, and the pictures the run writes (validation
-//! images, teacher | student noun maps) as images, in event files under `<out>/logs/`
+//! rate, gradient norm and step time as scalars, and pictures (the validation images, the
+//! teacher | student noun maps at the start, at each validation and at the end) as images, in event files under `<out>/logs/`
 //! (diffusers' `logging_dir`), one per start of the run (TensorBoard merges them).
 
 use std::path::Path;
@@ -48,6 +48,12 @@ impl TensorBoardLog {
         ]
         .map(|(tag, v)| (tag, v as f32));
         self.writer.scalars(log.step as i64, &values, log.wall_time)
+    }
+
+    /// `png` (PNG bytes) as the image `tag` of `step`.
+    pub fn png(&mut self, tag: &str, step: usize, png: &[u8]) -> Result<()> {
+        self.writer
+            .image_png(tag, step as i64, png, wall_time_now())
     }
 
     /// The PNG file at `path` as the image `tag` of `step`.

@@ -13,8 +13,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::checkpoint::{
-    CheckpointParts, CheckpointState, Trained, latest_checkpoint, load_checkpoint, read_state,
-    save_checkpoint,
+    CheckpointParts, CheckpointState, Trained, checkpoint_dir, latest_checkpoint, load_checkpoint,
+    read_state, save_checkpoint,
 };
 use super::tensorboard::wall_time_now;
 use super::{Ema, StepLog, TrainConfig, TrainInputs, Trainable, clip_global_norm, stable_ids};
@@ -223,7 +223,22 @@ where
 
         let done = step + 1;
         let every = config.checkpoint_every;
-        let checkpoint = if done == config.steps || (every > 0 && done % every == 0) {
+        let due = done == config.steps || (every > 0 && done % every == 0);
+        let log = StepLog {
+            step: done,
+            lr,
+            grad_norm,
+            loss: parts,
+            skipped: (!skipped.is_empty()).then(|| skipped.join("; ")),
+            checkpoint: due.then(|| checkpoint_dir(&root, done)),
+            wall_time: wall_time_now(),
+            step_time,
+        };
+        // The step's line goes in before its checkpoint: a run killed between the two resumes
+        // from the checkpoint before, which drops the line and runs the step again (in the
+        // other order the line of a step whose checkpoint was written was lost for good).
+        write_metrics(&mut metrics, &metrics_path, &log)?;
+        if due {
             let state = CheckpointState {
                 step: done,
                 cursor: loader.cursor(),
@@ -241,21 +256,8 @@ where
                 settings: Some(settings),
                 _b: std::marker::PhantomData,
             };
-            Some(save_checkpoint(&root, &state, parts)?)
-        } else {
-            None
-        };
-        let log = StepLog {
-            step: done,
-            lr,
-            grad_norm,
-            loss: parts,
-            skipped: (!skipped.is_empty()).then(|| skipped.join("; ")),
-            checkpoint,
-            wall_time: wall_time_now(),
-            step_time,
-        };
-        write_metrics(&mut metrics, &metrics_path, &log)?;
+            save_checkpoint(&root, &state, parts)?;
+        }
         tracing::debug!(
             step = done,
             loss = log.loss.total,

@@ -60,7 +60,7 @@ use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, apply_lora};
 use crate::precision::MixedPrecision;
 use crate::schedule::Schedule;
-use crate::viz::save_png;
+use crate::viz::{png_bytes, save_png};
 
 /// A training run's settings and listeners; [`fit`](Self::fit) runs it.
 ///
@@ -380,6 +380,11 @@ impl<'a> Trainer<'a> {
                     });
                     if let Some(board) = &mut board {
                         board.png_file("validation", log.step, &path)?;
+                        // The noun maps at each validation (files only at the start and end).
+                        if let Some(preview) = preview.as_ref().filter(|_| log.step != last) {
+                            let img = preview.render(model.denoiser(), schedule, &config)?;
+                            board.png("maps", log.step, &png_bytes(&img)?)?;
+                        }
                     }
                 }
                 logs.push(log.clone());

@@ -70,13 +70,23 @@ where
     P: image::PixelWithColorType,
     [P::Subpixel]: image::EncodableLayout,
 {
+    let bytes = png_bytes(img).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    crate::weights::write_atomic(path, &bytes)
+}
+
+/// `img` encoded as PNG (for a file, or a TensorBoard image).
+pub fn png_bytes<P>(img: &image::ImageBuffer<P, Vec<P::Subpixel>>) -> Result<Vec<u8>>
+where
+    P: image::PixelWithColorType,
+    [P::Subpixel]: image::EncodableLayout,
+{
     let mut bytes = Vec::new();
     img.write_to(
         &mut std::io::Cursor::new(&mut bytes),
         image::ImageFormat::Png,
     )
-    .map_err(|e| Error::Input(format!("{}: PNG encoding failed: {e}", path.display())))?;
-    crate::weights::write_atomic(path, &bytes)
+    .map_err(|e| Error::Input(format!("PNG encoding failed: {e}")))?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -310,6 +310,32 @@ fn non_finite_loss_stops_the_run() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+/// A run stopped after a step's `metrics.jsonl` line but before its checkpoint (the kill-point
+/// test met the other order: a checkpoint without its line, whose line was then lost for good)
+/// resumes from the checkpoint before, runs the step again and ends with the same lines.
+#[test]
+fn a_step_logged_but_not_checkpointed_is_run_again() {
+    let base = std::env::temp_dir().join(format!("ctcal-log-order-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let out = base.join("run");
+    let every_step = || config().with_steps(3).with_checkpoint_every(1);
+    run_with(&out, false, every_step(), Trained::Lora, |_| {}).unwrap();
+    let whole = metrics_without_times(&out);
+    assert_eq!(whole.lines().count(), 3);
+    // As if killed between step 3's line and its checkpoint.
+    let root = out.join("checkpoints");
+    std::fs::remove_dir_all(root.join("step-0000003")).unwrap();
+    std::fs::write(root.join("latest"), "step-0000002").unwrap();
+    let mut ran = Vec::new();
+    run_with(&out, true, every_step(), Trained::Lora, |log| {
+        ran.push(log.step)
+    })
+    .unwrap();
+    assert_eq!(ran, [3]);
+    assert_eq!(metrics_without_times(&out), whole);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// The output folder as accelerate treats it: a second fresh run into a used folder is refused
 /// before any work and leaves the folder as it was; `overwrite` clears it and runs; `resume`
 /// continues a finished run to more steps.

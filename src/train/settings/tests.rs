@@ -156,3 +156,38 @@ fn flags_given_override_files_which_override_defaults() {
     let got = layers.train_config(flags).unwrap();
     assert_eq!((got.steps, got.ctcal.lambda_ctcal), (30, 2.0));
 }
+
+/// No bytes make reading a settings file panic: mutated resolved files (flipped, inserted and
+/// dropped bytes, cuts) either read or give an error that names the file.
+#[test]
+fn mutated_files_read_or_fail_cleanly() {
+    use rand::{Rng, SeedableRng};
+    let text = render(&toml::Table::new(), &unusual()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let base = TrainConfig::new(CtcalConfig::sd21());
+    let (mut read, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let mut bytes = text.clone().into_bytes();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..bytes.len());
+            match rng.random_range(0..4) {
+                0 => bytes[at] = rng.random(),
+                1 => bytes.insert(at, b"=[]{}\".\n0e"[rng.random_range(0..10)]),
+                2 => {
+                    bytes.remove(at);
+                }
+                _ => bytes.truncate(at),
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        match SettingsFile::parse(&text, "run.toml").and_then(|f| f.train_config(&base)) {
+            Ok(_) => read += 1,
+            Err(e) => {
+                assert!(e.to_string().contains("run.toml"), "{e}");
+                refused += 1;
+            }
+        }
+    }
+    // Both outcomes happen, so the mutations reach the reader's error paths and its success.
+    assert!(read > 0 && refused > 0, "{read} read, {refused} refused");
+}

@@ -363,6 +363,7 @@ fn figures<B: AutodiffAttentionBackend>(
             &model.denoiser,
             &data,
             &captions,
+            &[],
             noise.clone(),
             &arch.schedule(),
             &arch.ctcal(),
