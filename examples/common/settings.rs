@@ -124,37 +124,29 @@ fn lay_over<C: TrainCli>(
         .map(|a| a.get_id().to_string())
         .collect();
     let mut table = to_table(cli)?;
-    let mut resolved = None;
     for file in files {
         let below = table.clone();
+        let mut laid = Vec::new();
         for (key, value) in file.run_keys() {
             check_key(&key, file, &known, own)?;
             if !given.contains(&key) {
-                table.insert(key, value);
+                table.insert(key.clone(), value.clone());
+                laid.push((key, value));
             }
         }
         // Each file read on its own, so that an error names it; serde loses the key of a
         // flattened field, so a failure is retried key by key to name it.
-        let c: C = match from_table(table.clone(), &file.origin) {
-            Ok(c) => c,
-            Err(e) => {
-                for (key, value) in file.run_keys() {
-                    let mut one = below.clone();
-                    one.insert(key.clone(), value);
-                    if let Err(e) = from_table::<C>(one, &format!("{}: `{key}`", file.origin)) {
-                        return Err(e.into());
-                    }
-                }
-                return Err(e.into());
+        if let Err(e) = from_table::<C>(table.clone(), &file.origin) {
+            for (key, value) in laid {
+                let mut one = below.clone();
+                let origin = format!("{}: `{key}`", file.origin);
+                one.insert(key, value);
+                from_table::<C>(one, &origin)?;
             }
-        };
-        table = to_table(&c)?;
-        resolved = Some(c);
+            return Err(e.into());
+        }
     }
-    match resolved {
-        Some(c) => Ok(c),
-        None => Ok(from_table(table, "the command line")?),
-    }
+    Ok(from_table(table, "the command line")?)
 }
 
 /// Refuses a top-level `key` of `file` that is not a flag of the program, is a training

@@ -1,7 +1,8 @@
 //! What a run reports to TensorBoard (`Trainer::tensorboard`): each step's losses, learning
 //! rate, gradient norm and step time as scalars, and pictures (the validation images, the
-//! teacher | student noun maps at the start, at each validation and at the end) as images, in event files under `<out>/logs/`
-//! (diffusers' `logging_dir`), one per start of the run (TensorBoard merges them).
+//! teacher | student noun maps at the start, at each validation and at the end) as images, in
+//! event files under `<out>/logs/` (diffusers' `logging_dir`), one per start of the run
+//! (TensorBoard merges them).
 
 use std::path::Path;
 
@@ -59,7 +60,6 @@ impl TensorBoardLog {
     /// The PNG file at `path` as the image `tag` of `step`.
     pub fn png_file(&mut self, tag: &str, step: usize, path: &Path) -> Result<()> {
         let png = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        self.writer
-            .image_png(tag, step as i64, &png, wall_time_now())
+        self.png(tag, step, &png)
     }
 }

@@ -67,9 +67,10 @@ use crate::viz::{png_bytes, save_png};
 /// What a run writes into its output folder (`out/` by default; a fresh run needs it empty or
 /// [`overwrite`](Self::overwrite)): `checkpoints/` (every `checkpoint_every` steps and at the
 /// end; `resume(true)` continues from the latest, also to more steps than first asked),
-/// `logs/` with [`tensorboard`](Self::tensorboard), `config.toml` (the resolved settings, see [`settings`](Self::settings); also in each
-/// checkpoint), `metrics.jsonl`, `maps_start.png` / `maps_end.png` (teacher | student noun maps of the first
-/// captions, before and after), `validation/` when set, `loss.png`, `autoencoder.safetensors`,
+/// `logs/` with [`tensorboard`](Self::tensorboard), `config.toml` (the resolved settings, see
+/// [`settings`](Self::settings); also in each checkpoint), `metrics.jsonl`, `maps_start.png` /
+/// `maps_end.png` (teacher | student noun maps of the first captions, before and after),
+/// `validation/` when set, `loss.png`, `autoencoder.safetensors`,
 /// the model card `README.md` when [`model_card`](Self::model_card) names the base model and,
 /// for a LoRA run, `pytorch_lora_weights.safetensors` (PEFT keys under the model's diffusers
 /// prefix, what `pipe.load_lora_weights()` reads; also in each checkpoint). A fully
@@ -189,7 +190,8 @@ impl<'a> Trainer<'a> {
 
     /// Also log to TensorBoard (diffusers' `--report_to tensorboard`): event files in
     /// `<out>/logs/` with each step's losses, learning rate, gradient norm and step time, the
-    /// validation images and the noun-map previews (see [`TensorBoardLog`](super::TensorBoardLog)).
+    /// validation images and the noun-map previews (see
+    /// [`TensorBoardLog`](super::TensorBoardLog)).
     pub fn tensorboard(mut self, on: bool) -> Self {
         self.tensorboard = on;
         self
