@@ -45,9 +45,20 @@ const RECIPE_KEYS: &[&str] = &[
     "max_grad_norm",
 ];
 
-/// Flags that are actions of this invocation, not settings of the run: never read from or
-/// written to a file.
-const ACTIONS: &[&str] = &["config", "resume", "resume_from_checkpoint", "overwrite"];
+/// Flags that are actions of this invocation, not settings of the run (what to do, where to
+/// run it: the devices and machines): never read from or written to a file.
+const ACTIONS: &[&str] = &[
+    "config",
+    "resume",
+    "resume_from_checkpoint",
+    "overwrite",
+    "devices",
+    "num_devices",
+    "num_nodes",
+    "node_rank",
+    "orchestrator",
+    "node_address",
+];
 
 /// A training example's command line: its own flags and the shared [`TrainArgs`].
 pub trait TrainCli: Parser + Serialize + DeserializeOwned {
@@ -97,6 +108,12 @@ pub fn parse<C: TrainCli>(default_out: &str) -> Result<C> {
     target.resume = args.resume;
     target.resume_from_checkpoint = args.resume_from_checkpoint.clone();
     target.overwrite = args.overwrite;
+    target.devices = args.devices.clone();
+    target.num_devices = args.num_devices;
+    target.num_nodes = args.num_nodes;
+    target.node_rank = args.node_rank;
+    target.orchestrator = args.orchestrator.clone();
+    target.node_address = args.node_address.clone();
     let run = run_keys(&resolved)?;
     resolved.train_args_mut().layers = Layers { files, flagged };
     resolved.train_args_mut().run_keys = run;

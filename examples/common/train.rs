@@ -16,8 +16,8 @@ use ctcal::pipeline::shapes::{ShapesDenoiserPart, ShapesPipeline, load_shapes_pi
 use ctcal::precision::MixedPrecision;
 use ctcal::schedule::Schedule;
 use ctcal::train::{
-    Event, Fitted, Layers, LrSchedule, Output, TrainConfig, TrainInputs, Trainable, Trainer,
-    Validation, check_output_dir,
+    DataParallel, Event, Fitted, Layers, LrSchedule, Output, TrainConfig, TrainInputs, Trainable,
+    Trainer, Validation, check_output_dir, parse_devices, serve_orchestrator,
 };
 use ctcal::weights::save_diffusers;
 use indicatif::ProgressBar;
@@ -227,6 +227,35 @@ pub struct TrainArgs {
     /// (`tensorboard --logdir <out>/logs`).
     #[arg(long, alias = "report_to", value_enum)]
     pub report_to: Option<ReportTo>,
+    /// Train data-parallel on these devices of this machine, one peer thread each
+    /// (`cuda:0,cuda:1`; `cpu,cpu` on ndarray): every device takes --batch-size samples of
+    /// each step, so a step trains on devices x nodes x batch-size samples.
+    #[arg(long, conflicts_with = "num_devices")]
+    #[serde(skip)]
+    pub devices: Option<String>,
+    /// Train data-parallel on the backend's first N devices (see --devices).
+    #[arg(long, alias = "num_processes")]
+    #[serde(skip)]
+    pub num_devices: Option<usize>,
+    /// Machines of a multi-machine run (accelerate's --num_machines); each runs this command
+    /// with its --node-rank.
+    #[arg(long, alias = "num_machines", default_value_t = 1)]
+    #[serde(skip)]
+    pub num_nodes: usize,
+    /// This machine's rank, 0..--num-nodes (accelerate's --machine_rank); node 0 serves the
+    /// orchestrator and writes the outputs.
+    #[arg(long, alias = "machine_rank", default_value_t = 0)]
+    #[serde(skip)]
+    pub node_rank: usize,
+    /// HOST:PORT of the collective orchestrator, the same on every machine (node 0 serves it
+    /// on PORT).
+    #[arg(long)]
+    #[serde(skip)]
+    pub orchestrator: Option<String>,
+    /// HOST:PORT at which the other machines reach this one (its tensor data service).
+    #[arg(long)]
+    #[serde(skip)]
+    pub node_address: Option<String>,
     /// Stop at the first bad metadata row or unreadable sample instead of skipping it.
     #[arg(long)]
     pub strict: bool,
@@ -314,6 +343,16 @@ impl TrainArgs {
         Ok(location)
     }
 
+    /// The machines of the run (--num-nodes, --node-rank, --orchestrator, --node-address).
+    pub fn parallel(&self) -> DataParallel {
+        DataParallel {
+            num_nodes: self.num_nodes,
+            node_rank: self.node_rank,
+            orchestrator: self.orchestrator.clone(),
+            node_address: self.node_address.clone(),
+        }
+    }
+
     /// Whether to continue from the latest checkpoint (--resume or
     /// --resume-from-checkpoint latest).
     pub fn resuming(&self) -> bool {
@@ -379,6 +418,7 @@ impl TrainArgs {
             .output_dir(out)
             .resume(self.resuming())
             .overwrite(self.overwrite)
+            .data_parallel(self.parallel())
             .validation(Validation {
                 prompts: self.validation_prompt.clone(),
                 every: self.validate_every,
@@ -447,9 +487,10 @@ fn report(bar: &ProgressBar, event: &Event<'_>) {
     }
 }
 
-/// Runs `trainer` and prints the loss summary.
+/// Runs `trainer` on `device`, or data-parallel on the devices and machines `args` name, and
+/// prints the loss summary.
 fn fit<B, M, I>(
-    trainer: Trainer<'_>,
+    (args, trainer): (&TrainArgs, Trainer<'_>),
     model: M,
     inputs: &I,
     data: TrainingData,
@@ -459,9 +500,34 @@ fn fit<B, M, I>(
 where
     B: AutodiffAttentionBackend,
     M: Trainable<B>,
-    I: TrainInputs<B, M>,
+    I: TrainInputs<B, M> + Sync,
 {
-    let fitted = trainer.fit(model, inputs, Arc::new(data), schedule, device)?;
+    let parallel = args.parallel();
+    parallel.validate()?;
+    let devices: Vec<B::Device> = match (&args.devices, args.num_devices) {
+        (None, None) => vec![device.clone()],
+        (list, n) => parse_devices(list.as_deref(), n)?,
+    };
+    let data = Arc::new(data);
+    let fitted = if devices.len() == 1 && parallel.nodes() == 1 {
+        trainer.fit(model, inputs, data, schedule, device)?
+    } else {
+        info!(
+            "data-parallel: {} device(s) here, {} machine(s), {} samples a step",
+            devices.len(),
+            parallel.nodes(),
+            devices.len()
+                * parallel.nodes()
+                * trainer.config().batch_size
+                * trainer.config().grad_accum
+        );
+        if parallel.nodes() > 1 && parallel.node_rank == 0 {
+            let address = parallel.orchestrator.as_deref().unwrap_or_default();
+            let port = address.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+            serve_orchestrator(port.context("--orchestrator HOST:PORT")?)?;
+        }
+        trainer.fit_parallel(model, &[inputs], &devices, data, schedule)?
+    };
     if let (Some(first), Some(last)) = (fitted.logs.first(), fitted.logs.last()) {
         info!(
             "steps {}..{}: loss {:.4} -> {:.4} (diffusion {:.4} -> {:.4}, ctcal {:.4} -> {:.4})",
@@ -506,7 +572,7 @@ pub fn fit_pipeline<B, M, P>(
 where
     B: AutodiffAttentionBackend,
     M: Trainable<B>,
-    P: TrainInputs<B, M>,
+    P: TrainInputs<B, M> + Sync,
 {
     if args.data.is_none() {
         info!(
@@ -520,7 +586,14 @@ where
     let bar = progress_bar();
     let base = Some(denoiser.base_model);
     let trainer = args.trainer(config, lora, &out, base, &bar);
-    let fitted = fit(trainer, denoiser.model, pipe, data, schedule, device)?;
+    let fitted = fit(
+        (args, trainer),
+        denoiser.model,
+        pipe,
+        data,
+        schedule,
+        device,
+    )?;
     bar.finish();
     if args.full {
         let dir = out.join(denoiser.folder);
@@ -545,7 +618,7 @@ where
     B: AutodiffAttentionBackend,
     D: ShapesDenoiserPart<B> + Trainable<B>,
     D::InnerModule: ShapesDenoiserPart<B::InnerBackend>,
-    ShapesPipeline<B::InnerBackend, D::InnerModule>: TrainInputs<B, D>,
+    ShapesPipeline<B::InnerBackend, D::InnerModule>: TrainInputs<B, D> + Sync,
 {
     let (pipe, model) = load_shapes_pipeline::<B, D>(dir, device)
         .with_context(|| format!("loading the shapes model {}", dir.display()))?;
@@ -566,7 +639,14 @@ where
     let bar = progress_bar();
     // No model card: a shapes model is not a diffusers pipeline.
     let trainer = args.trainer(config, arch.lora(args.rank), &out, None, &bar);
-    let fitted = fit(trainer, model, &pipe, data, &arch.schedule(), device)?;
+    let fitted = fit(
+        (args, trainer),
+        model,
+        &pipe,
+        data,
+        &arch.schedule(),
+        device,
+    )?;
     bar.finish();
     if args.full {
         let dir = out.join("model");

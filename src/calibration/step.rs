@@ -40,6 +40,23 @@ pub struct StepDraw<B: Backend> {
     pub teacher: Vec<f64>,
 }
 
+impl<B: Backend> StepDraw<B> {
+    /// The draw of samples `rows` (a data-parallel peer's share of a whole batch's draw).
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Self> {
+        let n = self.student.len();
+        if rows.start > rows.end || rows.end > n {
+            return Err(Error::Input(format!(
+                "rows {rows:?} of a draw for {n} samples"
+            )));
+        }
+        Ok(Self {
+            noise: self.noise.clone().slice(rows.clone()),
+            student: self.student[rows.clone()].to_vec(),
+            teacher: self.teacher[rows].to_vec(),
+        })
+    }
+}
+
 /// The loss and its parts as numbers, for logging.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LossParts {
@@ -66,6 +83,9 @@ pub struct StepOutput<B: Backend> {
     pub loss: Tensor<B, 1>,
     /// Its parts as numbers.
     pub parts: LossParts,
+    /// The samples that had nouns (those `pixel` ... `balance` average over): what a
+    /// data-parallel run weighs each peer's parts by.
+    pub samples_with_nouns: usize,
 }
 
 fn per_sample_timesteps<B: Backend>(values: Vec<f32>, device: &B::Device) -> Tensor<B, 1> {
@@ -207,6 +227,7 @@ pub fn student_loss<B: Backend, M: Denoiser<B>>(
         return Ok(StepOutput {
             loss: diffusion,
             parts,
+            samples_with_nouns: 0,
         });
     };
 
@@ -225,5 +246,6 @@ pub fn student_loss<B: Backend, M: Denoiser<B>>(
     Ok(StepOutput {
         loss: diffusion + ctcal.loss.mul_scalar(config.lambda_ctcal),
         parts,
+        samples_with_nouns: ctcal.samples_with_nouns,
     })
 }

@@ -85,6 +85,33 @@ impl Batch {
         self.indices.is_empty()
     }
 
+    /// Samples `rows` of the batch (a data-parallel peer's share), with the batch's epoch,
+    /// cursor and skipped rows; `rows` must lie within the batch.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Self> {
+        let features = match &self.features {
+            BatchFeatures::Pixels(p) => BatchFeatures::Pixels(p.rows(rows.clone())?),
+            BatchFeatures::Cached {
+                latents,
+                hidden,
+                pooled,
+            } => BatchFeatures::Cached {
+                latents: latents.rows(rows.clone())?,
+                hidden: hidden.rows(rows.clone())?,
+                pooled: pooled.as_ref().map(|p| p.rows(rows.clone())).transpose()?,
+            },
+        };
+        Ok(Batch {
+            indices: self.indices[rows.clone()].to_vec(),
+            lines: self.lines[rows.clone()].to_vec(),
+            captions: self.captions[rows.clone()].to_vec(),
+            nouns: self.nouns[rows].to_vec(),
+            features,
+            epoch: self.epoch,
+            next_cursor: self.next_cursor,
+            skipped: self.skipped.clone(),
+        })
+    }
+
     /// The images `[batch, 3, r, r]` on `device`; an error for cached features.
     pub fn pixels<B: Backend>(&self, device: &B::Device) -> Result<Tensor<B, 4>> {
         match &self.features {
@@ -277,6 +304,21 @@ mod tests {
         let got = tb.latents.into_data().convert::<f32>().to_vec::<f32>();
         assert_eq!(got.unwrap()[..24], latents.values[..]);
         assert!(batch.pixels::<TestBackend>(&device).is_err());
+    }
+
+    #[test]
+    fn rows_of_a_batch_are_the_batch_of_those_samples() {
+        let samples: Vec<Sample> = [3, 5, 8, 13]
+            .into_iter()
+            .map(|i| cached_sample(i, true))
+            .collect();
+        let cursor = DataCursor::start(0, 20);
+        let whole = Batch::collate(samples.clone(), 2, cursor, BadRows::default()).unwrap();
+        let part = Batch::collate(samples[1..3].to_vec(), 2, cursor, BadRows::default()).unwrap();
+        assert_eq!(whole.rows(1..3).unwrap(), part);
+        assert_eq!(whole.rows(0..4).unwrap(), whole);
+        let err = whole.rows(3..5).unwrap_err();
+        assert!(err.to_string().contains("rows 3..5"), "{err}");
     }
 
     #[test]

@@ -44,6 +44,22 @@ impl<const D: usize> HostTensor<D> {
         Tensor::from_data(TensorData::new(self.values.clone(), self.shape), device)
     }
 
+    /// The entries `rows` of the first axis (a data-parallel peer's share of a batch);
+    /// `rows` must lie within the first axis.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Result<Self> {
+        if rows.start > rows.end || rows.end > self.shape[0] {
+            return Err(Error::Input(format!(
+                "rows {rows:?} of an array of shape {:?}",
+                self.shape
+            )));
+        }
+        let stride: usize = self.shape[1..].iter().product();
+        let mut shape = self.shape;
+        shape[0] = rows.len();
+        let values = self.values[rows.start * stride..rows.end * stride].to_vec();
+        Ok(Self { shape, values })
+    }
+
     /// `items` stacked along a new first axis; `E` must be `D + 1` and every shape equal.
     pub fn stack<const E: usize>(items: &[&HostTensor<D>]) -> Result<HostTensor<E>> {
         let first = items

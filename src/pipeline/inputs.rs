@@ -52,6 +52,8 @@ pub fn vae_latents<B: KernelBackend>(
     pixels: Tensor<B, 4>,
     sample_posterior: bool,
 ) -> Result<Tensor<B, 4>> {
+    // On the VAE's device (a data-parallel peer's pixels may be on another).
+    let pixels = pixels.to_device(&vae.encoder.conv_in.weight.device());
     let posterior = vae.encode(pixels)?;
     let z = if sample_posterior {
         let eps = Tensor::random(
@@ -145,11 +147,14 @@ where
     let (cond, _) = pipeline.encode_prompts_for_training(&captions)?;
     let tokens = cond.hidden.dims()[1];
     let nouns = batch.checked_noun_groups(pipeline.word_tokens(), tokens)?;
+    // On the peer's device when the pipeline lives on another (a data-parallel run sharing
+    // one pipeline); a no-op otherwise.
+    let on_device = |t: Tensor<B::InnerBackend, 2>| Tensor::from_inner(t).to_device(device);
     Ok(TrainBatch {
-        latents: Tensor::from_inner(latents),
+        latents: Tensor::from_inner(latents).to_device(device),
         cond: TextCond {
-            hidden: Tensor::from_inner(cond.hidden),
-            pooled: cond.pooled.map(Tensor::from_inner),
+            hidden: Tensor::from_inner(cond.hidden).to_device(device),
+            pooled: cond.pooled.map(on_device),
         },
         nouns,
     })

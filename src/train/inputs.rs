@@ -60,8 +60,8 @@ where
 /// inputs of a step and renders validation images with the module being trained.
 ///
 /// Randomness (a VAE posterior sample, say) must come from the device RNG, which the trainer
-/// seeds from `(seed, step)` before every step, so a resumed run draws what an uninterrupted
-/// one would.
+/// seeds from `(seed, step, micro-batch, peer)` before each [`train_batch`](Self::train_batch)
+/// call and holds for the call, so a resumed run draws what an uninterrupted one would.
 pub trait TrainInputs<B: AutodiffBackend, M: AutodiffModule<B>> {
     /// The step inputs of `batch` on `device`: latents (or pixels), conditioning and noun
     /// positions. `model` is the module as it is being trained (a compute copy under mixed

@@ -19,6 +19,7 @@
 //! burn clips per parameter), and stable parameter ids ([`stable_ids`], so optimiser state
 //! survives a restart).
 
+mod batches;
 mod checkpoint;
 mod config;
 mod data_check;
@@ -28,7 +29,9 @@ mod inputs;
 mod model_card;
 mod output_dir;
 mod outputs;
+mod parallel;
 mod params;
+mod peers;
 mod preview;
 mod record;
 mod report;
@@ -48,6 +51,7 @@ pub use inputs::{CachedInputs, TrainInputs, Trainable};
 pub use model_card::ModelCard;
 pub use output_dir::check_output_dir;
 pub use outputs::Validation;
+pub use parallel::{DataParallel, parse_devices, serve_orchestrator};
 pub use params::{clip_global_norm, count_params, grad_sq_norm, scale_grads, stable_ids};
 pub use preview::{loss_plot, map_preview, preview_levels};
 pub use report::{LOG_DIR, TensorBoardLog};

@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use burn::optim::{AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
@@ -12,15 +11,17 @@ use burn::tensor::backend::AutodiffBackend;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::batches::NodeBatches;
 use super::checkpoint::{
     CheckpointParts, CheckpointState, Trained, checkpoint_dir, latest_checkpoint, load_checkpoint,
     read_state, save_checkpoint,
 };
+use super::parallel::{MicroParts, Peer};
 use super::tensorboard::wall_time_now;
 use super::{Ema, StepLog, TrainConfig, TrainInputs, Trainable, clip_global_norm, stable_ids};
 use crate::backend::KernelBackend;
 use crate::calibration::{LossParts, MapAutoEncoder, StepDraw, ctcal_step};
-use crate::data::{Batch, BatchFeatures, DataFingerprint, Dataset, Loader, LoaderConfig};
+use crate::data::{Batch, BatchFeatures, DataCursor, DataFingerprint};
 use crate::error::{Error, Result};
 use crate::lora::export_peft;
 use crate::nn::normal_tensor;
@@ -55,11 +56,14 @@ pub fn step_seed(seed: u64, step: usize, stream: u64) -> u64 {
 }
 
 /// Everything the loop reads.
-pub(crate) struct LoopSetup<'a, I: ?Sized, D> {
+pub(crate) struct LoopSetup<'a, I: ?Sized> {
     pub config: &'a TrainConfig,
     pub trained: Trained,
     pub inputs: &'a I,
-    pub dataset: Arc<D>,
+    /// Whole batches in data order (this machine's loader, shared by its peers).
+    pub batches: &'a NodeBatches,
+    /// The metadata file of the data, to name in errors.
+    pub source: Option<&'a Path>,
     pub schedule: &'a Schedule,
     /// Output folder: `checkpoints/` and `metrics.jsonl` go here.
     pub out: &'a Path,
@@ -71,6 +75,19 @@ pub(crate) struct LoopSetup<'a, I: ?Sized, D> {
     pub settings: &'a str,
     /// The rows left out before training, for the first step's log.
     pub skipped_before: Option<String>,
+    /// This peer's place in a data-parallel run ([`Peer::SINGLE`] on one device).
+    pub peer: Peer,
+}
+
+impl<'a, I: ?Sized> LoopSetup<'a, I> {
+    /// The same setup for another peer (no rows skipped before training to report).
+    pub fn borrowed(&self) -> Self {
+        Self {
+            fingerprint: self.fingerprint.clone(),
+            skipped_before: None,
+            ..*self
+        }
+    }
 }
 
 /// What the loop leaves.
@@ -82,12 +99,27 @@ pub(crate) struct LoopEnd<M, A> {
     pub start: usize,
 }
 
+/// The data cursor a run resumed from `out` starts at: the latest checkpoint's, if any.
+pub(crate) fn resume_cursor(out: &Path, resume: bool) -> Result<Option<(usize, DataCursor)>> {
+    if !resume {
+        return Ok(None);
+    }
+    match latest_checkpoint(&out.join("checkpoints"))? {
+        Some(dir) => {
+            let state = read_state(&dir)?;
+            Ok(Some((state.step, state.cursor)))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Trains `model` from its current parameters (or the latest checkpoint when resuming).
 /// `started` is called once with the first step; `on_step` sees every step's log and the model
-/// after it (to render validation images, say); an error from it stops the run.
-pub(crate) fn run_steps<B, M, I, D>(
+/// after it (to render validation images, say); an error from it stops the run. A peer other
+/// than the main one of a data-parallel run writes nothing and calls neither.
+pub(crate) fn run_steps<B, M, I>(
     model: M,
-    setup: LoopSetup<'_, I, D>,
+    setup: LoopSetup<'_, I>,
     device: &B::Device,
     mut started: impl FnMut(usize),
     mut on_step: impl FnMut(&StepLog, &M) -> Result<()>,
@@ -96,36 +128,41 @@ where
     B: AutodiffBackend + KernelBackend,
     M: Trainable<B>,
     I: TrainInputs<B, M> + ?Sized,
-    D: Dataset + 'static,
 {
     let LoopSetup {
         config,
         trained,
         inputs,
-        dataset,
+        batches,
+        source,
         schedule,
         out,
         resume,
         fingerprint,
         settings,
         skipped_before,
+        peer,
     } = setup;
     let mut skipped_before = skipped_before;
-    B::seed(device, step_seed(config.seed, 0, 0xAE));
     let mut model = stable_ids(model, "denoiser");
-    let mut ae = stable_ids(config.ctcal.autoencoder.init::<B>(device), "autoencoder");
+    let ae = peer.with_device_rng(|| {
+        B::seed(device, step_seed(config.seed, 0, 0xAE));
+        config.ctcal.autoencoder.init::<B>(device)
+    });
+    let mut ae = stable_ids(ae, "autoencoder");
     let adamw = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .with_epsilon(config.adam_epsilon as f32);
     let mut optim = adamw.init::<B, M>();
     let mut optim_ae = adamw.init::<B, MapAutoEncoder<B>>();
     let root = out.join("checkpoints");
-    std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    if peer.is_main() {
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+    }
     let checkpoint_export = |dir: &Path, model: &M| export_lora(model, dir).map(|_| ());
 
     // Resume.
     let mut start = 0;
-    let mut cursor = None;
     let mut ema = None;
     if resume && let Some(dir) = latest_checkpoint(&root)? {
         // `Trainer::fit` checked its settings and data (`check_resume`) before writing anything.
@@ -133,67 +170,144 @@ where
         let loaded = load_checkpoint(&dir, &state, model, ae, optim, optim_ae, device)?;
         (model, ae, optim, optim_ae, ema) = loaded;
         start = state.step;
-        cursor = Some(state.cursor);
-        tracing::info!("resuming from {} (step {start})", dir.display());
+        if peer.is_main() {
+            tracing::info!("resuming from {} (step {start})", dir.display());
+        }
     }
-    let mut ema = config.ema_decay.map(|decay| match ema.take() {
-        Some(m) => Ema { model: m, decay },
-        None => Ema::new(&model, decay),
-    });
+    // Peer 0 alone keeps the EMA: the others' parameters are the same.
+    let mut ema = config
+        .ema_decay
+        .filter(|_| peer.is_main())
+        .map(|decay| match ema.take() {
+            Some(m) => Ema { model: m, decay },
+            None => Ema::new(&model, decay),
+        });
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, start)?;
+    let mut metrics = match peer.is_main() {
+        true => Some(open_metrics(&metrics_path, start)?),
+        false => None,
+    };
 
-    let loader_config = LoaderConfig::new(config.batch_size, config.seed);
-    let source = dataset.source().map(Path::to_path_buf);
-    let mut loader = Loader::new(dataset, &loader_config, cursor)?;
     let ae_peak = config.ae_lr.unwrap_or(config.lr);
+    let accum = config.grad_accum;
+    // A failure of peer 0's writes after a step, told to the other peers with the next one.
+    let mut deferred: Option<Error> = None;
     started(start);
     for step in start..config.steps {
         let began = Instant::now();
-        B::seed(device, step_seed(config.seed, step, 0xD0));
+        // The device RNG (a VAE posterior sample): a stream per micro-batch and peer, seeded
+        // and drawn under the process's RNG lock.
+        let device_seed = step_seed(config.seed, step, 0xD0);
         let mut acc = GradientsAccumulator::<M>::new();
         let mut acc_ae = GradientsAccumulator::<MapAutoEncoder<B>>::new();
-        let mut parts = LossParts::default();
         let mut skipped: Vec<String> = skipped_before.take().into_iter().collect();
-        for micro in 0..config.grad_accum {
-            let mut batch = loader.next_batch()?;
-            if !batch.skipped.0.is_empty() {
-                skipped.push(batch.skipped.to_string());
+        let mut cursor = None;
+        let mut micro_step = || -> Result<Vec<MicroParts>> {
+            let mut micros = Vec::with_capacity(accum);
+            for micro in 0..accum {
+                let seq = (step * accum + micro) as u64;
+                let whole =
+                    batches.take(seq, |batch, _| drop_captions(batch, config, step, micro))?;
+                if !whole.skipped.0.is_empty() {
+                    skipped.push(whole.skipped.to_string());
+                }
+                cursor = Some(whole.next_cursor);
+                let rows = peer.rows(whole.len());
+                let share = rows.len() as f64 / whole.len() as f64;
+                let batch = match peer.is_parallel() {
+                    true => whole.rows(rows.clone())?,
+                    false => Batch::clone(&whole),
+                };
+                // A compute copy per micro-batch under mixed precision; its casts hand the
+                // gradients to `model`.
+                let compute = config
+                    .mixed_precision
+                    .compute_dtype()
+                    .map(|dtype| cast_params(&model, dtype));
+                let module = compute.as_ref().unwrap_or(&model);
+                let data = peer
+                    .with_device_rng(|| {
+                        let seed = match (peer.rank * accum + micro) as u64 {
+                            0 => device_seed,
+                            stream => step_seed(device_seed, step, stream),
+                        };
+                        B::seed(device, seed);
+                        inputs.train_batch(module, &batch, config, device)
+                    })
+                    .map_err(|e| name_rows(e, &batch, source))?;
+                let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step, micro as u64));
+                let teacher_seed = step_seed(config.seed, step, 0x7EA0 + micro as u64);
+                let [_, c, h, w] = data.latents.dims();
+                let shape = [whole.len(), c, h, w];
+                let draw = draw_step(&mut rng, teacher_seed, schedule, config, shape, device)?;
+                let draw = match peer.is_parallel() {
+                    true => draw.rows(rows)?,
+                    false => draw,
+                };
+                let out = ctcal_step(
+                    module.denoiser(),
+                    &ae,
+                    &data,
+                    &draw,
+                    schedule,
+                    &config.ctcal,
+                )?;
+                // This shard's part of the whole batch's mean, averaged over micro-batches.
+                let scale = share / accum as f64;
+                let mut grads = out.loss.mul_scalar(scale).backward();
+                acc.accumulate(&model, GradientsParams::from_module(&mut grads, &model));
+                acc_ae.accumulate(&ae, GradientsParams::from_module(&mut grads, &ae));
+                micros.push(MicroParts {
+                    parts: out.parts,
+                    with_nouns: out.samples_with_nouns,
+                    share,
+                });
             }
-            drop_captions(&mut batch, config, step, micro)?;
-            // A compute copy per micro-batch under mixed precision; its casts hand the
-            // gradients to `model`.
-            let compute = config
-                .mixed_precision
-                .compute_dtype()
-                .map(|dtype| cast_params(&model, dtype));
-            let module = compute.as_ref().unwrap_or(&model);
-            let data = inputs
-                .train_batch(module, &batch, config, device)
-                .map_err(|e| name_rows(e, &batch, source.as_deref()))?;
-            let mut rng = StdRng::seed_from_u64(step_seed(config.seed, step, micro as u64));
-            let teacher_seed = step_seed(config.seed, step, 0x7EA0 + micro as u64);
-            let draw = draw_step(
-                &mut rng,
-                teacher_seed,
-                schedule,
-                config,
-                data.latents.dims(),
+            Ok(micros)
+        };
+        let (parts, mut grads, mut grads_ae) = if peer.is_parallel() {
+            // Every peer reaches the reduction, failed or not, so none waits for ever.
+            let ran = match deferred.is_some() {
+                true => Ok(Vec::new()),
+                false => std::panic::catch_unwind(std::panic::AssertUnwindSafe(micro_step))
+                    .unwrap_or_else(|panic| Err(Error::Training(panic_message(&panic)))),
+            };
+            let (micros, failure) = match ran {
+                Ok(micros) => (micros, deferred.take()),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            let (grads, grads_ae) = (acc.grads(), acc_ae.grads());
+            let (parts, any_failed, ae_used) = peer.reduce_step::<B::InnerBackend>(
+                &micros,
+                accum,
+                failure.is_some(),
+                !grads_ae.is_empty(),
                 device,
             )?;
-            let out = ctcal_step(
-                module.denoiser(),
-                &ae,
-                &data,
-                &draw,
-                schedule,
-                &config.ctcal,
-            )?;
-            let mut grads = out.loss.div_scalar(config.grad_accum as f64).backward();
-            acc.accumulate(&model, GradientsParams::from_module(&mut grads, &model));
-            acc_ae.accumulate(&ae, GradientsParams::from_module(&mut grads, &ae));
-            parts = add_parts(parts, out.parts, 1.0 / config.grad_accum as f64);
-        }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if any_failed {
+                return Err(Error::Training(format!(
+                    "step {}: another peer of the data-parallel run failed (its error ends \
+                     the run on its machine)",
+                    step + 1
+                )));
+            }
+            let grads = peer.reduce_grads(&model, grads)?;
+            let grads_ae = match ae_used {
+                true => peer.reduce_grads(&ae, grads_ae)?,
+                false => GradientsParams::new(),
+            };
+            (parts, grads, grads_ae)
+        } else {
+            let micros = micro_step()?;
+            let mut parts = LossParts::default();
+            for m in micros {
+                parts = add_parts(parts, m.parts, 1.0 / accum as f64);
+            }
+            (parts, acc.grads(), acc_ae.grads())
+        };
         if !parts.total.is_finite() {
             let kept = match latest_checkpoint(&root)? {
                 Some(dir) => format!("the last checkpoint, {}, is intact", dir.display()),
@@ -208,7 +322,6 @@ where
                 parts.ctcal,
             )));
         }
-        let (mut grads, mut grads_ae) = (acc.grads(), acc_ae.grads());
         let grad_norm = match config.max_grad_norm {
             Some(max) => clip_global_norm((&model, &mut grads), (&ae, &mut grads_ae), max),
             None => 0.0,
@@ -220,6 +333,9 @@ where
             ema.update(&model);
         }
         let step_time = began.elapsed().as_secs_f64();
+        let Some(metrics) = metrics.as_mut() else {
+            continue;
+        };
 
         let done = step + 1;
         let every = config.checkpoint_every;
@@ -234,41 +350,50 @@ where
             wall_time: wall_time_now(),
             step_time,
         };
-        // The step's line goes in before its checkpoint: a run killed between the two resumes
-        // from the checkpoint before, which drops the line and runs the step again (in the
-        // other order the line of a step whose checkpoint was written was lost for good).
-        write_metrics(&mut metrics, &metrics_path, &log)?;
-        if due {
-            let state = CheckpointState {
-                step: done,
-                cursor: loader.cursor(),
-                config: config.clone(),
-                trained,
-                data: fingerprint.clone(),
-            };
-            let parts = CheckpointParts {
-                model: &model,
-                ae: &ae,
-                optim: &optim,
-                optim_ae: &optim_ae,
-                ema: ema.as_ref().map(|e| &e.model),
-                export: (trained == Trained::Lora).then_some(&checkpoint_export),
-                settings: Some(settings),
-                _b: std::marker::PhantomData,
-            };
-            save_checkpoint(&root, &state, parts)?;
+        let mut written = || -> Result<()> {
+            // The step's line goes in before its checkpoint: a run killed between the two
+            // resumes from the checkpoint before, which drops the line and runs the step again
+            // (in the other order the line of a step whose checkpoint was written was lost).
+            write_metrics(metrics, &metrics_path, &log)?;
+            if due {
+                let state = CheckpointState {
+                    step: done,
+                    cursor: cursor.ok_or_else(|| Error::Loader("a step without a batch".into()))?,
+                    config: config.clone(),
+                    trained,
+                    data: fingerprint.clone(),
+                };
+                let parts = CheckpointParts {
+                    model: &model,
+                    ae: &ae,
+                    optim: &optim,
+                    optim_ae: &optim_ae,
+                    ema: ema.as_ref().map(|e| &e.model),
+                    export: (trained == Trained::Lora).then_some(&checkpoint_export),
+                    settings: Some(settings),
+                    _b: std::marker::PhantomData,
+                };
+                save_checkpoint(&root, &state, parts)?;
+            }
+            tracing::debug!(
+                step = done,
+                loss = log.loss.total,
+                diffusion = log.loss.diffusion,
+                ctcal = log.loss.ctcal,
+                lr,
+                grad_norm,
+                step_time,
+                "step"
+            );
+            on_step(&log, &model)
+        };
+        match written() {
+            Err(e) if peer.is_parallel() && done < config.steps => deferred = Some(e),
+            result => result?,
         }
-        tracing::debug!(
-            step = done,
-            loss = log.loss.total,
-            diffusion = log.loss.diffusion,
-            ctcal = log.loss.ctcal,
-            lr,
-            grad_norm,
-            step_time,
-            "step"
-        );
-        on_step(&log, &model)?;
+    }
+    if let Some(e) = deferred {
+        return Err(e);
     }
     Ok(LoopEnd {
         model,
@@ -276,6 +401,16 @@ where
         ae,
         start,
     })
+}
+
+/// The message of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("a data-parallel peer panicked: {text}")
 }
 
 /// An error from encoding a batch's captions and nouns (an over-long caption, a noun past the

@@ -44,18 +44,21 @@ use std::cell::RefCell;
 
 use burn::tensor::backend::AutodiffBackend;
 
+use super::batches::NodeBatches;
 use super::checkpoint::{Trained, save_params};
 use super::data_check::check_captions;
 use super::model_card::ModelCard;
 use super::output_dir::{check_output_dir, prepare_output_dir};
 use super::outputs::{PreviewBatch, Validation, write_validation};
+use super::parallel::DataParallel;
+use super::peers::{OneDevice, PeerRunner, PeerThreads, pair_inputs};
 use super::report::TensorBoardLog;
 use super::settings::{render, write_settings};
-use super::steps::{LoopSetup, check_resume, export_lora, read_metrics, run_steps};
+use super::steps::{LoopSetup, check_resume, export_lora, read_metrics, resume_cursor};
 use super::{Event, Output, StepLog, TrainConfig, TrainInputs, Trainable, count_params, loss_plot};
 use crate::backend::KernelBackend;
 use crate::calibration::MapAutoEncoder;
-use crate::data::{DataFingerprint, Dataset};
+use crate::data::{DataFingerprint, Dataset, LoaderConfig};
 use crate::error::{Error, Result};
 use crate::lora::{LoraConfig, apply_lora};
 use crate::precision::MixedPrecision;
@@ -87,6 +90,7 @@ pub struct Trainer<'a> {
     base_model: Option<String>,
     settings: toml::Table,
     tensorboard: bool,
+    parallel: DataParallel,
     listeners: Vec<Listener<'a>>,
 }
 
@@ -130,6 +134,7 @@ impl<'a> Trainer<'a> {
             base_model: None,
             settings: toml::Table::new(),
             tensorboard: false,
+            parallel: DataParallel::default(),
             listeners: Vec::new(),
         }
     }
@@ -197,6 +202,13 @@ impl<'a> Trainer<'a> {
         self
     }
 
+    /// The machines of a data-parallel run over several machines (see
+    /// [`fit_parallel`](Self::fit_parallel)); one machine by default.
+    pub fn data_parallel(mut self, parallel: DataParallel) -> Self {
+        self.parallel = parallel;
+        self
+    }
+
     /// Adds a listener that sees every [`Event`] of the run.
     pub fn listen(mut self, listener: impl FnMut(&Event<'_>) + 'a) -> Self {
         self.listeners.push(Box::new(listener));
@@ -227,7 +239,7 @@ impl<'a> Trainer<'a> {
     /// ([`Event::Skipped`]) or stop the run, by the dataset's
     /// [`policy`](crate::data::Dataset::policy).
     pub fn fit<B, M, I, D>(
-        mut self,
+        self,
         model: M,
         inputs: &I,
         dataset: Arc<D>,
@@ -240,8 +252,73 @@ impl<'a> Trainer<'a> {
         I: TrainInputs<B, M> + ?Sized,
         D: Dataset + 'static,
     {
+        self.fit_with(model, inputs, dataset, schedule, device, OneDevice(device))
+    }
+
+    /// [`fit`](Self::fit) data-parallel over `devices` of this machine (and, with
+    /// [`data_parallel`](Self::data_parallel), over several machines): one peer thread per
+    /// device, each training on `config.batch_size` samples of every batch, its gradients
+    /// summed with the others' through burn-collective before each optimiser step; the run
+    /// is the run of one device with `peers * batch_size` samples a batch (see
+    /// [`DataParallel`] for what is reduced how). `inputs` holds one value for all devices
+    /// or one per device (a pipeline on each GPU). The first device's peer runs on the
+    /// calling thread and sees the listeners; on node 0 it writes every output, other
+    /// machines write nothing (to resume, they read the checkpoints from their `out`, a
+    /// shared or copied folder). One device is [`fit`](Self::fit).
+    pub fn fit_parallel<B, M, I, D>(
+        self,
+        model: M,
+        inputs: &[&I],
+        devices: &[B::Device],
+        dataset: Arc<D>,
+        schedule: &Schedule,
+    ) -> Result<Fitted<M, B>>
+    where
+        B: AutodiffBackend + KernelBackend,
+        M: Trainable<B>,
+        I: TrainInputs<B, M> + Sync + ?Sized,
+        D: Dataset + 'static,
+    {
+        let peers = pair_inputs(inputs, devices)?;
+        let collective = self.parallel.collective_config(peers.len())?;
+        let world = peers.len() * self.parallel.nodes();
+        if world == 1 {
+            return self.fit(model, peers[0].0, dataset, schedule, &peers[0].1);
+        }
+        let runner = PeerThreads {
+            peers: &peers,
+            first_rank: self.parallel.node_rank * peers.len(),
+            world,
+            collective,
+        };
+        let (main_inputs, main_device) = (peers[0].0, peers[0].1.clone());
+        self.fit_with(model, main_inputs, dataset, schedule, &main_device, runner)
+    }
+
+    /// The run around the optimiser loop, which `runner` runs on `world` peers.
+    #[allow(clippy::too_many_arguments)]
+    fn fit_with<B, M, I, D, R>(
+        mut self,
+        model: M,
+        inputs: &I,
+        dataset: Arc<D>,
+        schedule: &Schedule,
+        device: &B::Device,
+        runner: R,
+    ) -> Result<Fitted<M, B>>
+    where
+        B: AutodiffBackend + KernelBackend,
+        M: Trainable<B>,
+        I: TrainInputs<B, M> + ?Sized,
+        D: Dataset + 'static,
+        R: PeerRunner<B, M, I>,
+    {
         self.config.validate()?;
-        check_output_dir(&self.out, self.resume, self.overwrite)?;
+        // Node 0 writes the outputs; other machines of a data-parallel run only train.
+        let leads = self.parallel.node_rank == 0;
+        if leads {
+            check_output_dir(&self.out, self.resume, self.overwrite)?;
+        }
         let (dataset, skipped) = check_captions(dataset, inputs)?;
         let dataset = Arc::new(dataset);
         let fingerprint = DataFingerprint::of(&*dataset);
@@ -275,6 +352,39 @@ impl<'a> Trainer<'a> {
             trainable,
             total,
         });
+
+        // Whole batches of every peer's share, in one order on every machine.
+        let peer = runner.main_peer();
+        let loader = LoaderConfig::new(self.config.batch_size * peer.world, self.config.seed);
+        let resumed = resume_cursor(&self.out, self.resume)?;
+        let first = resumed.map_or(0, |(step, _)| step * self.config.grad_accum) as u64;
+        let cursor = resumed.map(|(_, cursor)| cursor);
+        let batches = NodeBatches::new(dataset.clone(), &loader, cursor, first, runner.local())?;
+        let source = dataset.source().map(Path::to_path_buf);
+        if !leads {
+            let setup = LoopSetup {
+                config: &self.config,
+                trained,
+                inputs,
+                batches: &batches,
+                source: source.as_deref(),
+                schedule,
+                out: &self.out,
+                resume: self.resume,
+                fingerprint,
+                settings: "",
+                skipped_before: None,
+                peer,
+            };
+            let end = runner.run(model, setup, |_| {}, |_, _| Ok(()))?;
+            return Ok(Fitted {
+                model: end.model,
+                ema: end.ema,
+                autoencoder: end.ae,
+                start_step: end.start,
+                logs: Vec::new(),
+            });
+        }
 
         let out = self.out.clone();
         let settings = render(&self.settings, &self.config)?;
@@ -334,13 +444,15 @@ impl<'a> Trainer<'a> {
             config: &config,
             trained,
             inputs,
-            dataset,
+            batches: &batches,
+            source: source.as_deref(),
             schedule,
             out: &out,
             resume: self.resume,
             fingerprint,
             settings: &settings,
             skipped_before: (!skipped.is_empty()).then(|| format!("before training: {skipped}")),
+            peer,
         };
         let listeners = RefCell::new(&mut self.listeners);
         let emit = |event: &Event<'_>| {
@@ -349,10 +461,9 @@ impl<'a> Trainer<'a> {
                 .iter_mut()
                 .for_each(|listener| listener(event))
         };
-        let end = run_steps(
+        let end = runner.run(
             model,
             setup,
-            device,
             |start| {
                 emit(&Event::Started {
                     start,

@@ -4,6 +4,7 @@ mod attention_grad;
 mod bad_captions;
 mod common;
 mod ctcal_parity;
+mod data_parallel;
 mod embedded_default;
 mod full_size;
 mod fuzz;
