@@ -277,7 +277,10 @@ impl TrainArgs {
         config.validate().context(
             "checking the training settings (--steps, --batch-size, --lr, [train], ...)",
         )?;
-        check_output_dir(&self.out(default_out), self.resuming(), self.overwrite)?;
+        self.parallel().validate()?;
+        if self.node_rank == 0 {
+            check_output_dir(&self.out(default_out), self.resuming(), self.overwrite)?;
+        }
         let precision = config.mixed_precision;
         if precision != MixedPrecision::No && self.backend == BackendKind::Ndarray {
             bail!(

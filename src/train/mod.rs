@@ -10,10 +10,12 @@
 //!     .settings(run_keys)     the program's own settings, saved with the config (config.toml)
 //!     .listen(|event| ..)     progress bars, loggers
 //!     .fit(model, &pipeline, dataset, &schedule, &device)
+//!  or .fit_parallel(model, &[&pipeline], &devices, dataset, &schedule)   one peer a device
 //! ```
 //!
 //! What burn provides is used as is (AdamW and its records, gradient accumulation, the
-//! safetensors store). Three pieces are our own, for reasons given where they live:
+//! safetensors store, burn-collective's all-reduce of the gradients between data-parallel
+//! peers). Three pieces are our own, for reasons given where they live:
 //! the learning-rate schedule ([`TrainConfig::lr_at`], a pure function of the step, so
 //! resuming needs no scheduler state), global gradient-norm clipping ([`clip_global_norm`],
 //! burn clips per parameter), and stable parameter ids ([`stable_ids`], so optimiser state

@@ -274,6 +274,30 @@ impl Peer {
         Ok(())
     }
 
+    /// Checks that every peer starts from the same parameters (`moments` of its copies, see
+    /// [`param_moments`]): a lazily initialised parameter drawn apart on two peers would
+    /// otherwise train two models. Every peer returns the same answer.
+    pub fn check_same_start<B: Backend>(
+        &self,
+        moments: Vec<f64>,
+        device: &B::Device,
+    ) -> Result<()> {
+        let world = self.world as f64;
+        let sums = self.sum::<B>(moments.clone(), device)?;
+        let differs = moments
+            .iter()
+            .zip(&sums)
+            .any(|(m, s)| (s - world * m).abs() > 1e-9 * (world * m).abs().max(1e-30));
+        let differing = self.sum::<B>(vec![f64::from(u8::from(differs))], device)?;
+        if differing[0] > 0.0 {
+            return Err(Error::Training(format!(
+                "{} of {} data-parallel peers start from other parameters than the rest",
+                differing[0], self.world
+            )));
+        }
+        Ok(())
+    }
+
     /// Leaves the collective.
     pub fn finish<B: Backend>(&self) -> Result<()> {
         burn_collective::finish_collective::<B>(self.id()).map_err(collective)
@@ -362,6 +386,29 @@ impl Peer {
     }
 }
 
+/// The sum and the sum of squares of `module`'s parameters, to compare peers' copies.
+pub(crate) fn param_moments<B: Backend, M: burn::module::Module<B>>(module: &M) -> [f64; 2] {
+    struct Moments<B: Backend>(Vec<Tensor<B, 1>>);
+    impl<B: Backend> ModuleVisitor<B> for Moments<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let v = param.val().flatten::<1>(0, D - 1);
+            self.0
+                .push(Tensor::cat(vec![v.clone().sum(), v.square().sum()], 0));
+        }
+    }
+    let mut m = Moments::<B>(Vec::new());
+    module.visit(&mut m);
+    if m.0.is_empty() {
+        return [0.0; 2];
+    }
+    let sums = Tensor::stack::<2>(m.0, 0)
+        .sum_dim(0)
+        .into_data()
+        .convert::<f64>();
+    let v: Vec<f64> = sums.iter::<f64>().collect();
+    [v[0], v[1]]
+}
+
 /// Registers zero gradients for the trainable parameters `grads` lacks.
 struct FillZeros<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
@@ -399,6 +446,84 @@ mod tests {
             assert_eq!(next, len);
         }
         assert_eq!(Peer { rank: 1, world: 2 }.rows(4), 2..4);
+    }
+
+    /// `run(peer)` on each of two in-process ndarray peers, registered; their results.
+    fn on_two_peers<T: Send>(run: impl Fn(Peer) -> T + Sync) -> Vec<T> {
+        type B = crate::TestBackend;
+        let _held = lock_collective();
+        burn_collective::reset_collective::<B>();
+        let config = CollectiveConfig::default().with_num_devices(2);
+        let out = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..2)
+                .map(|rank| {
+                    let (run, config) = (&run, config.clone());
+                    scope.spawn(move || {
+                        let peer = Peer { rank, world: 2 };
+                        peer.register::<B>(&Default::default(), config).unwrap();
+                        let out = run(peer);
+                        peer.finish::<B>().unwrap();
+                        out
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        burn_collective::reset_collective::<B>();
+        out
+    }
+
+    #[test]
+    fn peers_starting_apart_both_refuse_and_step_numbers_reduce() {
+        type B = crate::TestBackend;
+        let device = Default::default();
+        let apart = on_two_peers(|peer| {
+            let moments = vec![1.0, 2.0 + peer.rank as f64 * 1e-6];
+            peer.check_same_start::<B>(moments, &device)
+        });
+        for result in &apart {
+            let err = result.as_ref().unwrap_err().to_string();
+            assert!(
+                err.contains("2 of 2 data-parallel peers start from other"),
+                "{err}"
+            );
+        }
+        let same = on_two_peers(|peer| peer.check_same_start::<B>(vec![1.0, 3.5], &device));
+        assert!(same.iter().all(Result::is_ok));
+        // Two micro-batches; peer 1's second shard has no nouns.
+        let reduced = on_two_peers(|peer| {
+            let part = |x: f64| LossParts {
+                total: x,
+                diffusion: x / 2.0,
+                ctcal: x / 4.0,
+                pixel: x,
+                semantic: 0.0,
+                recon: 0.0,
+                balance: 0.0,
+            };
+            let r = peer.rank as f64;
+            let micros = [
+                MicroParts {
+                    parts: part(1.0 + r),
+                    with_nouns: 1,
+                    share: 0.5,
+                },
+                MicroParts {
+                    parts: part(3.0 + r),
+                    with_nouns: 2 - peer.rank * 2,
+                    share: 0.5,
+                },
+            ];
+            peer.reduce_step::<B>(&micros, 2, peer.rank == 1, peer.rank == 0, &device)
+                .unwrap()
+        });
+        for (parts, failed, ae) in reduced {
+            // Means: (1.5 + 3.5) / 2; per-noun pixel: micro 1 (1*1 + 1*2)/2, micro 2 3*2/2.
+            assert!((parts.total - 2.5).abs() < 1e-12, "{parts:?}");
+            assert!((parts.diffusion - 1.25).abs() < 1e-12);
+            assert!((parts.pixel - (1.5 + 3.0) / 2.0).abs() < 1e-12, "{parts:?}");
+            assert!(failed && ae);
+        }
     }
 
     #[test]

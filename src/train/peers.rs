@@ -8,7 +8,7 @@ use burn_collective::CollectiveConfig;
 
 use super::parallel::{Peer, lock_collective};
 use super::steps::{LoopEnd, LoopSetup, run_steps};
-use super::{StepLog, TrainInputs, Trainable};
+use super::{StepLog, TrainInputs, Trainable, stable_ids};
 use crate::backend::KernelBackend;
 use crate::calibration::MapAutoEncoder;
 use crate::error::{Error, Result};
@@ -100,6 +100,9 @@ where
             world: self.world,
         };
         let collective = &self.collective;
+        // Parameters not loaded from files are drawn at first use: once, here, so that every
+        // peer's copy holds the same values (a clone of a lazy parameter draws its own).
+        let model = Peer::SINGLE.with_device_rng(|| stable_ids(model, "denoiser"));
         let result = std::thread::scope(|scope| {
             let mut others = Vec::new();
             for (i, (inputs, device)) in self.peers.iter().enumerate().skip(1) {

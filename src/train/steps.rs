@@ -16,7 +16,7 @@ use super::checkpoint::{
     CheckpointParts, CheckpointState, Trained, checkpoint_dir, latest_checkpoint, load_checkpoint,
     read_state, save_checkpoint,
 };
-use super::parallel::{MicroParts, Peer};
+use super::parallel::{MicroParts, Peer, param_moments};
 use super::tensorboard::wall_time_now;
 use super::{Ema, StepLog, TrainConfig, TrainInputs, Trainable, clip_global_norm, stable_ids};
 use crate::backend::KernelBackend;
@@ -144,12 +144,14 @@ where
         peer,
     } = setup;
     let mut skipped_before = skipped_before;
-    let mut model = stable_ids(model, "denoiser");
-    let ae = peer.with_device_rng(|| {
+    // burn initialises parameters lazily, at first use: `stable_ids` reads every one, so
+    // the draws of those not loaded from files happen here, under the RNG lock.
+    let (mut model, mut ae) = peer.with_device_rng(|| {
+        let model = stable_ids(model, "denoiser");
         B::seed(device, step_seed(config.seed, 0, 0xAE));
-        config.ctcal.autoencoder.init::<B>(device)
+        let ae = config.ctcal.autoencoder.init::<B>(device);
+        (model, stable_ids(ae, "autoencoder"))
     });
-    let mut ae = stable_ids(ae, "autoencoder");
     let adamw = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .with_epsilon(config.adam_epsilon as f32);
@@ -173,6 +175,10 @@ where
         if peer.is_main() {
             tracing::info!("resuming from {} (step {start})", dir.display());
         }
+    }
+    if peer.is_parallel() {
+        let moments = [param_moments(&model), param_moments(&ae)].concat();
+        peer.check_same_start::<B::InnerBackend>(moments.to_vec(), device)?;
     }
     // Peer 0 alone keeps the EMA: the others' parameters are the same.
     let mut ema = config
