@@ -58,6 +58,16 @@ pub enum Error {
     /// The data loader cannot produce a batch (every sample skipped, its thread stopped).
     #[error("data loader: {0}")]
     Loader(String),
+    /// Another peer of a data-parallel run failed at this step (its own error says why, on its
+    /// machine); this peer stopped with it.
+    #[error(
+        "training stopped: step {step}: another peer of the data-parallel run failed (its \
+         error is reported on its machine)"
+    )]
+    PeerFailed {
+        /// The 1-based step every peer stopped at.
+        step: usize,
+    },
 }
 
 impl Error {

@@ -133,19 +133,20 @@ where
                     run_steps(model, setup, device, started, on_step)
                 });
             let finished = peer.finish::<B::InnerBackend>();
-            let mut first_error = main.as_ref().err().map(|e| e.to_string());
+            let mut errors = Vec::new();
+            let end = main.map_err(|e| errors.push(e)).ok();
             for thread in others {
                 let ended = thread
                     .join()
                     .unwrap_or_else(|_| Err(Error::Training("a peer thread panicked".into())));
-                if let (Err(e), None) = (ended, &first_error) {
-                    first_error = Some(e.to_string());
-                }
+                errors.extend(ended.err());
             }
-            match (main, first_error) {
-                (Ok(end), None) => finished.map(|()| end),
-                (Err(e), _) => Err(e),
-                (Ok(_), Some(e)) => Err(Error::Training(e)),
+            // A peer's own error before the note that another peer failed.
+            errors.sort_by_key(|e| matches!(e, Error::PeerFailed { .. }));
+            match (end, errors.into_iter().next()) {
+                (Some(end), None) => finished.map(|()| end),
+                (_, Some(e)) => Err(e),
+                (None, None) => unreachable!("the main peer's error is in the list"),
             }
         });
         burn_collective::reset_collective::<B::InnerBackend>();

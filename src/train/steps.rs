@@ -294,11 +294,7 @@ where
                 return Err(e);
             }
             if any_failed {
-                return Err(Error::Training(format!(
-                    "step {}: another peer of the data-parallel run failed (its error ends \
-                     the run on its machine)",
-                    step + 1
-                )));
+                return Err(Error::PeerFailed { step: step + 1 });
             }
             let grads = peer.reduce_grads(&model, grads)?;
             let grads_ae = match ae_used {

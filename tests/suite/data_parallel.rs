@@ -14,12 +14,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::backend::Autodiff;
-use ctcal::calibration::CtcalConfig;
-use ctcal::data::{BadRowPolicy, CachedFeatures, HostTensor, write_cached_sample};
+use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use ctcal::calibration::{CtcalConfig, TrainBatch};
+use ctcal::data::{
+    BadRowPolicy, Batch, CachedFeatures, HostTensor, Loader, LoaderConfig, write_cached_sample,
+};
 use ctcal::lora::LoraConfig;
 use ctcal::nouns::CountedTokens;
 use ctcal::schedule::{DdpmConfig, Schedule};
-use ctcal::train::{CachedInputs, DataParallel, Event, StepLog, TrainConfig, Trainer};
+use ctcal::train::{CachedInputs, DataParallel, Event, StepLog, TrainConfig, TrainInputs, Trainer};
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::{TensorFile, load_module};
 
@@ -78,6 +83,39 @@ fn config(steps: usize, batch: usize, accum: usize) -> TrainConfig {
     .with_seed(11)
 }
 
+/// Cached inputs that fail on the batch holding dataset sample `index` (`usize::MAX`: never).
+struct FailOn<I>(I, usize);
+
+impl<B: AutodiffBackend, M: AutodiffModule<B>, I: TrainInputs<B, M>> TrainInputs<B, M>
+    for FailOn<I>
+{
+    fn train_batch(
+        &self,
+        model: &M,
+        batch: &Batch,
+        config: &TrainConfig,
+        device: &B::Device,
+    ) -> ctcal::Result<TrainBatch<B>> {
+        if batch.indices.contains(&self.1) {
+            return Err(ctcal::Error::Input(format!(
+                "sample {} is poisoned",
+                self.1
+            )));
+        }
+        self.0.train_batch(model, batch, config, device)
+    }
+
+    fn render(
+        &self,
+        model: &M::InnerModule,
+        prompts: &[&str],
+        steps: usize,
+        seed: u64,
+    ) -> ctcal::Result<Tensor<B::InnerBackend, 4>> {
+        self.0.render(model, prompts, steps, seed)
+    }
+}
+
 /// LoRA-trains the tiny SD 2 UNet into `out` on `devices` CPU peers (one: `fit`), as node
 /// `parallel.node_rank` of `parallel`; returns the step logs.
 fn train(
@@ -87,7 +125,31 @@ fn train(
     devices: usize,
     parallel: DataParallel,
     resume: bool,
+    on_step: impl FnMut(&StepLog),
+) -> ctcal::Result<Vec<StepLog>> {
+    train_failing(
+        out,
+        data,
+        config,
+        devices,
+        parallel,
+        resume,
+        on_step,
+        usize::MAX,
+    )
+}
+
+/// [`train`] with inputs that fail on the batch holding sample `fail_on`.
+#[allow(clippy::too_many_arguments)]
+fn train_failing(
+    out: &Path,
+    data: &Path,
+    config: TrainConfig,
+    devices: usize,
+    parallel: DataParallel,
+    resume: bool,
     mut on_step: impl FnMut(&StepLog),
+    fail_on: usize,
 ) -> ctcal::Result<Vec<StepLog>> {
     let device = Default::default();
     let dir = fixture("unet_sd2/unet");
@@ -110,7 +172,7 @@ fn train(
                 on_step(log)
             }
         });
-    let inputs = CachedInputs(CountedTokens(|_: &str| 1));
+    let inputs = FailOn(CachedInputs(CountedTokens(|_: &str| 1)), fail_on);
     let fitted = match devices {
         1 => trainer.fit(unet, &inputs, dataset, &schedule, &device)?,
         n => trainer.fit_parallel(unet, &[&inputs], &vec![device; n], dataset, &schedule)?,
@@ -444,5 +506,86 @@ fn two_machines_of_two_peers_over_loopback_train_as_one_device() {
     .unwrap();
     assert_losses_close(&nodes, &one, 1e-5);
     assert_close(&final_tensors(&nodes, 6), &final_tensors(&one, 6), 1e-5);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// `train` on a thread of its own, failing the test instead of hanging when it does not end.
+fn within_two_minutes<T: Send + 'static>(run: impl FnOnce() -> T + Send + 'static) -> T {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || send.send(run()));
+    receive
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the data-parallel run hangs")
+}
+
+/// A non-finite loss on one peer's shard stops both peers at that step, naming it, before
+/// any update; an error in one peer's step stops the other too, and the run reports the
+/// failing peer's own error.
+#[test]
+fn a_failure_on_one_peer_stops_every_peer() {
+    let base = temp("fail");
+    let data = base.join("data");
+    write_dataset(&data);
+    // Poison one sample's latents: whichever peer holds it sees a NaN loss.
+    let path = data.join("5.safetensors");
+    let mut file = TensorFile::read(&path).unwrap();
+    file.tensors.get_mut("latents").unwrap().1[3] = f32::NAN;
+    ctcal::weights::write_tensor_file(&path, &file.tensors, None).unwrap();
+    let out = base.join("nan");
+    let (o, d) = (out.clone(), data.clone());
+    let err = within_two_minutes(move || {
+        train(
+            &o,
+            &d,
+            config(6, 2, 1),
+            2,
+            DataParallel::default(),
+            false,
+            |_| {},
+        )
+        .unwrap_err()
+    });
+    let msg = err.to_string();
+    assert!(msg.contains("the loss is NaN"), "{msg}");
+    assert!(!msg.contains("another peer"), "{msg}");
+
+    // An error in the step of peer 0, then of peer 1 (clean data again): the first whole
+    // batch's rows 0 and 2 (peer 1 holds rows 2 and 3).
+    std::fs::remove_dir_all(&data).unwrap();
+    write_dataset(&data);
+    let dataset =
+        Arc::new(CachedFeatures::open(&data.join("metadata.jsonl"), BadRowPolicy::Fail).unwrap());
+    let first = Loader::new(dataset, &LoaderConfig::new(4, 11), None)
+        .unwrap()
+        .next_batch()
+        .unwrap()
+        .indices;
+    for row in [0, 2] {
+        let out = base.join(format!("error-{row}"));
+        let (o, d) = (out.clone(), data.clone());
+        let index = first[row];
+        let err = within_two_minutes(move || {
+            let cfg = config(6, 2, 1);
+            train_failing(
+                &o,
+                &d,
+                cfg,
+                2,
+                DataParallel::default(),
+                false,
+                |_| {},
+                index,
+            )
+            .unwrap_err()
+        });
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("sample {index} is poisoned")),
+            "{msg}"
+        );
+        // Stopped at step 1: no step was logged.
+        let logged = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default();
+        assert_eq!(logged, "", "row {row}");
+    }
     let _ = std::fs::remove_dir_all(&base);
 }
