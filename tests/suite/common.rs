@@ -94,3 +94,34 @@ pub fn assert_maps<B: Backend>(
         assert!(err < tol, "{case}: map {path} relative error {err}");
     }
 }
+
+/// `n` deterministic cached samples in the shapes of the `unet_sd2` fixture (latents 4x16x12,
+/// 7 tokens of width 12), captioned "a red cube and a blue ball" with `noun_tokens` given by
+/// `nouns(i)` (a JSON list), in `dir`; returns its `metadata.jsonl`.
+pub fn write_unet_sd2_data(
+    dir: &std::path::Path,
+    n: usize,
+    nouns: impl Fn(usize) -> &'static str,
+) -> PathBuf {
+    use ctcal::data::{HostTensor, write_cached_sample};
+    std::fs::create_dir_all(dir).unwrap();
+    let mut rows = String::new();
+    for i in 0..n {
+        let wave = |len: usize, k: f32| {
+            (0..len)
+                .map(|j| ((j as f32 + 1.0) * k * (i as f32 + 1.0)).sin())
+                .collect()
+        };
+        let latents = HostTensor::new([4, 16, 12], wave(4 * 16 * 12, 0.37)).unwrap();
+        let hidden = HostTensor::new([7, 12], wave(7 * 12, 0.11)).unwrap();
+        let name = format!("{i}.safetensors");
+        write_cached_sample(&dir.join(&name), &latents, &hidden, None).unwrap();
+        rows += &format!(
+            "{{\"file_name\": \"{name}\", \"text\": \"a red cube and a blue ball\", \"noun_tokens\": {}}}\n",
+            nouns(i)
+        );
+    }
+    let meta = dir.join("metadata.jsonl");
+    std::fs::write(&meta, rows).unwrap();
+    meta
+}

@@ -18,9 +18,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use ctcal::calibration::{CtcalConfig, TrainBatch};
-use ctcal::data::{
-    BadRowPolicy, Batch, CachedFeatures, HostTensor, Loader, LoaderConfig, write_cached_sample,
-};
+use ctcal::data::{BadRowPolicy, Batch, CachedFeatures, Loader, LoaderConfig};
 use ctcal::lora::LoraConfig;
 use ctcal::nouns::CountedTokens;
 use ctcal::schedule::{DdpmConfig, Schedule};
@@ -28,37 +26,18 @@ use ctcal::train::{CachedInputs, DataParallel, Event, StepLog, TrainConfig, Trai
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::{TensorFile, load_module};
 
-use crate::common::{Cpu, fixture};
+use crate::common::{Cpu, fixture, write_unet_sd2_data};
 
 type A = Autodiff<Cpu>;
 
 /// Twelve samples in the shapes of the `unet_sd2` fixture; every third has no nouns, so a
 /// peer's shard sometimes has none (its auto-encoder takes no gradient there).
 fn write_dataset(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut rows = String::new();
-    for i in 0..12 {
-        let wave = |n: usize, k: f32| {
-            (0..n)
-                .map(|j| ((j as f32 + 1.0) * k * (i as f32 + 1.0)).sin())
-                .collect()
-        };
-        let latents = HostTensor::new([4, 16, 12], wave(4 * 16 * 12, 0.37)).unwrap();
-        let hidden = HostTensor::new([7, 12], wave(7 * 12, 0.11)).unwrap();
-        let name = format!("{i}.safetensors");
-        write_cached_sample(&dir.join(&name), &latents, &hidden, None).unwrap();
-        let nouns = match i % 3 {
-            0 => "[]",
-            1 => "[[3], [6]]",
-            _ => "[[2]]",
-        };
-        rows += &format!(
-            "{{\"file_name\": \"{name}\", \"text\": \"a red cube and a blue ball\", \"noun_tokens\": {nouns}}}\n"
-        );
-    }
-    let meta = dir.join("metadata.jsonl");
-    std::fs::write(&meta, rows).unwrap();
-    meta
+    write_unet_sd2_data(dir, 12, |i| match i % 3 {
+        0 => "[]",
+        1 => "[[3], [6]]",
+        _ => "[[2]]",
+    })
 }
 
 fn config(steps: usize, batch: usize, accum: usize) -> TrainConfig {

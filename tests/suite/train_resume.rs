@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use burn::backend::Autodiff;
 use ctcal::calibration::CtcalConfig;
-use ctcal::data::{BadRowPolicy, CachedFeatures, HostTensor, write_cached_sample};
+use ctcal::data::{BadRowPolicy, CachedFeatures};
 use ctcal::lora::LoraConfig;
 use ctcal::nouns::CountedTokens;
 use ctcal::schedule::DdpmConfig;
@@ -21,7 +21,7 @@ use ctcal::train::{CachedInputs, Event, TrainConfig, Trained, Trainer};
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::{TensorFile, load_module};
 
-use crate::common::{Cpu, fixture};
+use crate::common::{Cpu, fixture, write_unet_sd2_data};
 
 type A = Autodiff<Cpu>;
 
@@ -30,25 +30,7 @@ const STEPS: usize = 6;
 /// Six captioned samples in the shapes of the `unet_sd2` fixture (latents 4x16x12, 7 tokens of
 /// width 12), deterministic.
 fn write_dataset(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut rows = String::new();
-    for i in 0..6 {
-        let wave = |n: usize, k: f32| {
-            (0..n)
-                .map(|j| ((j as f32 + 1.0) * k * (i as f32 + 1.0)).sin())
-                .collect()
-        };
-        let latents = HostTensor::new([4, 16, 12], wave(4 * 16 * 12, 0.37)).unwrap();
-        let hidden = HostTensor::new([7, 12], wave(7 * 12, 0.11)).unwrap();
-        let name = format!("{i}.safetensors");
-        write_cached_sample(&dir.join(&name), &latents, &hidden, None).unwrap();
-        rows += &format!(
-            "{{\"file_name\": \"{name}\", \"text\": \"a red cube and a blue ball\", \"noun_tokens\": [[3], [6]]}}\n"
-        );
-    }
-    let meta = dir.join("metadata.jsonl");
-    std::fs::write(&meta, rows).unwrap();
-    meta
+    write_unet_sd2_data(dir, 6, |_| "[[3], [6]]")
 }
 
 /// The cached dataset of the run in `out`, beside it (a fresh run needs an empty folder).
