@@ -506,7 +506,6 @@ where
     I: TrainInputs<B, M> + Sync,
 {
     let parallel = args.parallel();
-    parallel.validate()?;
     let devices: Vec<B::Device> = match (&args.devices, args.num_devices) {
         (None, None) => vec![device.clone()],
         (list, n) => parse_devices(list.as_deref(), n)?,
@@ -524,10 +523,8 @@ where
                 * trainer.config().batch_size
                 * trainer.config().grad_accum
         );
-        if parallel.nodes() > 1 && parallel.node_rank == 0 {
-            let address = parallel.orchestrator.as_deref().unwrap_or_default();
-            let port = address.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
-            serve_orchestrator(port.context("--orchestrator HOST:PORT")?)?;
+        if let Some(port) = parallel.orchestrator_port()? {
+            serve_orchestrator(port)?;
         }
         trainer.fit_parallel(model, &[inputs], &devices, data, schedule)?
     };

@@ -265,7 +265,12 @@ pub fn saved_settings(out: &Path) -> Result<Option<super::SettingsFile>> {
 
 /// The folder of the checkpoint after `step` under `root` (`<out>/checkpoints/step-0000100`).
 pub fn checkpoint_dir(root: &Path, step: usize) -> PathBuf {
-    root.join(format!("step-{step:07}"))
+    root.join(checkpoint_name(step))
+}
+
+/// The folder name of the checkpoint after `step` (`step-0000100`).
+fn checkpoint_name(step: usize) -> String {
+    format!("step-{step:07}")
 }
 
 /// Writes a checkpoint under `root` (`<out>/checkpoints`) and points `latest` at it; keeps
@@ -282,10 +287,8 @@ where
     O1: Optimizer<M, B>,
     O2: Optimizer<A, B>,
 {
-    let dir = checkpoint_dir(root, state.step);
-    let name = dir
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = checkpoint_name(state.step);
+    let dir = root.join(&name);
     let tmp = root.join(format!("{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;

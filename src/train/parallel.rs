@@ -85,6 +85,15 @@ impl DataParallel {
         Ok(())
     }
 
+    /// The port this machine serves the orchestrator on ([`serve_orchestrator`]): that of
+    /// `--orchestrator` on node 0 of a multi-machine run, else none.
+    pub fn orchestrator_port(&self) -> Result<Option<u16>> {
+        match (&self.orchestrator, self.nodes() > 1 && self.node_rank == 0) {
+            (Some(address), true) => Ok(Some(host_port(address, "--orchestrator")?.1)),
+            _ => Ok(None),
+        }
+    }
+
     /// burn-collective's settings for `devices` peers on this machine.
     pub(crate) fn collective_config(&self, devices: usize) -> Result<CollectiveConfig> {
         self.validate()?;
@@ -570,5 +579,9 @@ mod tests {
         }
         let config = ok.collective_config(3).unwrap();
         assert!(config.is_valid());
+        assert_eq!(ok.orchestrator_port().unwrap(), None, "node 1 serves none");
+        let lead = nodes(Some("10.0.0.1:29500"), Some("10.0.0.1:29501"), 0);
+        assert_eq!(lead.orchestrator_port().unwrap(), Some(29500));
+        assert_eq!(DataParallel::default().orchestrator_port().unwrap(), None);
     }
 }

@@ -21,6 +21,9 @@ pub(crate) trait PeerRunner<B: AutodiffBackend, M, I: ?Sized> {
     /// Peers on this machine.
     fn local(&self) -> usize;
 
+    /// The main peer's device (previews and validation images render there).
+    fn main_device(&self) -> &B::Device;
+
     /// Runs the loop and returns the main peer's end.
     fn run(
         self,
@@ -46,6 +49,10 @@ where
 
     fn local(&self) -> usize {
         1
+    }
+
+    fn main_device(&self) -> &B::Device {
+        self.0
     }
 
     fn run(
@@ -84,6 +91,10 @@ where
 
     fn local(&self) -> usize {
         self.peers.len()
+    }
+
+    fn main_device(&self) -> &B::Device {
+        &self.peers[0].1
     }
 
     fn run(

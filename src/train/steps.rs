@@ -2,6 +2,7 @@
 //! global-norm clipping, AdamW, an optional EMA, `metrics.jsonl` and crash-safe checkpoints,
 //! resumed bit for bit; written once for every [`Trainable`] module.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -221,8 +222,8 @@ where
                 let rows = peer.rows(whole.len());
                 let share = rows.len() as f64 / whole.len() as f64;
                 let batch = match peer.is_parallel() {
-                    true => whole.rows(rows.clone())?,
-                    false => Batch::clone(&whole),
+                    true => Cow::Owned(whole.rows(rows.clone())?),
+                    false => Cow::Borrowed(&*whole),
                 };
                 // A compute copy per micro-batch under mixed precision; its casts hand the
                 // gradients to `model`.

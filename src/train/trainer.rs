@@ -252,7 +252,7 @@ impl<'a> Trainer<'a> {
         I: TrainInputs<B, M> + ?Sized,
         D: Dataset + 'static,
     {
-        self.fit_with(model, inputs, dataset, schedule, device, OneDevice(device))
+        self.fit_with(model, inputs, dataset, schedule, OneDevice(device))
     }
 
     /// [`fit`](Self::fit) data-parallel over `devices` of this machine (and, with
@@ -291,19 +291,17 @@ impl<'a> Trainer<'a> {
             world,
             collective,
         };
-        let (main_inputs, main_device) = (peers[0].0, peers[0].1.clone());
-        self.fit_with(model, main_inputs, dataset, schedule, &main_device, runner)
+        self.fit_with(model, peers[0].0, dataset, schedule, runner)
     }
 
-    /// The run around the optimiser loop, which `runner` runs on `world` peers.
-    #[allow(clippy::too_many_arguments)]
+    /// The run around the optimiser loop, which `runner` runs on one device or its peers;
+    /// `inputs` are the main peer's.
     fn fit_with<B, M, I, D, R>(
         mut self,
         model: M,
         inputs: &I,
         dataset: Arc<D>,
         schedule: &Schedule,
-        device: &B::Device,
         runner: R,
     ) -> Result<Fitted<M, B>>
     where
@@ -353,6 +351,7 @@ impl<'a> Trainer<'a> {
             total,
         });
 
+        let device = &runner.main_device().clone();
         // Whole batches of every peer's share, in one order on every machine.
         let peer = runner.main_peer();
         let loader = LoaderConfig::new(self.config.batch_size * peer.world, self.config.seed);

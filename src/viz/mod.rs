@@ -70,7 +70,10 @@ where
     P: image::PixelWithColorType,
     [P::Subpixel]: image::EncodableLayout,
 {
-    let bytes = png_bytes(img).map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    let bytes = png_bytes(img).map_err(|e| match e {
+        Error::Input(message) => Error::Input(format!("{}: {message}", path.display())),
+        other => other,
+    })?;
     crate::weights::write_atomic(path, &bytes)
 }
 

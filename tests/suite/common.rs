@@ -125,3 +125,22 @@ pub fn write_unet_sd2_data(
     std::fs::write(&meta, rows).unwrap();
     meta
 }
+
+/// The tensors of `files` in checkpoint `steps` of the run in `out`, keyed `file:name`.
+pub fn checkpoint_tensors(
+    out: &std::path::Path,
+    steps: usize,
+    files: &[&str],
+) -> Vec<(String, Vec<f32>)> {
+    let dir = out.join(format!("checkpoints/step-{steps:07}"));
+    let mut all = Vec::new();
+    for file in files {
+        let f = ctcal::weights::TensorFile::read(&dir.join(file)).unwrap();
+        all.extend(
+            f.tensors
+                .into_iter()
+                .map(|(k, (_, v))| (format!("{file}:{k}"), v)),
+        );
+    }
+    all
+}

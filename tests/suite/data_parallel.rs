@@ -26,7 +26,7 @@ use ctcal::train::{CachedInputs, DataParallel, Event, StepLog, TrainConfig, Trai
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::{TensorFile, load_module};
 
-use crate::common::{Cpu, fixture, write_unet_sd2_data};
+use crate::common::{Cpu, checkpoint_tensors, fixture, rel_err, write_unet_sd2_data};
 
 type A = Autodiff<Cpu>;
 
@@ -161,7 +161,7 @@ fn train_failing(
 
 /// The run's final adapters and auto-encoder (in the last checkpoint), or its EMA.
 fn final_tensors(out: &Path, steps: usize) -> Vec<(String, Vec<f32>)> {
-    tensors(
+    checkpoint_tensors(
         out,
         steps,
         &["trained.safetensors", "autoencoder.safetensors"],
@@ -169,21 +169,7 @@ fn final_tensors(out: &Path, steps: usize) -> Vec<(String, Vec<f32>)> {
 }
 
 fn final_ema(out: &Path, steps: usize) -> Vec<(String, Vec<f32>)> {
-    tensors(out, steps, &["ema.safetensors"])
-}
-
-fn tensors(out: &Path, steps: usize, files: &[&str]) -> Vec<(String, Vec<f32>)> {
-    let dir = out.join(format!("checkpoints/step-{steps:07}"));
-    let mut all = Vec::new();
-    for file in files {
-        let f = TensorFile::read(&dir.join(file)).unwrap();
-        all.extend(
-            f.tensors
-                .into_iter()
-                .map(|(k, (_, v))| (format!("{file}:{k}"), v)),
-        );
-    }
-    all
+    checkpoint_tensors(out, steps, &["ema.safetensors"])
 }
 
 /// Each step's losses from `metrics.jsonl`: total, diffusion, ctcal, pixel, semantic,
@@ -218,16 +204,8 @@ fn assert_close(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], tol: f32) {
     assert!(a.len() > 100, "{} tensors", a.len());
     for ((ka, va), (kb, vb)) in a.iter().zip(b) {
         assert_eq!(ka, kb);
-        let scale = vb.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-12);
-        let diff = va
-            .iter()
-            .zip(vb)
-            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            diff / scale <= tol,
-            "{ka}: relative difference {}",
-            diff / scale
-        );
+        let err = rel_err(va, vb);
+        assert!(err <= tol, "{ka}: relative difference {err}");
     }
 }
 

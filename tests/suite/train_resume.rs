@@ -21,7 +21,7 @@ use ctcal::train::{CachedInputs, Event, TrainConfig, Trained, Trainer};
 use ctcal::unet::UNet2DConditionConfig;
 use ctcal::weights::{TensorFile, load_module};
 
-use crate::common::{Cpu, fixture, write_unet_sd2_data};
+use crate::common::{Cpu, checkpoint_tensors, fixture, write_unet_sd2_data};
 
 type A = Autodiff<Cpu>;
 
@@ -133,21 +133,15 @@ fn spawn_child(out: &Path, mode: &str) -> std::process::Child {
 }
 
 fn final_tensors(out: &Path) -> Vec<(String, Vec<f32>)> {
-    let dir = out.join(format!("checkpoints/step-{STEPS:07}"));
-    let mut all = Vec::new();
-    for file in [
-        "trained.safetensors",
-        "autoencoder.safetensors",
-        "ema.safetensors",
-    ] {
-        let f = TensorFile::read(&dir.join(file)).unwrap();
-        all.extend(
-            f.tensors
-                .into_iter()
-                .map(|(k, (_, v))| (format!("{file}:{k}"), v)),
-        );
-    }
-    all
+    checkpoint_tensors(
+        out,
+        STEPS,
+        &[
+            "trained.safetensors",
+            "autoencoder.safetensors",
+            "ema.safetensors",
+        ],
+    )
 }
 
 /// `metrics.jsonl` of `out` without each line's `wall_time` and `step_time` (which differ
