@@ -176,7 +176,7 @@ def ctcal_loss(student, teacher, weights, ae, cfg):
         t_code = ae.encode(t_in)
         semantic = ((ae.encode(s_in) - t_code) ** 2).mean()
         recon = ((ae.decode(t_code) - t_in) ** 2).mean()
-        balance = F.relu(speak.max().detach() - speak - cfg["tau"]).mean()
+        balance = F.relu(1.0 - cfg["tau"] - speak / (speak.max().detach() + 1e-8)).mean()
         terms = [pixel, semantic, recon, balance]
         sums = sums + torch.stack(terms).detach()
         total = total + weights[bi] * sum(l * x for l, x in zip(lam, terms))

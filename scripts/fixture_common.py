@@ -136,7 +136,7 @@ def ctcal_parts(student, teacher, weights, diffusion, ae, cfg):
         t_in = resize(tn[:, None], (16, 16))
         semantic = ((ae.encode(s_in) - ae.encode(t_in)) ** 2).mean()
         recon = ((ae.decode(ae.encode(t_in)) - t_in) ** 2).mean()
-        balance = F.relu(speak.max() - speak - cfg["tau"]).mean()
+        balance = F.relu(1.0 - cfg["tau"] - speak / (speak.max() + 1e-8)).mean()
         terms = [pixel, semantic, recon, balance]
         lam = [cfg["pixel"], cfg["semantic"], cfg["recon"], cfg["balance"]]
         total = total + weights[bi] * sum(l * x for l, x in zip(lam, terms))

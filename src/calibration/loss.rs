@@ -5,7 +5,10 @@
 //! - pixel: `mean_i MSE(An(S_i), An(T_i))`
 //! - semantic: `mean_i MSE(enc(An(S_i)), enc(An(T_i)))`
 //! - reconstruction: `mean_i MSE(dec(enc(An(T_i))), An(T_i))`
-//! - balance: `mean_i ReLU(max_j peak(S_j) - peak(S_i) - tau)`, the max detached
+//! - balance: `mean_i ReLU(1 - tau - peak(S_i) / (P + 1e-8))` with `P = max_j peak(S_j)`
+//!   detached: the paper's `ReLU(P - peak_i - tau)` measured in units of the strongest
+//!   subject's peak, so `tau` is a fraction of it and the term (in `[0, 1 - tau]`) means the same
+//!   whatever the number of text tokens, heads and layers the maps were averaged over
 //!
 //! `L_b = l1 pixel + l2 semantic + l3 recon + l4 balance`; the batch loss is
 //! `mean_b w_b L_b` with `L_b = 0` for a sample without nouns.
@@ -66,8 +69,11 @@ pub fn sample_terms<B: Backend>(
     let semantic = (s_code - t_code.clone()).powi_scalar(2).mean();
     let recon = (ae.decode(t_code) - t_in).powi_scalar(2).mean();
 
-    let strongest = s_peak.clone().max().detach(); // [1]
-    let gap = strongest.expand([n]) - s_peak - config.tau;
+    // Relative to the strongest subject's (detached) peak: scale-free, see the module doc.
+    let strongest = s_peak.clone().max().detach().add_scalar(NORM_EPS); // [1]
+    let gap = (s_peak / strongest.expand([n]))
+        .neg()
+        .add_scalar(1.0 - config.tau);
     let balance = relu(gap).mean();
     [pixel, semantic, recon, balance]
 }

@@ -82,7 +82,8 @@ pub struct CtcalConfig {
     /// Subject-balancing term weight (`l4`).
     #[config(default = 0.1)]
     pub balance_weight: f64,
-    /// Margin below the strongest subject's peak that is not penalised (`tau`).
+    /// Margin below the strongest subject's peak that is not penalised (`tau`), as a fraction of
+    /// that peak: a subject whose peak reaches `(1 - tau)` of the strongest one's is left alone.
     #[config(default = 0.05)]
     pub tau: f64,
     /// The common map grid is the latent grid divided by this (4: 16x16 for 64x64 latents).

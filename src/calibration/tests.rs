@@ -57,13 +57,21 @@ fn balance_term_closed_forms() {
     let ae = ae();
     let config = pixel_balance_config(); // tau = 0.05
     let teacher = t3(&[1.0; 8], [2, 2, 2]);
-    let peaks = |a: f64, b: f64| t3(&[a, 0.1, 0.1, 0.1, b, 0.1, 0.1, 0.1], [2, 2, 2]);
+    let peaks =
+        |a: f64, b: f64, rest: f64| t3(&[a, rest, rest, rest, b, rest, rest, rest], [2, 2, 2]);
     let balance = |s| scalar(loss::sample_terms(s, teacher.clone(), &ae, &config)[3].clone());
-    // Peaks 0.5 and 0.3: (0 + relu(0.5 - 0.3 - 0.05)) / 2.
-    assert!((balance(peaks(0.5, 0.3)) - 0.075).abs() < 1e-9);
-    // Equal peaks, and a gap of exactly tau: nothing to push.
-    assert_eq!(balance(peaks(0.4, 0.4)), 0.0);
-    assert!(balance(peaks(0.5, 0.45)).abs() < 1e-12);
+    let eps = loss::NORM_EPS;
+    // Peaks 0.5 and 0.3: (0 + relu(1 - 0.05 - 0.3 / 0.5)) / 2 = 0.175.
+    let want = (0.95 - 0.3 / (0.5 + eps)) / 2.0;
+    assert!((balance(peaks(0.5, 0.3, 0.1)) - want).abs() < 1e-12);
+    // Scale-free: the same maps a hundred times weaker (more text tokens share the softmax)
+    // give the same term.
+    let want = (0.95 - 0.003 / (0.005 + eps)) / 2.0;
+    assert!((balance(peaks(0.005, 0.003, 0.001)) - want).abs() < 1e-9);
+    assert!((want - 0.175).abs() < 1e-5);
+    // Equal peaks, and a peak at exactly (1 - tau) of the strongest: nothing to push.
+    assert_eq!(balance(peaks(0.4, 0.4, 0.1)), 0.0);
+    assert!(balance(peaks(0.5, 0.475, 0.1)).abs() < 1e-7);
 }
 
 #[test]
@@ -361,8 +369,8 @@ fn resize_matrix_matches_pytorch_semantics() {
 }
 
 /// Balance gradient in closed form: with peaks p_i and S = max p (detached), d/dp_i of
-/// mean_i ReLU(S - p_i - tau) is -1/n for an active noun and 0 for the strongest one; it
-/// reaches only each map's arg-max pixel.
+/// mean_i ReLU(1 - tau - p_i / S) is -1/(n S) for an active noun and 0 for the strongest one;
+/// it reaches only each map's arg-max pixel.
 #[test]
 fn balance_gradient_stops_at_the_strongest_subject() {
     let device = Default::default();
@@ -372,7 +380,8 @@ fn balance_gradient_stops_at_the_strongest_subject() {
         .with_semantic_weight(0.0)
         .with_recon_weight(0.0)
         .with_balance_weight(1.0);
-    // Three nouns on 1x2 maps: peaks 0.9 (strongest), 0.5 (active), 0.88 (within tau).
+    // Three nouns on 1x2 maps: peaks 0.9 (strongest), 0.5 (active), 0.88 (within tau:
+    // 0.88 / 0.9 > 0.95).
     let values = vec![0.9, 0.1, 0.2, 0.5, 0.88, 0.3];
     let s = Tensor::<A, 3>::from_data(TensorData::new(values, [3, 1, 2]), &device).require_grad();
     let t = Tensor::<A, 3>::ones([3, 1, 2], &device);
@@ -385,14 +394,15 @@ fn balance_gradient_stops_at_the_strongest_subject() {
         &device,
     )
     .unwrap();
-    assert!((scalar(out.loss.clone()) - (0.9 - 0.5 - 0.05) / 3.0).abs() < 1e-12);
+    let strongest = 0.9 + loss::NORM_EPS;
+    assert!((scalar(out.loss.clone()) - (0.95 - 0.5 / strongest) / 3.0).abs() < 1e-12);
     let grad = s
         .grad(&out.loss.backward())
         .unwrap()
         .into_data()
         .to_vec::<f64>()
         .unwrap();
-    let want = [0.0, 0.0, 0.0, -1.0 / 3.0, 0.0, 0.0];
+    let want = [0.0, 0.0, 0.0, -1.0 / (3.0 * strongest), 0.0, 0.0];
     for (g, w) in grad.iter().zip(want) {
         assert!((g - w).abs() < 1e-12, "{grad:?}");
     }
