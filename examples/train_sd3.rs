@@ -31,6 +31,7 @@ use ctcal::config::file_setting;
 use ctcal::launch::{OnAutodiffBackend, launch_autodiff};
 use ctcal::lora::LoraConfig;
 use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
+use ctcal::nouns::NounTokens;
 use ctcal::pipeline::StableDiffusion3;
 use ctcal::pipeline::shapes::is_shapes_model;
 use ctcal::schedule::{FlowConfig, Schedule};
@@ -71,14 +72,20 @@ struct Cli {
     /// Let --shift train with another shift than the pipeline's scheduler file names.
     #[arg(long)]
     override_scheduler: bool,
+    /// Give each noun only its CLIP tokens; by default a noun's map sums its tokens in both the
+    /// CLIP and the T5 part of the joint text sequence (`[train.ctcal] noun_tokens`).
+    #[arg(long)]
+    clip_only_nouns: bool,
     #[command(flatten)]
     #[serde(flatten)]
     train: TrainArgs,
 }
 
 impl TrainCli for Cli {
-    const OWN_TRAIN_FLAGS: &'static [(&'static str, &'static [&'static str])] =
-        &[("teacher_sigma", &["ctcal.teacher"])];
+    const OWN_TRAIN_FLAGS: &'static [(&'static str, &'static [&'static str])] = &[
+        ("teacher_sigma", &["ctcal.teacher"]),
+        ("clip_only_nouns", &["ctcal.noun_tokens"]),
+    ];
     fn train_args(&self) -> &TrainArgs {
         &self.train
     }
@@ -157,6 +164,15 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     let mut ctcal = CtcalConfig::sd3();
     if let Some(rule) = teacher {
         ctcal = ctcal.with_teacher(rule);
+    }
+    if cli.clip_only_nouns {
+        ctcal = ctcal.with_noun_tokens(NounTokens::Clip);
+    }
+    let t5 = pipe.t5_word_tokens().map(|t| t.max_length);
+    match (t5, cli.clip_only_nouns) {
+        (Some(n), false) => tracing::info!("noun tokens: CLIP (0..77) and T5 (77..{})", 77 + n),
+        (Some(_), true) => tracing::info!("noun tokens: CLIP only (--clip-only-nouns)"),
+        (None, _) => tracing::info!("noun tokens: CLIP (the pipeline has no T5)"),
     }
     let denoiser = DiffusersModel {
         model,

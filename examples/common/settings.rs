@@ -31,6 +31,7 @@ const TRAIN_FLAGS: &[(&str, &[&str])] = &[
     ("mixed_precision", &["mixed_precision"]),
     ("latent_mean", &["sample_posterior"]),
     ("ctcal_weight", &["ctcal.lambda_ctcal"]),
+    ("map_layers", &["ctcal.layer_paths"]),
 ];
 
 /// `--recipe` is a top-level key (the base the `[train]` table builds on); given as a flag it

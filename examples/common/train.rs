@@ -188,6 +188,13 @@ pub struct TrainArgs {
     /// Weight of the CTCal loss (`lambda_ctcal`); 0 trains with the diffusion loss alone.
     #[arg(long, default_value_t = 1.0)]
     pub ctcal_weight: f64,
+    /// The attention layers whose maps CTCal compares, by diffusers path, comma-separated
+    /// (`transformer_blocks.3.attn` for an MMDiT block,
+    /// `up_blocks.1.attentions.0.transformer_blocks.0.attn2` for a UNet layer); default: the
+    /// model's preset (`[train.ctcal] layer_paths`).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub map_layers: Vec<String>,
     /// Keep an EMA of the trained weights with this decay (exported instead of the raw ones).
     #[arg(long)]
     pub ema_decay: Option<f64>,
@@ -299,7 +306,10 @@ impl TrainArgs {
 
     /// The run's settings as the flags alone say.
     fn flag_config(&self, ctcal: CtcalConfig) -> TrainConfig {
-        let ctcal = ctcal.with_lambda_ctcal(self.ctcal_weight);
+        let mut ctcal = ctcal.with_lambda_ctcal(self.ctcal_weight);
+        if !self.map_layers.is_empty() {
+            ctcal = ctcal.with_layer_paths(self.map_layers.clone());
+        }
         match self.recipe {
             Some(Recipe::Gors) => TrainConfig::paper_recipe(ctcal),
             None => TrainConfig::new(ctcal)

@@ -1,5 +1,12 @@
 //! How well a noun's attention map agrees with where its objects are: the share of the map's
-//! mass inside the true mask, and the IoU of the thresholded map with the mask.
+//! mass inside the true mask, the IoU of the thresholded map with the mask, the AUROC of the
+//! map as a score of "this cell is the object's", and the pointing game (the map's peak lies on
+//! the object).
+//!
+//! Mass inside moves with the map's sharpness as much as with its placement, and an inverted
+//! map can score like a blurred one; the AUROC depends only on the order of the map's values
+//! (0.5 for a map unrelated to the mask, 0 for an inverted one, 1 for a perfect ranking), so it
+//! tells placement apart from sharpness.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +20,39 @@ pub struct Agreement {
     pub mass_inside: f32,
     /// IoU of `{map >= threshold * max(map)}` with `{mask cell at least half covered}`.
     pub iou: f32,
+    /// Area under the ROC curve of the map's values as scores for the cells at least half
+    /// covered by the mask against the others (the Mann-Whitney statistic, ties counting
+    /// half); `None` when every cell is on one side.
+    pub auroc: Option<f32>,
+    /// Share of the map's maximal cells that are at least half covered (1 or 0 unless the
+    /// maximum is tied): the pointing game.
+    pub pointing: f32,
+}
+
+/// The AUROC of `scores` for `labels` (true: positive) by average ranks: `(R+ - n+(n+ + 1) / 2)
+/// / (n+ n-)` with `R+` the sum of the positives' ranks. `None` without positives or negatives.
+pub fn auroc(scores: &[f32], labels: &[bool]) -> Option<f32> {
+    let pos = labels.iter().filter(|&&l| l).count();
+    let neg = labels.len() - pos;
+    if pos == 0 || neg == 0 || scores.len() != labels.len() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut rank_sum = 0.0f64;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        // Ranks i+1 ..= j+1 share their mean.
+        let mean_rank = (i + j + 2) as f64 / 2.0;
+        rank_sum += mean_rank * order[i..=j].iter().filter(|&&k| labels[k]).count() as f64;
+        i = j + 1;
+    }
+    let (p, n) = (pos as f64, neg as f64);
+    Some(((rank_sum - p * (p + 1.0) / 2.0) / (p * n)) as f32)
 }
 
 /// Compares a `[h, w]` map (row-major, non-negative) with a coverage mask of `[mh, mw]`
@@ -61,6 +101,14 @@ pub fn agreement(
         inter += (a && b) as usize;
         union += (a || b) as usize;
     }
+    let labels: Vec<bool> = cells.iter().map(|c| *c >= 0.5).collect();
+    let peaks: Vec<bool> = map
+        .iter()
+        .zip(&labels)
+        .filter(|(v, _)| **v == max)
+        .map(|(_, l)| *l)
+        .collect();
+    let pointing = peaks.iter().filter(|&&l| l).count() as f32 / peaks.len().max(1) as f32;
     Ok(Agreement {
         mass_inside: if total > 0.0 { inside / total } else { 0.0 },
         iou: if union > 0 {
@@ -68,5 +116,7 @@ pub fn agreement(
         } else {
             0.0
         },
+        auroc: auroc(map, &labels),
+        pointing,
     })
 }

@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-use super::agreement::agreement;
+use super::agreement::{Agreement, agreement};
 use super::data::ShapesSet;
 use ctcal::attention::AutodiffAttentionBackend;
 use ctcal::calibration::{CtcalConfig, StepDraw, TrainBatch, teacher_maps};
@@ -23,6 +23,11 @@ pub struct LevelAgreement {
     pub mass_inside: f32,
     /// Mean IoU of the map thresholded at half its maximum with the mask.
     pub iou: f32,
+    /// Mean AUROC of the map against the mask (0.5: unrelated; over the maps whose mask
+    /// covers some cells and not all).
+    pub auroc: f32,
+    /// Share of maps whose peak lies on the mask (the pointing game).
+    pub pointing: f32,
     /// Mean share of the image the masks cover (what a uniform map scores as mass inside).
     pub chance: f32,
     /// Maps averaged.
@@ -62,7 +67,7 @@ where
         probe.batch,
         probe.seed,
     );
-    let mut sums = vec![(0.0f64, 0.0f64, 0.0f64, 0usize); levels.len()];
+    let mut sums = vec![Sums::default(); levels.len()];
     let s = set.size;
     let mut rng = StdRng::seed_from_u64(seed);
     for index in set.chunks(batch) {
@@ -99,11 +104,7 @@ where
                         0.5,
                     )?;
                     let chance = mask.iter().sum::<f32>() / mask.len() as f32;
-                    let e = &mut sums[l];
-                    e.0 += a.mass_inside as f64;
-                    e.1 += a.iou as f64;
-                    e.2 += chance as f64;
-                    e.3 += 1;
+                    sums[l].add(&a, chance);
                 }
             }
         }
@@ -111,15 +112,45 @@ where
     Ok(levels
         .iter()
         .zip(sums)
-        .map(|(&level, (m, i, c, n))| {
-            let d = n.max(1) as f64;
-            LevelAgreement {
-                level,
-                mass_inside: (m / d) as f32,
-                iou: (i / d) as f32,
-                chance: (c / d) as f32,
-                maps: n,
-            }
-        })
+        .map(|(&level, sums)| sums.level(level))
         .collect())
+}
+
+/// Running sums of the agreement of the maps at one level.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    mass_inside: f64,
+    iou: f64,
+    chance: f64,
+    pointing: f64,
+    auroc: f64,
+    ranked: usize,
+    maps: usize,
+}
+
+impl Sums {
+    fn add(&mut self, a: &Agreement, chance: f32) {
+        self.mass_inside += a.mass_inside as f64;
+        self.iou += a.iou as f64;
+        self.chance += chance as f64;
+        self.pointing += a.pointing as f64;
+        if let Some(auroc) = a.auroc {
+            self.auroc += auroc as f64;
+            self.ranked += 1;
+        }
+        self.maps += 1;
+    }
+
+    fn level(&self, level: f64) -> LevelAgreement {
+        let d = self.maps.max(1) as f64;
+        LevelAgreement {
+            level,
+            mass_inside: (self.mass_inside / d) as f32,
+            iou: (self.iou / d) as f32,
+            auroc: (self.auroc / self.ranked.max(1) as f64) as f32,
+            pointing: (self.pointing / d) as f32,
+            chance: (self.chance / d) as f32,
+            maps: self.maps,
+        }
+    }
 }

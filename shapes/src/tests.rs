@@ -213,22 +213,65 @@ fn agreement_closed_forms() {
     let a = agreement(&uniform, [4, 4], &mask, [8, 8], 0.5).unwrap();
     assert!((a.mass_inside - 0.5).abs() < 1e-6);
     assert!((a.iou - 0.5).abs() < 1e-6); // everything selected, half of it the mask
+    // A flat map ranks nothing (AUROC 0.5); its peak is everywhere, half of it on the mask.
+    assert_eq!((a.auroc, a.pointing), (Some(0.5), 0.5));
     let on: Vec<f32> = (0..16).map(|i| ((i % 4) < 2) as u8 as f32 * 3.0).collect();
     let a = agreement(&on, [4, 4], &mask, [8, 8], 0.5).unwrap();
     assert_eq!((a.mass_inside, a.iou), (1.0, 1.0));
+    assert_eq!((a.auroc, a.pointing), (Some(1.0), 1.0));
     let off: Vec<f32> = on.iter().map(|v| 3.0 - v).collect();
     let a = agreement(&off, [4, 4], &mask, [8, 8], 0.5).unwrap();
     assert_eq!((a.mass_inside, a.iou), (0.0, 0.0));
+    assert_eq!((a.auroc, a.pointing), (Some(0.0), 0.0));
+    // A sharp peak off the object on a flat floor: the pointing game misses and the AUROC
+    // falls below chance.
+    let shifted: Vec<f32> = (0..16).map(|i| if i == 2 { 10.0 } else { 0.1 }).collect();
+    let a = agreement(&shifted, [4, 4], &mask, [8, 8], 0.5).unwrap();
+    assert_eq!(a.pointing, 0.0);
+    assert!(a.auroc.unwrap() < 0.5);
     // A mask cell covered a quarter counts a quarter of the mass, and not in the IoU.
     let mut quarter = vec![0.0f32; 4];
     quarter[0] = 1.0;
     let a = agreement(&[2.0], [1, 1], &quarter, [2, 2], 0.5).unwrap();
     assert!((a.mass_inside - 0.25).abs() < 1e-6);
     assert_eq!(a.iou, 0.0);
+    assert_eq!((a.auroc, a.pointing), (None, 0.0), "no cell on the mask");
     let err = agreement(&uniform, [4, 4], &mask[..60], [8, 8], 0.5).unwrap_err();
     assert!(err.to_string().contains("60"), "{err}");
     let err = agreement(&[1.0; 9], [3, 3], &mask, [8, 8], 0.5).unwrap_err();
     assert!(err.to_string().contains("8x8"), "{err}");
+}
+
+/// The rank formula of the AUROC against its definition: the share of (positive, negative)
+/// pairs the scores order correctly, ties counting half, on random scores with many ties.
+#[test]
+fn auroc_equals_the_pairwise_count() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    for _ in 0..50 {
+        let n = rng.random_range(2..40);
+        let scores: Vec<f32> = (0..n).map(|_| rng.random_range(0..6) as f32).collect();
+        let labels: Vec<bool> = (0..n).map(|_| rng.random_bool(0.4)).collect();
+        let (mut good, mut pairs) = (0.0f64, 0usize);
+        for i in 0..n {
+            for j in 0..n {
+                if labels[i] && !labels[j] {
+                    pairs += 1;
+                    good += match scores[i].total_cmp(&scores[j]) {
+                        std::cmp::Ordering::Greater => 1.0,
+                        std::cmp::Ordering::Equal => 0.5,
+                        std::cmp::Ordering::Less => 0.0,
+                    };
+                }
+            }
+        }
+        let got = crate::agreement::auroc(&scores, &labels);
+        if pairs == 0 {
+            assert_eq!(got, None);
+        } else {
+            assert!((got.unwrap() as f64 - good / pairs as f64).abs() < 1e-6);
+        }
+    }
 }
 
 #[test]

@@ -63,6 +63,7 @@ pub use step::{
 use burn::config::Config;
 
 use crate::attention::{AttentionKind, SiteFilter};
+use crate::nouns::NounTokens;
 
 /// Every setting of the CTCal objective.
 #[derive(Config, Debug, PartialEq)]
@@ -101,6 +102,10 @@ pub struct CtcalConfig {
     pub teacher: TeacherRule,
     /// Min-SNR-gamma weighting of the diffusion loss (DDPM only; `None`: uniform).
     pub min_snr_gamma: Option<f64>,
+    /// Which segments of a joint text sequence give a noun its tokens (SD 3: CLIP and T5, or
+    /// CLIP only); models with one text encoder have one segment.
+    #[config(default = "NounTokens::ClipAndT5")]
+    pub noun_tokens: NounTokens,
     /// The map auto-encoder.
     #[config(default = "MapAutoEncoderConfig::new()")]
     pub autoencoder: MapAutoEncoderConfig,

@@ -66,7 +66,7 @@ impl Nouns {
                         caption_words.len()
                     ))
                 })?;
-                let group: Vec<usize> = ranges.iter().cloned().flatten().collect();
+                let group: Vec<usize> = ranges.iter().flatten().copied().collect();
                 if group.is_empty() {
                     return Err(Error::Input(format!(
                         "noun {p:?} has no text token: the caption {caption:?} is truncated \

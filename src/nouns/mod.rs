@@ -17,4 +17,6 @@ mod words;
 pub use groups::NounGroups;
 pub use marked::{Nouns, find_words};
 pub use tagger::{noun_groups_at, tag_nouns, word_spans, words};
-pub use words::{CountedTokens, WordTokens, noun_groups};
+pub use words::{
+    CountedTokens, JointWordTokens, NounTokens, WordTokens, noun_groups, ranges_to_positions,
+};

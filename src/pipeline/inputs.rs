@@ -14,7 +14,7 @@ use crate::denoiser::Denoiser;
 use crate::denoiser::TextCond;
 use crate::error::Result;
 use crate::mmdit::SD3Transformer2DModel;
-use crate::nouns::{Nouns, WordTokens};
+use crate::nouns::{JointWordTokens, NounTokens, Nouns, WordTokens};
 use crate::train::{TrainConfig, TrainInputs};
 use crate::unet::UNet2DConditionModel;
 use crate::vae::AutoencoderKL;
@@ -33,11 +33,12 @@ pub trait TrainingPipeline<B: Backend> {
     ) -> Result<Generated<B>>;
     /// The denoiser's conditioning for `prompts` and the prompts that were truncated.
     fn encode_prompts_for_training(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)>;
-    /// Token positions of caption words (the CLIP tokenizer: SD 3's joint sequence starts
-    /// with the CLIP tokens, so the positions are the same).
-    fn word_tokens(&self) -> &dyn WordTokens;
+    /// Token positions of caption words in the denoiser's text sequence, from the segments
+    /// `nouns` names (SD 2.1: its CLIP tokenizer; SD 3: the CLIP tokens, then the T5 tokens
+    /// at 77 when the pipeline has T5).
+    fn word_tokens(&self, nouns: NounTokens) -> Box<dyn WordTokens + '_>;
     /// Checks, before training, that `caption` can be encoded, and returns how many leading
-    /// text positions its tokens may fill (the tokenizer's length: a noun beyond it was cut
+    /// text positions its tokens may fill (the tokenizers' lengths: a noun beyond them was cut
     /// off).
     fn caption_positions(&self, caption: &str) -> Result<usize>;
     /// The denoiser's input for images `[batch, 3, h, w]` in `[-1, 1]`: the VAE's scaled
@@ -81,11 +82,11 @@ impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion<B> {
     fn encode_prompts_for_training(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)> {
         self.encode_prompts(prompts)
     }
-    fn word_tokens(&self) -> &dyn WordTokens {
-        &self.tokenizer
+    /// One text encoder: CLIP positions whatever `nouns` says.
+    fn word_tokens(&self, _nouns: NounTokens) -> Box<dyn WordTokens + '_> {
+        Box::new(&self.tokenizer)
     }
-    /// CLIP truncates an over-long caption (as diffusers does); SD 3's joint text sequence
-    /// starts with these positions.
+    /// CLIP truncates an over-long caption (as diffusers does).
     fn caption_positions(&self, _caption: &str) -> Result<usize> {
         Ok(self.tokenizer.max_length())
     }
@@ -107,13 +108,23 @@ impl<B: AttentionBackend> TrainingPipeline<B> for StableDiffusion3<B> {
     fn encode_prompts_for_training(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)> {
         self.encode_prompts(prompts, self.max_sequence_length)
     }
-    fn word_tokens(&self) -> &dyn WordTokens {
-        &self.tokenizer
+    /// SD 3's joint text sequence: the CLIP tokens (77), then `max_sequence_length` T5 tokens
+    /// (`encode_prompt` concatenates them in this order); without T5 that part is zeros and
+    /// carries no noun.
+    fn word_tokens(&self, nouns: NounTokens) -> Box<dyn WordTokens + '_> {
+        match (self.t5_word_tokens(), nouns) {
+            (Some(t5), NounTokens::ClipAndT5) => Box::new(JointWordTokens::new(vec![
+                (0, Box::new(&self.tokenizer)),
+                (self.tokenizer.max_length(), Box::new(t5)),
+            ])),
+            _ => Box::new(&self.tokenizer),
+        }
     }
-    /// CLIP truncates an over-long caption (as diffusers does); SD 3's joint text sequence
-    /// starts with these positions.
+    /// CLIP truncates an over-long caption at 77 tokens and T5 at `max_sequence_length` (as
+    /// diffusers does).
     fn caption_positions(&self, _caption: &str) -> Result<usize> {
-        Ok(self.tokenizer.max_length())
+        let t5 = self.t5_word_tokens().map_or(0, |t| t.max_length);
+        Ok(self.tokenizer.max_length() + t5)
     }
     fn encode_images(&self, pixels: Tensor<B, 4>, sample_posterior: bool) -> Result<Tensor<B, 4>> {
         vae_latents(&self.vae, pixels, sample_posterior)
@@ -139,14 +150,15 @@ where
     P: TrainingPipeline<B::InnerBackend>,
 {
     if matches!(batch.features, BatchFeatures::Cached { .. }) {
-        return batch.train_batch_with(device, pipeline.word_tokens());
+        return batch.train_batch_with(device, &pipeline.word_tokens(config.ctcal.noun_tokens));
     }
     let pixels = batch.pixels::<B::InnerBackend>(device)?;
     let latents = pipeline.encode_images(pixels, config.sample_posterior)?;
     let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
     let (cond, _) = pipeline.encode_prompts_for_training(&captions)?;
     let tokens = cond.hidden.dims()[1];
-    let nouns = batch.checked_noun_groups(pipeline.word_tokens(), tokens)?;
+    let word_tokens = pipeline.word_tokens(config.ctcal.noun_tokens);
+    let nouns = batch.checked_noun_groups(&word_tokens, tokens)?;
     // On the peer's device when the pipeline lives on another (a data-parallel run sharing
     // one pipeline); a no-op otherwise.
     let on_device = |t: Tensor<B::InnerBackend, 2>| Tensor::from_inner(t).to_device(device);
@@ -161,15 +173,17 @@ where
 }
 
 /// [`TrainInputs::check_caption`] of a pipeline: the caption encodes, and each noun's token
-/// positions lie within the tokenizer's length.
+/// positions (from the segments `config.ctcal.noun_tokens` names) lie within the tokenizers'
+/// lengths.
 pub(crate) fn pipeline_check_caption<B: Backend, P: TrainingPipeline<B>>(
     pipeline: &P,
     caption: &str,
     nouns: &Nouns,
+    config: &TrainConfig,
 ) -> Result<()> {
     let positions = pipeline.caption_positions(caption)?;
     nouns
-        .groups_with(caption, pipeline.word_tokens())?
+        .groups_with(caption, &pipeline.word_tokens(config.ctcal.noun_tokens))?
         .check_within(positions)
 }
 
@@ -203,8 +217,13 @@ macro_rules! train_inputs_for_pipeline {
                 pipeline_train_batch(self, batch, config, device)
             }
 
-            fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
-                pipeline_check_caption(self, caption, nouns)
+            fn check_caption(
+                &self,
+                caption: &str,
+                nouns: &Nouns,
+                config: &TrainConfig,
+            ) -> Result<()> {
+                pipeline_check_caption(self, caption, nouns, config)
             }
 
             fn render(

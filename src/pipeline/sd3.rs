@@ -15,7 +15,7 @@ use crate::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 use crate::schedule::{FlowEulerConfig, FlowEulerScheduler};
 use crate::text::{
     ClipTextConfig, ClipTokenizer, Sd3TextEncoders, Sd3TokenIds, T5Config, T5Tokenizer,
-    load_transformers,
+    T5WordTokens, load_transformers,
 };
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::weights::load_module;
@@ -118,6 +118,18 @@ impl<B: AttentionBackend> StableDiffusion3<B> {
             max_sequence_length: 256,
             device: device.clone(),
         })
+    }
+
+    /// The T5 part of the text sequence's word positions ([`T5WordTokens`] at
+    /// `max_sequence_length`), when the pipeline has T5 (without it that part is zeros).
+    pub fn t5_word_tokens(&self) -> Option<T5WordTokens<'_>> {
+        match (&self.tokenizer_3, &self.text_encoders.text_encoder_3) {
+            (Some(tokenizer), Some(_)) => Some(T5WordTokens {
+                tokenizer,
+                max_length: self.max_sequence_length,
+            }),
+            _ => None,
+        }
     }
 
     /// SD 3's conditioning for `prompts` (`encode_prompt`): CLIP tokens (77) then

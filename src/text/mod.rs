@@ -25,4 +25,6 @@ pub use sd3::{
     Sd3PromptEmbeds, Sd3TextEncoders, Sd3TokenIds, sd3_prompt_embeds, sd21_prompt_embeds,
 };
 pub use t5::{T5Config, T5EncoderModel};
-pub use tokenizer::{CLIP_MAX_LENGTH, ClipTokenizer, Encoding, SD3_T5_MAX_LENGTH, T5Tokenizer};
+pub use tokenizer::{
+    CLIP_MAX_LENGTH, ClipTokenizer, Encoding, SD3_T5_MAX_LENGTH, T5Tokenizer, T5WordTokens,
+};

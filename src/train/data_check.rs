@@ -8,7 +8,7 @@ use std::sync::Arc;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
-use super::TrainInputs;
+use super::{TrainConfig, TrainInputs};
 use crate::data::{BadRow, BadRows, Dataset, Subset};
 use crate::error::{Error, Result};
 
@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 pub(crate) fn check_captions<B, M, I, D>(
     dataset: Arc<D>,
     inputs: &I,
+    config: &TrainConfig,
 ) -> Result<(Subset<D>, BadRows)>
 where
     B: AutodiffBackend,
@@ -38,7 +39,7 @@ where
             keep.push(index);
             continue;
         };
-        match inputs.check_caption(&row.text, &row.nouns()) {
+        match inputs.check_caption(&row.text, &row.nouns(), config) {
             Ok(()) => keep.push(index),
             Err(error) => {
                 let why = match error {

@@ -75,11 +75,12 @@ pub trait TrainInputs<B: AutodiffBackend, M: AutodiffModule<B>> {
     ) -> Result<TrainBatch<B>>;
 
     /// Checks one caption of the data before the first step: that the text side can encode
-    /// it and that each of its `nouns` lands on token positions the conditioning has. An error
-    /// says what is wrong (the trainer adds the file and line). By default nothing is checked
-    /// (and a bad caption stops the run at the step that meets it).
-    fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
-        let _ = (caption, nouns);
+    /// it and that each of its `nouns` lands on token positions the conditioning has (under
+    /// the run's `config`, which says which text segments carry nouns). An error says what is
+    /// wrong (the trainer adds the file and line). By default nothing is checked (and a bad
+    /// caption stops the run at the step that meets it).
+    fn check_caption(&self, caption: &str, nouns: &Nouns, config: &TrainConfig) -> Result<()> {
+        let _ = (caption, nouns, config);
         Ok(())
     }
 
@@ -115,7 +116,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>, W: WordTokens> TrainInputs<B, M>
 
     /// The nouns are found among the caption's words (their positions are checked against the
     /// cached text's length when a batch is built).
-    fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
+    fn check_caption(&self, caption: &str, nouns: &Nouns, _config: &TrainConfig) -> Result<()> {
         nouns.groups_with(caption, &self.0).map(drop)
     }
 

@@ -109,7 +109,7 @@ pub(crate) fn noun_labels(caption: &str, marked: Option<&Nouns>, n: usize) -> Ve
     }
     let words = crate::nouns::words(caption);
     // The tagger's groups over word positions (word k at position k) are word indices.
-    let positions: Vec<_> = (0..words.len()).map(|k| k..k + 1).collect();
+    let positions: Vec<_> = (0..words.len()).map(|k| vec![k]).collect();
     let tagged = noun_groups_at(caption, &positions).0;
     if tagged.len() == n {
         tagged

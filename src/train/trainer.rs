@@ -317,7 +317,7 @@ impl<'a> Trainer<'a> {
         if leads {
             check_output_dir(&self.out, self.resume, self.overwrite)?;
         }
-        let (dataset, skipped) = check_captions(dataset, inputs)?;
+        let (dataset, skipped) = check_captions(dataset, inputs, &self.config)?;
         let dataset = Arc::new(dataset);
         let fingerprint = DataFingerprint::of(&*dataset);
         if self.resume {

@@ -6,15 +6,18 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::backend::Autodiff;
+use ctcal::calibration::CtcalConfig;
 use ctcal::data::{BadRowPolicy, ImageFolder};
 use ctcal::mmdit::SD3Transformer2DModel;
-use ctcal::nouns::Nouns;
-use ctcal::pipeline::StableDiffusion;
+use ctcal::nouns::{NounTokens, Nouns};
 use ctcal::pipeline::shapes::load_shapes_pipeline;
+use ctcal::pipeline::{StableDiffusion, StableDiffusion3};
 use ctcal::train::{Event, TrainConfig, TrainInputs, Trainer};
 use ctcal::unet::UNet2DConditionModel;
 
 use crate::common::Cpu;
+
+type A = Autodiff<Cpu>;
 
 #[test]
 fn a_noun_past_the_last_text_position_names_file_and_line() {
@@ -105,20 +108,18 @@ fn a_noun_past_the_last_text_position_names_file_and_line() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
-/// The CLIP pipelines: a noun the tokenizer places past its 77 positions (cut off, and in SD 3
-/// the joint sequence's T5 part would be supervised instead) is refused before training.
+/// The CLIP pipelines: a noun the tokenizer places past its 77 positions (cut off) is refused
+/// before training; in SD 3 it keeps its T5 tokens, unless the nouns are CLIP-only.
 #[test]
 fn a_noun_past_clips_77_tokens_is_refused() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let device = Default::default();
     let pipe =
         StableDiffusion::<Cpu>::load(&root.join("weights/tiny-sd21"), None, &device).unwrap();
+    let config = TrainConfig::new(CtcalConfig::sd21());
     let check = |caption: &str, noun: &str| {
-        <StableDiffusion<Cpu> as TrainInputs<Autodiff<Cpu>, UNet2DConditionModel<Autodiff<Cpu>>>>::check_caption(
-            &pipe,
-            caption,
-            &Nouns::Words(vec![noun.into()]),
-        )
+        let nouns = Nouns::Words(vec![noun.into()]);
+        TrainInputs::<A, UNet2DConditionModel<A>>::check_caption(&pipe, caption, &nouns, &config)
     };
     let long = format!("{}a cat", "a red circle and ".repeat(25));
     assert!(check(&long, "circle").is_ok());
@@ -127,4 +128,23 @@ fn a_noun_past_clips_77_tokens_is_refused() {
         msg.contains("\"cat\"") && msg.contains("truncated before it"),
         "{msg}"
     );
+
+    let sd3 = StableDiffusion3::<Cpu>::load(&root.join("weights/tiny-sd3"), None, &device).unwrap();
+    let check = |caption: &str, noun: &str, tokens: NounTokens| {
+        let config = TrainConfig::new(CtcalConfig::sd3().with_noun_tokens(tokens));
+        let nouns = Nouns::Words(vec![noun.into()]);
+        TrainInputs::<A, SD3Transformer2DModel<A>>::check_caption(&sd3, caption, &nouns, &config)
+    };
+    // Past CLIP's 77 tokens, within T5's 256.
+    assert!(check(&long, "cat", NounTokens::ClipAndT5).is_ok());
+    let msg = check(&long, "cat", NounTokens::Clip)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("truncated before it"), "{msg}");
+    // Past both.
+    let longer = format!("{}a cat", "a red circle and ".repeat(70));
+    let msg = check(&longer, "cat", NounTokens::ClipAndT5)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("truncated before it"), "{msg}");
 }

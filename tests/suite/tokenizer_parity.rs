@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use ctcal::nouns::NounGroups;
 use ctcal::nouns::Nouns;
-use ctcal::nouns::{CountedTokens, WordTokens};
+use ctcal::nouns::{CountedTokens, NounTokens, WordTokens, ranges_to_positions};
 use ctcal::nouns::{tag_nouns, word_spans, words};
 use ctcal::text::{ClipTokenizer, Encoding, T5Tokenizer};
 use serde_json::Value;
@@ -231,11 +231,14 @@ fn punctuation_shifts_the_exact_positions_only() {
     }
     let counted = CountedTokens(|w: &str| tok.count_tokens(w));
     let plain = "a red cat next to a blue dog";
-    assert_eq!(tok.word_tokens(plain).unwrap(), counted.positions(plain));
+    assert_eq!(
+        tok.word_tokens(plain).unwrap(),
+        ranges_to_positions(counted.positions(plain))
+    );
     // "," and "." are tokens of their own: the counting convention misses them.
     let caption = "A red cat, next to a blue dog.";
     let exact = tok.word_tokens(caption).unwrap();
-    assert_eq!(exact, [1..2, 2..3, 3..4, 5..6, 6..7, 7..8, 8..9, 9..10]);
+    assert_eq!(exact, [[1], [2], [3], [5], [6], [7], [8], [9]]);
     assert_eq!(counted.positions(caption)[7], 8..9);
     assert_eq!(
         tag_nouns(caption),
@@ -246,6 +249,52 @@ fn punctuation_shifts_the_exact_positions_only() {
     let words = Nouns::Words(vec!["Blue dog".into()]);
     assert_eq!(words.groups_with(caption, &tok).unwrap().0, [vec![8, 9]]);
     assert_eq!(word_spans(caption)[2], 6..9);
+}
+
+/// SD 3's joint text sequence is 77 CLIP tokens then the T5 tokens: each noun gets its CLIP
+/// tokens below 77 and its T5 pieces from 77 on. Checked on ids, not on the offsets the
+/// positions come from: the ids at a noun's positions in the caption's encoding are the ids of
+/// the word encoded alone, in each tokenizer.
+#[test]
+fn sd3_nouns_take_their_clip_and_t5_tokens() {
+    use ctcal::pipeline::{StableDiffusion3, TrainingPipeline};
+    let device = Default::default();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights/tiny-sd3");
+    let pipe = StableDiffusion3::<crate::common::Cpu>::load(&root, None, &device).unwrap();
+    let t5 = pipe.tokenizer_3.as_ref().unwrap();
+    let caption = "A red cube, to the left of a blue ball.";
+    let nouns = Nouns::Words(vec!["cube".into(), "blue ball".into()]);
+    let joint = nouns
+        .groups_with(caption, &pipe.word_tokens(NounTokens::ClipAndT5))
+        .unwrap();
+    let clip_ids = pipe.tokenizer.encode(caption).unwrap().ids;
+    let t5_ids = t5.encode(caption, pipe.max_sequence_length).unwrap().ids;
+    for (phrase, group) in ["cube", "blue ball"].iter().zip(&joint.0) {
+        let (clip, t5_pos): (Vec<usize>, Vec<usize>) = group.iter().partition(|&&p| p < 77);
+        let alone = pipe.tokenizer.encode(phrase).unwrap();
+        let want: Vec<u32> = alone.ids[1..alone.len - 1].to_vec();
+        let got: Vec<u32> = clip.iter().map(|&p| clip_ids[p]).collect();
+        assert_eq!(got, want, "{phrase}: CLIP");
+        let alone = t5.encode(phrase, 32).unwrap();
+        let want: Vec<u32> = alone.ids[..alone.len - 1].to_vec();
+        let got: Vec<u32> = t5_pos.iter().map(|&p| t5_ids[p - 77]).collect();
+        assert_eq!(got, want, "{phrase}: T5");
+    }
+    let clip_only = nouns
+        .groups_with(caption, &pipe.word_tokens(NounTokens::Clip))
+        .unwrap();
+    let below: Vec<Vec<usize>> = joint
+        .0
+        .iter()
+        .map(|g| g.iter().copied().filter(|&p| p < 77).collect())
+        .collect();
+    assert_eq!(clip_only.0, below);
+    // The positions index the conditioning the pipeline builds.
+    let (cond, _) = pipe
+        .encode_prompts(&[caption], pipe.max_sequence_length)
+        .unwrap();
+    assert_eq!(cond.hidden.dims()[1], 77 + pipe.max_sequence_length);
+    assert!(joint.check_within(cond.hidden.dims()[1]).is_ok());
 }
 
 #[test]

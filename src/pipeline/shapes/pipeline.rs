@@ -5,7 +5,6 @@
 //! space, no VAE), and validation images come from the architecture's sampler.
 
 use std::marker::PhantomData;
-use std::ops::Range;
 use std::path::Path;
 
 use burn::module::AutodiffModule;
@@ -22,7 +21,7 @@ use crate::denoiser::{Denoiser, TextCond};
 use crate::error::{Error, Result};
 use crate::mmdit::SD3Transformer2DModel;
 use crate::nn::normal_tensor;
-use crate::nouns::WordTokens;
+use crate::nouns::{NounTokens, WordTokens};
 use crate::pipeline::{GenerateConfig, Generated, TrainingPipeline};
 use crate::text::ClipTextModel;
 use crate::unet::UNet2DConditionModel;
@@ -208,8 +207,9 @@ impl<B: AttentionBackend, D: Denoiser<B>> TrainingPipeline<B> for ShapesPipeline
         Ok((self.encode(prompts)?, Vec::new()))
     }
 
-    fn word_tokens(&self) -> &dyn WordTokens {
-        &self.vocab
+    /// One word-level text encoder: its positions whatever `nouns` says.
+    fn word_tokens(&self, _nouns: NounTokens) -> Box<dyn WordTokens + '_> {
+        Box::new(&self.vocab)
     }
 
     /// The word vocabulary rejects unknown words and captions over its length.
@@ -233,9 +233,9 @@ impl<B: AttentionBackend, D: Denoiser<B>> TrainingPipeline<B> for ShapesPipeline
 impl WordTokens for Vocab {
     /// Word `i` is token `i + 1` (after the begin token); every word must be in the
     /// vocabulary.
-    fn word_tokens(&self, caption: &str) -> Result<Vec<Range<usize>>> {
+    fn word_tokens(&self, caption: &str) -> Result<Vec<Vec<usize>>> {
         let words = crate::nouns::words(caption);
         self.encode(&words.join(" "))?;
-        Ok((0..words.len()).map(|i| i + 1..i + 2).collect())
+        Ok((0..words.len()).map(|i| vec![i + 1]).collect())
     }
 }

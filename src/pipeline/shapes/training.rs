@@ -68,8 +68,8 @@ where
         pipeline_train_batch(self, batch, config, device)
     }
 
-    fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
-        pipeline_check_caption(self, caption, nouns)
+    fn check_caption(&self, caption: &str, nouns: &Nouns, config: &TrainConfig) -> Result<()> {
+        pipeline_check_caption(self, caption, nouns, config)
     }
 
     fn render(
@@ -130,7 +130,7 @@ impl<B: AutodiffAttentionBackend> TrainInputs<B, ShapesModel<B>> for ShapesModel
     }
 
     /// The vocabulary encodes it; the nouns lie within its positions.
-    fn check_caption(&self, caption: &str, nouns: &Nouns) -> Result<()> {
+    fn check_caption(&self, caption: &str, nouns: &Nouns, _config: &TrainConfig) -> Result<()> {
         self.vocab.encode(&crate::nouns::words(caption).join(" "))?;
         nouns
             .groups_with(caption, &self.vocab)?

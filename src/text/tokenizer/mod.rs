@@ -20,7 +20,7 @@ mod t5;
 
 pub use clip::{CLIP_MAX_LENGTH, ClipTokenizer};
 pub use positions::word_positions;
-pub use t5::{SD3_T5_MAX_LENGTH, T5Tokenizer};
+pub use t5::{SD3_T5_MAX_LENGTH, T5Tokenizer, T5WordTokens};
 
 use crate::error::{Error, Result};
 

@@ -25,6 +25,7 @@ use tokenizers::processors::template::TemplateProcessing;
 use super::files::{Specials, bad, read_json, required};
 use super::{Encoding, encode_error, positions};
 use crate::error::{Error, Result};
+use crate::nouns::WordTokens;
 
 /// The T5 sequence length SD 3's pipeline uses by default
 /// (`StableDiffusion3Pipeline.__call__(max_sequence_length=256)`).
@@ -161,6 +162,26 @@ impl T5Tokenizer {
     /// sentencepiece pieces and the 100 `<extra_id_*>` sentinels).
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
+    }
+}
+
+/// [`WordTokens`] of T5 encodings of `max_length` tokens: each word's pieces, the first word
+/// at position 0 (T5 has no start token), none for a word truncated away.
+#[derive(Debug, Clone, Copy)]
+pub struct T5WordTokens<'a> {
+    /// The tokenizer.
+    pub tokenizer: &'a T5Tokenizer,
+    /// The encoding's length (SD 3's `max_sequence_length`).
+    pub max_length: usize,
+}
+
+impl WordTokens for T5WordTokens<'_> {
+    fn word_tokens(&self, caption: &str) -> Result<Vec<Vec<usize>>> {
+        let positions = self.tokenizer.word_positions(caption, self.max_length)?;
+        Ok(positions
+            .into_iter()
+            .map(|(_, tokens)| tokens.collect())
+            .collect())
     }
 }
 

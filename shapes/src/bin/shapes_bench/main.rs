@@ -310,14 +310,14 @@ fn agreement<B: AutodiffAttentionBackend>(
         };
         let curve = agreement_by_level(&model, &set, &probe, device)?;
         println!(
-            "{name}: {}, mass inside mask, IoU, chance ({} maps)",
+            "{name}: {}, AUROC, pointing game, mass inside mask, IoU, chance ({} maps)",
             arch.level_name(),
             curve[0].maps
         );
         for c in &curve {
             println!(
-                "  {:>5.2}  {:>6.3}  {:>6.3}  {:>6.3}",
-                c.level, c.mass_inside, c.iou, c.chance
+                "  {:>5.2}  {:>6.3}  {:>6.3}  {:>6.3}  {:>6.3}  {:>6.3}",
+                c.level, c.auroc, c.pointing, c.mass_inside, c.iou, c.chance
             );
         }
         rows.push(serde_json::json!({"split": name, "curve": curve}));
