@@ -40,6 +40,7 @@ fn bench<B: AutodiffAttentionBackend>(
             pooled: None,
         },
         nouns: vec![NounGroups(vec![vec![2], vec![5, 6]]); batch],
+        teacher: None,
     };
     let draw = StepDraw {
         noise: Tensor::<B, 4>::random([batch, 4, latent, latent], normal, device),

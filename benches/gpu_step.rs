@@ -347,6 +347,7 @@ fn sd21<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
             pooled: None,
         },
         nouns: vec![NounGroups(vec![vec![2], vec![5, 6]]); b],
+        teacher: None,
     };
     train_steps(
         o,
@@ -383,6 +384,7 @@ fn sd3<B: AutodiffAttentionBackend>(o: &Opts, device: &B::Device) {
             )),
         },
         nouns: vec![NounGroups(vec![vec![2], vec![5, 6]]); b],
+        teacher: None,
     };
     train_steps(
         o,

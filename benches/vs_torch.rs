@@ -584,6 +584,7 @@ fn read_inputs<B: AutodiffAttentionBackend>(
             pooled: None,
         },
         nouns: nouns.into_iter().map(NounGroups).collect(),
+        teacher: None,
     };
     let draw = StepDraw {
         noise: file.tensor("noise", device)?,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::data::ShapesSet;
 use super::detect::{Detector, satisfies};
+use super::oracle::OracleInputs;
 use super::sample::sample_images;
 use ctcal::attention::{AttentionBackend, AutodiffAttentionBackend};
 use ctcal::calibration::{CtcalConfig, StepDraw, TrainBatch, student_loss};
@@ -46,6 +47,9 @@ pub struct TrainRun {
     pub seed: u64,
     /// Checkpoint every this many steps (and at the end); 0: only at the end.
     pub checkpoint_every: usize,
+    /// The oracle arm: each noun's true mask is its teacher map ([`OracleInputs`]).
+    #[serde(default)]
+    pub oracle: bool,
 }
 
 impl TrainRun {
@@ -63,6 +67,7 @@ impl TrainRun {
             ctcal,
             seed: 0,
             checkpoint_every: 0,
+            oracle: false,
         }
     }
 
@@ -109,7 +114,17 @@ pub fn train_shapes<B: AutodiffAttentionBackend>(
         trainer = trainer.lora(arch.lora(rank));
     }
     let inputs = ShapesModelInputs::new(config.clone());
-    let fitted = trainer.fit(model, &inputs, set, &arch.schedule(), device)?;
+    let fitted = if run.oracle {
+        let grid = set.size / run.ctcal.map_downscale.max(1);
+        let oracle = OracleInputs {
+            inner: inputs,
+            set: set.clone(),
+            grid,
+        };
+        trainer.fit(model, &oracle, set, &arch.schedule(), device)?
+    } else {
+        trainer.fit(model, &inputs, set, &arch.schedule(), device)?
+    };
     Ok(merge_lora(fitted.model))
 }
 
@@ -142,6 +157,7 @@ where
             latents: b.pixels,
             cond,
             nouns: b.nouns,
+            teacher: None,
         };
         for &level in levels {
             let draw = StepDraw {

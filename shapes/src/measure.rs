@@ -78,6 +78,7 @@ where
             latents: b.pixels,
             cond,
             nouns: b.nouns,
+            teacher: None,
         };
         for (l, &level) in levels.iter().enumerate() {
             let draw = StepDraw {

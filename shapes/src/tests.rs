@@ -242,6 +242,39 @@ fn agreement_closed_forms() {
     assert!(err.to_string().contains("8x8"), "{err}");
 }
 
+/// The oracle's teacher maps are the masks averaged over each map cell, one per noun, none for
+/// a caption without nouns; a noun count the scene does not have is an error.
+#[test]
+fn oracle_maps_pool_the_true_masks() {
+    // A 4x4 mask with its top-left 2x2 block and one more pixel covered.
+    let mut mask = vec![0.0f32; 16];
+    for i in [0, 1, 4, 5, 15] {
+        mask[i] = 1.0;
+    }
+    assert_eq!(pool_mask(&mask, 4, 2).unwrap(), [1.0, 0.0, 0.0, 0.25]);
+    assert_eq!(pool_mask(&mask, 4, 4).unwrap(), mask);
+    assert!(pool_mask(&mask, 4, 3).is_err());
+    let set = ShapesSet::new(
+        config().generate(Split::Train, 4, 5).unwrap(),
+        32,
+        &Vocab::default(),
+    )
+    .unwrap();
+    let counts: Vec<usize> = set.masks.iter().map(Vec::len).collect();
+    let mut asked = counts.clone();
+    asked[1] = 0;
+    let maps = oracle_maps(&set, &[0, 1, 2], &asked[..3], 16).unwrap();
+    assert!(maps[1].is_none());
+    let want: Vec<f32> = set.masks[2]
+        .iter()
+        .flat_map(|m| pool_mask(m, 32, 16).unwrap())
+        .collect();
+    assert_eq!(maps[2].as_deref(), Some(&want[..]));
+    assert_eq!(want.len(), counts[2] * 256);
+    let err = oracle_maps(&set, &[0], &[counts[0] + 1], 16).unwrap_err();
+    assert!(err.to_string().contains("scene 0"), "{err}");
+}
+
 /// The rank formula of the AUROC against its definition: the share of (positive, negative)
 /// pairs the scores order correctly, ties counting half, on random scores with many ties.
 #[test]
@@ -463,10 +496,12 @@ fn fine_tunes_freeze_the_text_encoder_and_pair_the_arms() {
         };
         let (text_before, denoiser_before) = (params(&base, true), params(&base, false));
         let mut logs = Vec::new();
-        for lambda in [0.0, 1.0] {
-            let run = TrainRun::finetune(2, 2, 1e-2, 2, arch.ctcal().with_lambda_ctcal(lambda));
+        // Plain, CTCal, oracle.
+        for (lambda, oracle) in [(0.0, false), (1.0, false), (1.0, true)] {
+            let mut run = TrainRun::finetune(2, 2, 1e-2, 2, arch.ctcal().with_lambda_ctcal(lambda));
+            run.oracle = oracle;
             let mut log = Vec::new();
-            let out = temp(&dir, &format!("run-{lambda}"));
+            let out = temp(&dir, &format!("run-{lambda}-{oracle}"));
             let after = train_shapes(
                 base.clone(),
                 &config,
@@ -494,6 +529,16 @@ fn fine_tunes_freeze_the_text_encoder_and_pair_the_arms() {
         assert!((d0 - d1).abs() <= 1e-9 * d0.abs(), "{arch}: {d0} vs {d1}");
         assert_eq!(logs[0][0].ctcal, 0.0, "{arch}");
         assert!(logs[1][0].ctcal > 0.0, "{arch}");
+        // The oracle: the same diffusion loss, another teacher (the masks), so other terms.
+        let d2 = logs[2][0].diffusion;
+        assert!((d0 - d2).abs() <= 1e-9 * d0.abs(), "{arch}: {d0} vs {d2}");
+        assert!(logs[2][0].ctcal > 0.0, "{arch}");
+        assert!(
+            (logs[2][0].pixel - logs[1][0].pixel).abs() > 1e-4,
+            "{arch}: {:?} vs {:?}",
+            logs[2][0],
+            logs[1][0]
+        );
         // Pretraining trains the text encoder too.
         let mut run = TrainRun::finetune(1, 2, 1e-2, 2, arch.ctcal().with_lambda_ctcal(0.0));
         run.lora_rank = None;

@@ -274,6 +274,7 @@ fn checkpointed_ctcal_step_gives_the_same_gradients() {
                 NounGroups(vec![vec![1], vec![2, 3]]),
                 NounGroups(vec![vec![4]]),
             ],
+            teacher: None,
         };
         let draw = StepDraw {
             noise: Tensor::from_inner(noise),

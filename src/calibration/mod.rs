@@ -33,6 +33,7 @@
 //!     cond: TextCond { hidden: Tensor::random([2, 5, 32], normal, &device), pooled: None },
 //!     // Sample 0: nouns at tokens 1 and 2-3; sample 1: one noun at token 4.
 //!     nouns: vec![NounGroups(vec![vec![1], vec![2, 3]]), NounGroups(vec![vec![4]])],
+//!     teacher: None,
 //! };
 //! let draw = StepDraw {
 //!     noise: Tensor::random([2, 4, 8, 8], normal, &device),

@@ -27,6 +27,11 @@ pub struct TrainBatch<B: Backend> {
     pub cond: TextCond<B>,
     /// Noun token groups of each caption.
     pub nouns: Vec<NounGroups>,
+    /// Teacher maps given with the batch, replacing the teacher pass: per sample, one
+    /// non-negative `[nouns, h, w]` map per noun on the common map grid (`None` for a sample
+    /// without nouns). An oracle's true per-noun masks make the loss's ceiling measurable; `None`
+    /// (the method) takes the model's own maps at the teacher level.
+    pub teacher: Option<Vec<Option<Tensor<B, 3>>>>,
 }
 
 /// The randomness of one step, explicit so runs and tests are reproducible.
@@ -152,12 +157,43 @@ where
 {
     check_draw(batch, draw)?;
     let use_ctcal = config.lambda_ctcal != 0.0 && batch.nouns.iter().any(|n| !n.is_empty());
-    let teacher = if use_ctcal {
-        Some(teacher_maps(model, batch, draw, schedule, config)?)
-    } else {
-        None
+    let teacher = match (&batch.teacher, use_ctcal) {
+        (_, false) => None,
+        (Some(given), true) => Some(given_teacher(given, batch, config)?),
+        (None, true) => Some(teacher_maps(model, batch, draw, schedule, config)?),
     };
     student_loss(model, ae, batch, draw, schedule, config, teacher)
+}
+
+/// Given teacher maps, checked against the batch: one entry per sample, one map per noun, each
+/// on the common map grid; detached (a target, like the teacher pass's maps).
+fn given_teacher<B: Backend>(
+    given: &[Option<Tensor<B, 3>>],
+    batch: &TrainBatch<B>,
+    config: &CtcalConfig,
+) -> Result<Vec<Option<Tensor<B, 3>>>> {
+    let [h, w] = common_grid(batch.latents.dims(), config)?;
+    if given.len() != batch.nouns.len() {
+        return Err(Error::Input(format!(
+            "{} given teacher entries for a batch of {}",
+            given.len(),
+            batch.nouns.len()
+        )));
+    }
+    given
+        .iter()
+        .zip(&batch.nouns)
+        .enumerate()
+        .map(|(b, (map, nouns))| match map {
+            None if nouns.is_empty() => Ok(None),
+            Some(m) if m.dims() == [nouns.len(), h, w] => Ok(Some(m.clone().detach())),
+            other => Err(Error::Input(format!(
+                "sample {b}: given teacher maps {:?} for {} nouns on the {h}x{w} map grid",
+                other.as_ref().map(|m| m.dims()),
+                nouns.len()
+            ))),
+        })
+        .collect()
 }
 
 fn check_draw<B: Backend>(batch: &TrainBatch<B>, draw: &StepDraw<B>) -> Result<()> {

@@ -228,6 +228,7 @@ fn step_gradient_matches_finite_differences_and_teacher_is_constant() {
             pooled: None,
         },
         nouns: nouns.clone(),
+        teacher: None,
     };
 
     let ctx = Tensor::<A, 3>::from_inner(ctx0.clone()).require_grad();
@@ -320,6 +321,7 @@ fn step_rejects_bad_input() {
             pooled: None,
         },
         nouns: vec![NounGroups(vec![vec![1]])],
+        teacher: None,
     };
     let draw = |t: f64| StepDraw {
         noise: Tensor::<A, 4>::zeros([1, 4, 8, 8], &device),
@@ -338,6 +340,7 @@ fn step_rejects_bad_input() {
     );
     let far = TrainBatch {
         nouns: vec![NounGroups(vec![vec![3]])],
+        teacher: None,
         ..batch.clone()
     };
     let err = ctcal_step(&unet, &ae, &far, &draw(10.0), &schedule, &config)
@@ -352,6 +355,77 @@ fn step_rejects_bad_input() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("layer selection matches no site"), "{err}");
+}
+
+/// Teacher maps given with the batch (an oracle's masks) replace the teacher pass: given the
+/// model's own teacher maps the step is the self-teacher step to the last bit; other maps move
+/// the CTCal terms and not the diffusion loss; maps of the wrong shape are refused by sample.
+#[test]
+fn given_teacher_maps_replace_the_teacher_pass() {
+    let device = Default::default();
+    let unet = UNet2DConditionConfig::tiny().init::<A>(&device);
+    let ae = MapAutoEncoderConfig::new().init::<A>(&device);
+    let schedule = Schedule::Ddpm(DdpmConfig::sd21().init());
+    let normal = Distribution::Normal(0.0, 1.0);
+    let batch = TrainBatch {
+        latents: Tensor::<A, 4>::random([2, 4, 8, 8], normal, &device),
+        cond: TextCond {
+            hidden: Tensor::random([2, 5, 32], normal, &device),
+            pooled: None,
+        },
+        nouns: vec![NounGroups(vec![vec![1], vec![2, 3]]), NounGroups(vec![])],
+        teacher: None,
+    };
+    let draw = StepDraw {
+        noise: Tensor::<A, 4>::random([2, 4, 8, 8], normal, &device),
+        student: vec![700.0, 400.0],
+        teacher: vec![0.0, 0.0],
+    };
+    let config = CtcalConfig::new()
+        .with_layer_downscales(vec![1, 2])
+        .with_map_downscale(2);
+    let own = ctcal_step(&unet, &ae, &batch, &draw, &schedule, &config).unwrap();
+    let maps = teacher_maps(&unet, &batch, &draw, &schedule, &config).unwrap();
+    let given = |teacher| TrainBatch {
+        teacher: Some(teacher),
+        ..batch.clone()
+    };
+    let same = ctcal_step(&unet, &ae, &given(maps), &draw, &schedule, &config).unwrap();
+    assert_eq!(same.parts, own.parts);
+    // Left half of the 4x4 grid for the first noun, right half for the second.
+    let half: Vec<f64> = (0..32)
+        .map(|i| ((i % 4 < 2) == (i < 16)) as u8 as f64)
+        .collect();
+    let masks = Tensor::<A, 3>::from_data(TensorData::new(half, [2, 4, 4]), &device);
+    let oracle = ctcal_step(
+        &unet,
+        &ae,
+        &given(vec![Some(masks.clone()), None]),
+        &draw,
+        &schedule,
+        &config,
+    )
+    .unwrap();
+    assert_eq!(oracle.parts.diffusion, own.parts.diffusion);
+    assert!(
+        (oracle.parts.pixel - own.parts.pixel).abs() > 1e-3,
+        "{oracle:?}"
+    );
+    let wrong = masks.slice([0..2, 0..2, 0..4]);
+    let err = ctcal_step(
+        &unet,
+        &ae,
+        &given(vec![Some(wrong), None]),
+        &draw,
+        &schedule,
+        &config,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("sample 0: given teacher maps Some([2, 2, 4]) for 2 nouns on the 4x4"),
+        "{err}"
+    );
 }
 
 /// Hand-computed PyTorch values: `adaptive_avg_pool1d` of 5 to 2 uses bins [0, 3) and [2, 5);

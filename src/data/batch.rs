@@ -207,6 +207,7 @@ impl Batch {
             latents,
             cond,
             nouns,
+            teacher: None,
         })
     }
 }

@@ -169,6 +169,7 @@ where
             pooled: cond.pooled.map(on_device),
         },
         nouns,
+        teacher: None,
     })
 }
 

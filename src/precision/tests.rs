@@ -169,6 +169,7 @@ fn unet_step_in_f32_matches_f64() {
             NounGroups(vec![vec![1], vec![2, 3]]),
             NounGroups(vec![vec![4]]),
         ],
+        teacher: None,
     };
     let draw = StepDraw {
         noise: Tensor::<A, 4>::random([2, 4, 8, 8], normal(), &device),
@@ -202,6 +203,7 @@ fn mmdit_step_in_f32_matches_f64() {
             NounGroups(vec![vec![1], vec![2, 3]]),
             NounGroups(vec![vec![4]]),
         ],
+        teacher: None,
     };
     let draw = StepDraw {
         noise: Tensor::<A, 4>::random([2, 4, 8, 8], normal(), &device),

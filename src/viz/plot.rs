@@ -31,11 +31,12 @@ pub struct Series {
 }
 
 /// Distinct line colours (matplotlib's tab10 start), so curves match across plots.
-pub const COLOURS: [Rgb<u8>; 4] = [
+pub const COLOURS: [Rgb<u8>; 5] = [
     Rgb([31, 119, 180]),
     Rgb([255, 127, 14]),
     Rgb([44, 160, 44]),
     Rgb([214, 39, 40]),
+    Rgb([148, 103, 189]),
 ];
 
 /// How the y axis places values.

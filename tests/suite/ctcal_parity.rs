@@ -54,6 +54,7 @@ where
             pooled,
         },
         nouns: nouns.into_iter().map(NounGroups).collect(),
+        teacher: None,
     };
     let draw = StepDraw {
         noise: inputs.tensor::<B, 4>("noise", device).unwrap(),

@@ -126,6 +126,7 @@ impl<B: AutodiffAttentionBackend> TrainInputs<B, ShapesModel<B>> for ShapesModel
             latents: batch.pixels::<B>(device)?,
             cond: model.encode(&ids, device)?,
             nouns: batch.checked_noun_groups(&self.vocab, SEQ_LEN)?,
+            teacher: None,
         })
     }
 

@@ -255,6 +255,7 @@ fn pretrain<B: AutodiffAttentionBackend>(
         ctcal: arch.ctcal().with_lambda_ctcal(0.0),
         seed: seed ^ 0xba5e,
         checkpoint_every: p.checkpoint_every,
+        oracle: false,
     };
     let start = Instant::now();
     let (mut log, mut running) = (Vec::new(), Vec::new());

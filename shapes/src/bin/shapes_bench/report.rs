@@ -58,6 +58,11 @@ pub struct BenchArgs {
     jobs: Option<usize>,
 }
 
+/// The fine-tuning arms, longest first: the oracle (the CTCal loss with the true masks as
+/// teacher maps: the ceiling of map supervision here), CTCal, and plain LoRA fine-tuning. Every
+/// arm of a seed sees the same data order, noise and levels.
+const ARMS: [&str; 3] = ["oracle", "ctcal", "plain"];
+
 /// One model's measurements.
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
 struct Measured {
@@ -124,8 +129,8 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
-/// Measures the base model in `base_dir`, fine-tunes it `o.seeds` times per arm (plain,
-/// CTCal) and reports.
+/// Measures the base model in `base_dir`, fine-tunes it `o.seeds` times per arm ([`ARMS`])
+/// and reports.
 pub fn bench<B: AutodiffAttentionBackend>(
     out: &Path,
     base_dir: &Path,
@@ -148,7 +153,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
     // One run per model, longest first: each (seed, arm) fine-tune with its measurement, then
     // the base model's measurement.
     let mut specs = Vec::new();
-    for arm in ["ctcal", "plain"] {
+    for arm in ARMS {
         for k in 0..o.seeds {
             specs.push(RunSpec::new(arm, k, base_dir, out, backend, seed, o));
         }
@@ -181,7 +186,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
         }
         runs.push((spec.arm.clone(), spec.k, done.measured, done.log));
     }
-    runs.sort_by_key(|r| (r.0 != "plain", r.1));
+    runs.sort_by_key(|r| (ARMS.iter().rev().position(|a| *a == r.0), r.1));
     shown.sort_by_key(|(name, _)| (name != "base", !name.starts_with("plain")));
     let base = base.ok_or_else(|| anyhow::anyhow!("the base model's run is missing"))?;
     // Table: mean and standard deviation over seeds.
@@ -217,8 +222,8 @@ pub fn bench<B: AutodiffAttentionBackend>(
         )
     };
     table += &row("base", vec![&base]);
-    for arm in ["plain", "ctcal"] {
-        let ms: Vec<&Measured> = runs.iter().filter(|r| r.0 == arm).map(|r| &r.2).collect();
+    for arm in ARMS.iter().rev() {
+        let ms: Vec<&Measured> = runs.iter().filter(|r| r.0 == *arm).map(|r| &r.2).collect();
         table += &row(&format!("{arm} fine-tune ({} seeds)", ms.len()), ms);
     }
     println!("\n{table}");
@@ -258,6 +263,11 @@ pub fn bench<B: AutodiffAttentionBackend>(
             label: "ctcal".into(),
             points: mean_curve("ctcal"),
             colour: COLOURS[2],
+        },
+        Series {
+            label: "oracle".into(),
+            points: mean_curve("oracle"),
+            colour: COLOURS[4],
         },
         Series {
             label: "chance".into(),
@@ -358,6 +368,7 @@ fn figures<B: AutodiffAttentionBackend>(
             latents: b.pixels.clone(),
             cond: model.encode(&b.ids, device)?,
             nouns: b.nouns.clone(),
+            teacher: None,
         };
         let img = ctcal::train::map_preview(
             &model.denoiser,
@@ -529,7 +540,7 @@ pub fn run<B: AutodiffAttentionBackend>(path: &Path, device: &B::Device) -> Resu
     } else {
         let lambda = match spec.arm.as_str() {
             "plain" => 0.0,
-            "ctcal" => 1.0,
+            "ctcal" | "oracle" => 1.0,
             other => anyhow::bail!("{}: unknown arm {other:?}", path.display()),
         };
         let data = ShapesSet::new(
@@ -545,6 +556,7 @@ pub fn run<B: AutodiffAttentionBackend>(path: &Path, device: &B::Device) -> Resu
             arch.ctcal().with_lambda_ctcal(lambda),
         );
         run.seed = spec.seed + spec.k;
+        run.oracle = spec.arm == "oracle";
         let mut log = Vec::with_capacity(o.steps);
         let config = ShapesModelConfig::read(&spec.base.join("base_config.json"))?;
         let train_dir = spec.dir.join("train");
