@@ -184,9 +184,39 @@ pub fn compbench<B: AttentionBackend>(
     seed: u64,
     device: &B::Device,
 ) -> ctcal::Result<BTreeMap<String, f64>> {
+    let outcomes = compbench_outcomes(model, set, steps, guidance, seed, device)?;
+    Ok(compbench_shares(set, &outcomes))
+}
+
+/// The share of satisfied captions per category and overall, from [`compbench_outcomes`].
+pub fn compbench_shares(set: &ShapesSet, outcomes: &[bool]) -> BTreeMap<String, f64> {
+    let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (index, ok) in outcomes.iter().enumerate() {
+        for key in [set.scenes[index].claim.category(), "overall"] {
+            let e = counts.entry(key.to_string()).or_default();
+            e.0 += *ok as usize;
+            e.1 += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(k, (ok, n))| (k, ok as f64 / n as f64))
+        .collect()
+}
+
+/// [`compbench`] caption by caption: whether the sample for scene `i` of `set` satisfies its
+/// caption (the same noise for every model given the same seed, so models pair up).
+pub fn compbench_outcomes<B: AttentionBackend>(
+    model: &ShapesModel<B>,
+    set: &ShapesSet,
+    steps: usize,
+    guidance: f64,
+    seed: u64,
+    device: &B::Device,
+) -> ctcal::Result<Vec<bool>> {
     let det = Detector::default();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut outcomes = Vec::with_capacity(set.len());
     let s = set.size;
     for index in set.chunks(32) {
         let ids: Vec<Vec<usize>> = index.iter().map(|&i| set.ids[i].clone()).collect();
@@ -194,16 +224,8 @@ pub fn compbench<B: AttentionBackend>(
         let images = sample_images(model, &ids, set, noise, steps, guidance)?;
         for (k, img) in images.iter().enumerate() {
             let claim = &set.scenes[index[k]].claim;
-            let ok = satisfies(claim, &det.detect(img, s)) as usize;
-            for key in [claim.category(), "overall"] {
-                let e = counts.entry(key.to_string()).or_default();
-                e.0 += ok;
-                e.1 += 1;
-            }
+            outcomes.push(satisfies(claim, &det.detect(img, s)));
         }
     }
-    Ok(counts
-        .into_iter()
-        .map(|(k, (ok, n))| (k, ok as f64 / n as f64))
-        .collect())
+    Ok(outcomes)
 }

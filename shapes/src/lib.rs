@@ -26,19 +26,25 @@ mod oracle;
 mod render;
 mod sample;
 mod scene;
+mod stats;
 mod write;
 
 pub use agreement::{Agreement, agreement};
-pub use bench::{TrainRun, compbench, heldout_loss, train_shapes};
+pub use bench::{
+    TrainRun, compbench, compbench_outcomes, compbench_shares, heldout_loss, train_shapes,
+};
 pub use data::{ShapesBatch, ShapesSet};
 pub use detect::{Detection, Detector, satisfies};
 pub use generate::{ShapesConfig, Split};
 pub use levels::ArchLevels;
-pub use measure::{AgreementProbe, LevelAgreement, agreement_by_level};
+pub use measure::{
+    AgreementProbe, LevelAgreement, agreement_by_level, level_summaries, map_agreements,
+};
 pub use oracle::{OracleInputs, oracle_maps, pool_mask};
 pub use render::{Rendered, contains, render};
 pub use sample::sample_images;
 pub use scene::{BACKGROUND, Claim, Colour, Object, Relation, Scene, Shape};
+pub use stats::{McNemar, PairedDiff, mcnemar, paired_bootstrap};
 pub use write::{ShapesRow, read_rows, write_dataset};
 
 #[cfg(test)]

@@ -50,13 +50,44 @@ pub struct AgreementProbe {
     pub seed: u64,
 }
 
-/// For each of `probe.levels`, the agreement of every noun map of `set` with its mask.
+/// For each of `probe.levels`, the mean agreement of every noun map of `set` with its mask.
 pub fn agreement_by_level<B: AutodiffAttentionBackend>(
     model: &ShapesModel<B>,
     set: &ShapesSet,
     probe: &AgreementProbe,
     device: &B::Device,
 ) -> ctcal::Result<Vec<LevelAgreement>>
+where
+    ShapesModel<B>: AutodiffModule<B>,
+{
+    let per_map = map_agreements(model, set, probe, device)?;
+    Ok(level_summaries(&probe.levels, &per_map))
+}
+
+/// The means per level of [`map_agreements`]' output.
+pub fn level_summaries(levels: &[f64], per_map: &[Vec<(Agreement, f32)>]) -> Vec<LevelAgreement> {
+    levels
+        .iter()
+        .zip(per_map)
+        .map(|(&level, maps)| {
+            let mut sums = Sums::default();
+            for (a, chance) in maps {
+                sums.add(a, *chance);
+            }
+            sums.level(level)
+        })
+        .collect()
+}
+
+/// For each of `probe.levels`, the agreement of every noun map of `set` with its mask and the
+/// mask's area share, in a fixed order (scene by scene, noun by noun), so two models measured
+/// with the same probe can be compared map by map.
+pub fn map_agreements<B: AutodiffAttentionBackend>(
+    model: &ShapesModel<B>,
+    set: &ShapesSet,
+    probe: &AgreementProbe,
+    device: &B::Device,
+) -> ctcal::Result<Vec<Vec<(Agreement, f32)>>>
 where
     ShapesModel<B>: AutodiffModule<B>,
 {
@@ -67,7 +98,7 @@ where
         probe.batch,
         probe.seed,
     );
-    let mut sums = vec![Sums::default(); levels.len()];
+    let mut per_level: Vec<Vec<(Agreement, f32)>> = vec![Vec::new(); levels.len()];
     let s = set.size;
     let mut rng = StdRng::seed_from_u64(seed);
     for index in set.chunks(batch) {
@@ -105,16 +136,12 @@ where
                         0.5,
                     )?;
                     let chance = mask.iter().sum::<f32>() / mask.len() as f32;
-                    sums[l].add(&a, chance);
+                    per_level[l].push((a, chance));
                 }
             }
         }
     }
-    Ok(levels
-        .iter()
-        .zip(sums)
-        .map(|(&level, sums)| sums.level(level))
-        .collect())
+    Ok(per_level)
 }
 
 /// Running sums of the agreement of the maps at one level.

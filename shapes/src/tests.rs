@@ -275,6 +275,43 @@ fn oracle_maps_pool_the_true_masks() {
     assert!(err.to_string().contains("scene 0"), "{err}");
 }
 
+/// McNemar's exact p-values against hand-computed binomial tails, and the bootstrap interval
+/// against the normal approximation of a mean's spread.
+#[test]
+fn paired_statistics_closed_forms() {
+    let (t, f) = (true, false);
+    // 5 discordant pairs all one way: p = 2 / 2^5.
+    let m = mcnemar(&[t, t, t, t, t, f, t], &[f, f, f, f, f, f, t]);
+    assert_eq!((m.a_only, m.b_only), (5, 0));
+    assert!((m.p_value - 0.0625).abs() < 1e-12);
+    // 1 against 4: p = 2 (1 + 5) / 32.
+    let m = mcnemar(&[t, f, f, f, f], &[f, t, t, t, t]);
+    assert!((m.p_value - 0.375).abs() < 1e-12);
+    // Balanced or no disagreement: 1.
+    assert_eq!(mcnemar(&[t, f], &[f, t]).p_value, 1.0);
+    assert_eq!(mcnemar(&[t, f], &[t, f]).p_value, 1.0);
+    // 200 discordant pairs, 80 against 120: the tail P(X <= 80) of Binomial(200, 1/2) is
+    // 0.002842 (scipy.stats.binom.cdf(80, 200, 0.5)).
+    let a: Vec<bool> = (0..200).map(|i| i < 80).collect();
+    let b: Vec<bool> = a.iter().map(|x| !x).collect();
+    assert!((mcnemar(&a, &b).p_value - 2.0 * 0.002842).abs() < 2e-5);
+
+    assert_eq!(paired_bootstrap(&[], 100, 0), None);
+    let c = paired_bootstrap(&[0.25; 10], 200, 0).unwrap();
+    assert_eq!((c.mean, c.low, c.high, c.pairs), (0.25, 0.25, 0.25, 10));
+    // Differences -1 and +1 in equal numbers: mean 0, standard error 1 / sqrt(400) = 0.05, so
+    // the 95% interval is about +-0.098.
+    let d: Vec<f64> = (0..400)
+        .map(|i| if i % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let c = paired_bootstrap(&d, 4000, 1).unwrap();
+    assert!(c.mean.abs() < 1e-12);
+    assert!(
+        (c.high - 0.098).abs() < 0.01 && (c.low + 0.098).abs() < 0.01,
+        "{c:?}"
+    );
+}
+
 /// The rank formula of the AUROC against its definition: the share of (positive, negative)
 /// pairs the scores order correctly, ties counting half, on random scores with many ties.
 #[test]

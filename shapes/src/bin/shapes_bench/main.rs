@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! cargo run --release -p ctcal-shapes -- data                 # the detector on ground truth
-//! cargo run --release -p ctcal-shapes -- bench                # claims 1-3, shipped MMDiT
+//! cargo run --release -p ctcal-shapes -- bench                # claims 1-3 (stops on a weak teacher)
 //! cargo run --release -p ctcal-shapes -- --arch unet bench    # the same for the UNet
 //! cargo run --release -p ctcal-shapes -- pretrain             # a base model from scratch
 //! cargo run --release -p ctcal-shapes -- agreement            # claim 1 alone, any model
 //! ```
 //! Every stage writes JSON (and `bench` a table and plots) under `--out` (default
-//! `out/shapes/<arch>`). The base models shipped in `weights/shapes-mmdit` and
+//! `out/shapes/<arch>`). `bench` checks the base model's teacher maps first, then fine-tunes
+//! three arms per seed (plain, CTCal, and the oracle with the true masks as teacher maps) and
+//! reports them paired against plain fine-tuning; `--seed` shifts every seed. The base models shipped in `weights/shapes-mmdit` and
 //! `weights/shapes-unet` are `pretrain`'s output.
 
 mod report;

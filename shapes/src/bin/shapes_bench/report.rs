@@ -19,7 +19,7 @@ use ctcal::pipeline::shapes::{ShapesModel, ShapesModelConfig, Vocab, load_shapes
 use ctcal::viz::{COLOURS, LinePlot, Series, YScale, line_plot};
 use ctcal_shapes::{
     AgreementProbe, ArchLevels, LevelAgreement, ShapesConfig, ShapesSet, Split, TrainRun,
-    agreement_by_level, train_shapes,
+    agreement_by_level, level_summaries, map_agreements, mcnemar, paired_bootstrap, train_shapes,
 };
 
 use super::write_json;
@@ -56,7 +56,16 @@ pub struct BenchArgs {
     /// Runs (fine-tune + measurement) at once, each a process (default: the CPU count).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Fine-tune even when the base model's teacher maps do not localise (their AUROC at the
+    /// smallest noise level below 0.8): CTCal then copies maps near chance.
+    #[arg(long)]
+    #[serde(default)]
+    weak_teacher: bool,
 }
+
+/// The AUROC the base model's maps at the smallest noise level must reach for its teacher to
+/// be worth calibrating against.
+const TEACHER_AUROC_MIN: f32 = 0.8;
 
 /// The fine-tuning arms, longest first: the oracle (the CTCal loss with the true masks as
 /// teacher maps: the ceiling of map supervision here), CTCal, and plain LoRA fine-tuning. Every
@@ -73,6 +82,13 @@ struct Measured {
     compbench: BTreeMap<String, f64>,
     /// Seconds spent on the agreement curve, the held-out loss and the samples.
     seconds: [f64; 3],
+    /// Per level, each noun map's AUROC (scene by scene, noun by noun; `None` where the mask
+    /// covers no cell or every cell): what the arms are paired on.
+    #[serde(default)]
+    map_auroc: Vec<Vec<Option<f32>>>,
+    /// Per held-out caption, whether its sample satisfies it.
+    #[serde(default)]
+    outcomes: Vec<bool>,
 }
 
 fn measure<B: AutodiffAttentionBackend>(
@@ -91,7 +107,12 @@ fn measure<B: AutodiffAttentionBackend>(
         seed: seed + 7,
     };
     let clock = Instant::now();
-    let curve = agreement_by_level(model, eval, &probe, device)?;
+    let per_map = map_agreements(model, eval, &probe, device)?;
+    let curve = level_summaries(&probe.levels, &per_map);
+    let map_auroc = per_map
+        .iter()
+        .map(|maps| maps.iter().map(|(a, _)| a.auroc).collect())
+        .collect();
     let t_curve = clock.elapsed().as_secs_f64();
     let large: Vec<_> = curve.iter().filter(|c| c.level >= arch.large_t()).collect();
     let mean = |f: &dyn Fn(&LevelAgreement) -> f32| {
@@ -100,7 +121,7 @@ fn measure<B: AutodiffAttentionBackend>(
     let heldout_loss =
         ctcal_shapes::heldout_loss(model, eval, &arch.loss_levels(), seed + 8, device)?;
     let t_loss = clock.elapsed().as_secs_f64();
-    let compbench = ctcal_shapes::compbench(
+    let outcomes = ctcal_shapes::compbench_outcomes(
         &burn::module::AutodiffModule::valid(model),
         eval,
         o.sample_steps,
@@ -108,6 +129,7 @@ fn measure<B: AutodiffAttentionBackend>(
         seed + 9,
         device,
     )?;
+    let compbench = ctcal_shapes::compbench_shares(eval, &outcomes);
     Ok(Measured {
         large_t_mass: mean(&|c| c.mass_inside),
         large_t_iou: mean(&|c| c.iou),
@@ -119,6 +141,8 @@ fn measure<B: AutodiffAttentionBackend>(
             t_loss - t_curve,
             clock.elapsed().as_secs_f64() - t_loss,
         ],
+        map_auroc,
+        outcomes,
     })
 }
 
@@ -150,6 +174,39 @@ pub fn bench<B: AutodiffAttentionBackend>(
         shapes.size,
         &vocab,
     )?;
+    // The teacher first: do the base model's maps at small noise localise at all?
+    let small = arch.levels()[0];
+    let probe = AgreementProbe {
+        levels: vec![small],
+        schedule: arch.schedule(),
+        config: arch.ctcal(),
+        batch: 32,
+        seed: seed + 7,
+    };
+    let teacher = agreement_by_level(&load()?, &eval, &probe, device)?[0];
+    println!(
+        "base teacher maps at {} {small}: AUROC {:.3}, pointing game {:.3} (chance {:.3}), {} maps",
+        arch.level_name(),
+        teacher.auroc,
+        teacher.pointing,
+        teacher.chance,
+        teacher.maps
+    );
+    if teacher.auroc < TEACHER_AUROC_MIN {
+        let why = format!(
+            "the base model's teacher maps do not localise (AUROC {:.3} < {TEACHER_AUROC_MIN} at {} \
+             {small}): CTCal would copy maps near chance",
+            teacher.auroc,
+            arch.level_name()
+        );
+        if !o.weak_teacher {
+            anyhow::bail!(
+                "{why}; train a stronger base (`pretrain --resume` continues one) or pass \
+                 --weak-teacher to fine-tune anyway"
+            );
+        }
+        println!("warning: {why} (--weak-teacher)");
+    }
     // One run per model, longest first: each (seed, arm) fine-tune with its measurement, then
     // the base model's measurement.
     let mut specs = Vec::new();
@@ -226,6 +283,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
         let ms: Vec<&Measured> = runs.iter().filter(|r| r.0 == *arm).map(|r| &r.2).collect();
         table += &row(&format!("{arm} fine-tune ({} seeds)", ms.len()), ms);
     }
+    table += &paired_table(&runs, &arch.levels(), arch.large_t(), seed);
     println!("\n{table}");
     ctcal::weights::write_atomic(&out.join("table.md"), table.as_bytes())?;
     // Agreement curves: base, and each arm's mean over seeds.
@@ -296,8 +354,111 @@ pub fn bench<B: AutodiffAttentionBackend>(
         .collect();
     write_json(
         &out.join("results.json"),
-        &serde_json::json!({"arch": arch, "base": base, "runs": runs_json, "seconds": start.elapsed().as_secs_f64()}),
+        &serde_json::json!({"arch": arch, "base": base, "teacher": teacher, "runs": runs_json, "seconds": start.elapsed().as_secs_f64()}),
     )
+}
+
+/// The arms against plain fine-tuning, paired over the same seeds, scenes, nouns and noise:
+/// per-map AUROC differences at each level and over the large-noise levels (mean and 95%
+/// bootstrap interval), and McNemar's test on the held-out captions' outcomes; CTCal's mean
+/// difference as a fraction of the oracle's.
+fn paired_table(
+    runs: &[(String, u64, Measured, Vec<LossParts>)],
+    levels: &[f64],
+    large_t: f64,
+    seed: u64,
+) -> String {
+    let of = |arm: &str, k: u64| runs.iter().find(|r| r.0 == arm && r.1 == k).map(|r| &r.2);
+    let seeds: Vec<u64> = runs
+        .iter()
+        .filter(|r| r.0 == "plain")
+        .map(|r| r.1)
+        .collect();
+    // Paired AUROC differences of `arm` against plain over the levels `pick` (indices), each
+    // map's AUROC averaged over those levels first.
+    let auroc_diffs = |arm: &str, pick: &[usize]| -> Vec<f64> {
+        let mut diffs = Vec::new();
+        for &k in &seeds {
+            let (Some(a), Some(p)) = (of(arm, k), of("plain", k)) else {
+                continue;
+            };
+            let maps = a.map_auroc.first().map_or(0, Vec::len);
+            for m in 0..maps {
+                let mean = |x: &Measured| -> Option<f64> {
+                    let v: Vec<f64> = pick
+                        .iter()
+                        .filter_map(|&l| x.map_auroc.get(l)?.get(m).copied().flatten())
+                        .map(f64::from)
+                        .collect();
+                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+                };
+                if let (Some(x), Some(y)) = (mean(a), mean(p)) {
+                    diffs.push(x - y);
+                }
+            }
+        }
+        diffs
+    };
+    let outcomes = |arm: &str| -> Vec<bool> {
+        seeds
+            .iter()
+            .filter_map(|&k| of(arm, k))
+            .flat_map(|m| m.outcomes.clone())
+            .collect()
+    };
+    let ci = |d: &[f64]| match paired_bootstrap(d, 2000, seed ^ 0xb00) {
+        Some(c) => format!("{:+.3} [{:+.3}, {:+.3}]", c.mean, c.low, c.high),
+        None => "n/a".into(),
+    };
+    let mean = |d: &[f64]| d.iter().sum::<f64>() / d.len().max(1) as f64;
+    let fraction = |c: f64, o: f64| {
+        if o.abs() > 1e-9 {
+            format!("{:.2}", c / o)
+        } else {
+            "n/a".into()
+        }
+    };
+    let mut s = String::from(
+        "\nPaired against plain fine-tuning (same seeds, scenes, nouns, noise; 95% bootstrap intervals over the pairs):\n\n| level | ctcal - plain AUROC | oracle - plain AUROC | ctcal / oracle |\n|---|---|---|---|\n",
+    );
+    let mut rows: Vec<(String, Vec<usize>)> = levels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("{l}"), vec![i]))
+        .collect();
+    let large: Vec<usize> = (0..levels.len())
+        .filter(|&i| levels[i] >= large_t)
+        .collect();
+    rows.push((format!("large (>= {large_t})"), large));
+    for (name, pick) in &rows {
+        let (c, o) = (auroc_diffs("ctcal", pick), auroc_diffs("oracle", pick));
+        s += &format!(
+            "| {name} | {} | {} | {} |\n",
+            ci(&c),
+            ci(&o),
+            fraction(mean(&c), mean(&o))
+        );
+    }
+    let plain = outcomes("plain");
+    s += "\n| held-out captions | right (arm) | right (plain) | arm only | plain only | McNemar p |\n|---|---|---|---|---|---|\n";
+    for arm in ["ctcal", "oracle"] {
+        let a = outcomes(arm);
+        if a.len() != plain.len() {
+            continue;
+        }
+        let m = mcnemar(&a, &plain);
+        let right = |v: &[bool]| v.iter().filter(|&&x| x).count();
+        s += &format!(
+            "| {arm} | {} of {} | {} | {} | {} | {:.3} |\n",
+            right(&a),
+            a.len(),
+            right(&plain),
+            m.a_only,
+            m.b_only,
+            m.p_value
+        );
+    }
+    s
 }
 
 /// `samples.png`: the first eight held-out captions drawn by each shown model (first row: the
