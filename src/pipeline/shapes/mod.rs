@@ -19,9 +19,7 @@ mod pipeline;
 mod training;
 mod vocab;
 
-pub use arch::{
-    SHAPES_MMDIT_MAP_BLOCK, SHAPES_UNET_MAP_LAYER, ShapesArch, flow_euler, linear_sigmas,
-};
+pub use arch::{SHAPES_MMDIT_MAP_BLOCK, ShapesArch, flow_euler, linear_sigmas};
 pub use model::{
     ShapesDenoiser, ShapesDenoiserConfig, ShapesModel, ShapesModelConfig, load_shapes_model,
 };
