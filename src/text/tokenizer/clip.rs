@@ -269,10 +269,6 @@ fn read_merges(path: &Path) -> Result<Value> {
 /// Exact positions from the tokens' spans in the caption ([`word_positions`](super::word_positions)).
 impl WordTokens for ClipTokenizer {
     fn word_tokens(&self, caption: &str) -> Result<Vec<Vec<usize>>> {
-        let positions = self.word_positions(caption)?;
-        Ok(positions
-            .into_iter()
-            .map(|(_, tokens)| tokens.collect())
-            .collect())
+        Ok(positions::word_tokens(caption, &self.encode(caption)?))
     }
 }

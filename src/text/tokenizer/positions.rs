@@ -29,6 +29,15 @@ pub fn word_positions(caption: &str, encoding: &Encoding) -> Vec<(Range<usize>, 
         .collect()
 }
 
+/// The token positions of each word of `caption` in `encoding` ([`word_positions`] without the
+/// byte spans): what a tokenizer's [`WordTokens`](crate::nouns::WordTokens) answers.
+pub fn word_tokens(caption: &str, encoding: &Encoding) -> Vec<Vec<usize>> {
+    word_positions(caption, encoding)
+        .into_iter()
+        .map(|(_, tokens)| tokens.collect())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -177,11 +177,8 @@ pub struct T5WordTokens<'a> {
 
 impl WordTokens for T5WordTokens<'_> {
     fn word_tokens(&self, caption: &str) -> Result<Vec<Vec<usize>>> {
-        let positions = self.tokenizer.word_positions(caption, self.max_length)?;
-        Ok(positions
-            .into_iter()
-            .map(|(_, tokens)| tokens.collect())
-            .collect())
+        let encoding = self.tokenizer.encode(caption, self.max_length)?;
+        Ok(positions::word_tokens(caption, &encoding))
     }
 }
 
