@@ -13,6 +13,20 @@ read, not rewritten), writes under tests/fixtures/lora/:
   <case>_outputs.safetensors  `out`: the fixture's inputs through the diffusers model with that
                               file loaded the way `pipe.load_lora_weights()` loads it, float64
 
+Text-encoder LoRA (`--train-text-encoder`), on the tiny embedded pipelines weights/tiny-sd21
+and weights/tiny-sd3 (read, not rewritten):
+  <case>_lora.safetensors     one file with the denoiser's adapters (`unet.` / `transformer.`)
+                              and the CLIP self-attention adapters (q_proj, k_proj, v_proj,
+                              out_proj) under `text_encoder.` (and `text_encoder_2.` for SD 3's
+                              CLIP-G), rank 2 / 3, as ctcal's export of UNetWithTextEncoder /
+                              SD3WithTextEncoders writes it
+  <case>_outputs.safetensors  loaded by the pipeline's own `pipe.load_lora_weights()`, float64:
+                              `prompt_embeds` (and `pooled_prompt_embeds`) of PROMPTS from
+                              `pipe.encode_prompt` (SD 3: max_sequence_length 32), the fixed
+                              `sample` and `timestep`, and `out`, the denoiser's output on them
+Checked here: each encoder got PEFT layers of the file's rank with scaling 1, and the LoRA of
+each text encoder moves its part of the embeddings by more than 1e-3 (relative).
+
 Loading: a pipeline needs text encoders and a VAE, so this calls the pipelines' own class
 methods that `load_lora_weights` runs (diffusers/loaders/lora_pipeline.py):
 `StableDiffusionPipeline.lora_state_dict` + `load_lora_into_unet` (which calls
@@ -30,7 +44,7 @@ from diffusers import (SD3Transformer2DModel, StableDiffusion3Pipeline, StableDi
                        UNet2DConditionModel)
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from fixture_common import FIX, f32, fresh_dir, save_file_ordered
+from fixture_common import FIX, ROOT, f32, fresh_dir, save_file_ordered
 from fixtures_sd3 import mmdit_forward
 
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -129,7 +143,98 @@ def make_lora_case(case: str, spec: dict, dest) -> None:
     print(f"lora {case}: {len(layers)} adapters of rank {rank}, relative change {change:.3f}")
 
 
+CLIP_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+PROMPTS = ["a red circle to the left of a blue square", "two yellow triangles"]
+T5_TOKENS = 32
+
+TEXT_CASES = {
+    "sd21_text": dict(pipeline="tiny-sd21", rank=2, seed=53,
+                      parts=[("unet", UNET_TARGETS), ("text_encoder", CLIP_TARGETS)]),
+    "sd3_text": dict(pipeline="tiny-sd3", rank=3, seed=54,
+                     parts=[("transformer", MMDIT_TARGETS), ("text_encoder", CLIP_TARGETS),
+                            ("text_encoder_2", CLIP_TARGETS)]),
+}
+
+
+def encode(pipe, sd3: bool):
+    """`encode_prompt` without guidance: (prompt_embeds, pooled or None)."""
+    with torch.no_grad():
+        if sd3:
+            out = pipe.encode_prompt(prompt=PROMPTS, prompt_2=None, prompt_3=None,
+                                     do_classifier_free_guidance=False,
+                                     max_sequence_length=T5_TOKENS)
+            return out[0], out[2]
+        return pipe.encode_prompt(PROMPTS, "cpu", 1, False)[0], None
+
+
+def make_text_case(case: str, spec: dict, dest) -> None:
+    sd3 = spec["pipeline"] == "tiny-sd3"
+    cls = StableDiffusion3Pipeline if sd3 else StableDiffusionPipeline
+    pipe = cls.from_pretrained(ROOT / "weights" / spec["pipeline"])
+    weights = {}
+    for i, (part, targets) in enumerate(spec["parts"]):
+        part_spec = dict(seed=spec["seed"] + 100 * i, rank=spec["rank"], prefix=part,
+                         targets=targets)
+        module = getattr(pipe, part)
+        part_weights = lora_weights(module, part_spec)
+        if part.startswith("text_encoder") and not hasattr(module, "text_model"):
+            # transformers 5 flattened CLIPTextModel (no `text_model.`); LoRA files keep the
+            # classic `text_encoder.text_model.` keys, which every diffusers reads (0.42
+            # strips the segment for a flat model: `_load_lora_into_text_encoder`).
+            cut = len(part) + 1
+            part_weights = {f"{part}.text_model.{k[cut:]}": v for k, v in part_weights.items()}
+        weights.update(part_weights)
+    rank = spec["rank"]
+    name = f"{case}_lora.safetensors"
+    save_file_ordered(f32(weights), dest / name, metadata={
+        "format": "pt",
+        "ctcal.lora.rank": str(rank),
+        "ctcal.lora.alpha": str(rank),
+        "ctcal.lora.note": "lora_B holds (alpha / rank) * B: load with lora_alpha = r, "
+                           "diffusers' default",
+    })
+    pipe = pipe.to(torch.float64)
+    base, _ = encode(pipe, sd3)
+    pipe.load_lora_weights(str(dest), weight_name=name, adapter_name="ctcal")
+    for part, _ in spec["parts"]:
+        layers = [m for m in getattr(pipe, part).modules() if isinstance(m, BaseTunerLayer)]
+        n = sum(1 for k in weights if k.startswith(part + ".")) // 2
+        assert len(layers) == n and n > 0, (part, len(layers), n)
+        for m in layers:
+            assert m.r["ctcal"] == rank and m.scaling["ctcal"] == 1.0, (part, m.r, m.scaling)
+    embeds, pooled = encode(pipe, sd3)
+    # Each text encoder's adapters move its part of the embeddings (CLIP-L, then CLIP-G
+    # features of the first 77 tokens in SD 3).
+    widths = ([pipe.text_encoder.config.hidden_size, pipe.text_encoder_2.config.hidden_size]
+              if sd3 else [embeds.shape[-1]])
+    start = 0
+    for w in widths:
+        part, was = embeds[:, :77, start:start + w], base[:, :77, start:start + w]
+        change = ((part - was).abs().max() / was.abs().max()).item()
+        assert change > 1e-3, f"{case}: a text encoder's LoRA changes its part only by {change}"
+        start += w
+    g = torch.Generator().manual_seed(spec["seed"] + 7)
+    denoiser = pipe.transformer if sd3 else pipe.unet
+    channels = denoiser.config.in_channels
+    size = denoiser.config.sample_size
+    sample = torch.randn((len(PROMPTS), channels, size, size), generator=g, dtype=torch.float64)
+    timestep = torch.tensor([700.0, 90.0], dtype=torch.float64)
+    with torch.no_grad():
+        if sd3:
+            out = denoiser(hidden_states=sample, encoder_hidden_states=embeds,
+                           pooled_projections=pooled, timestep=timestep).sample
+        else:
+            out = denoiser(sample, timestep, encoder_hidden_states=embeds).sample
+    tensors = {"prompt_embeds": embeds, "sample": sample, "timestep": timestep, "out": out}
+    if pooled is not None:
+        tensors["pooled_prompt_embeds"] = pooled
+    save_file(f32(tensors), dest / f"{case}_outputs.safetensors")
+    print(f"lora {case}: {len(weights) // 2} adapters of rank {rank}")
+
+
 def make_all() -> None:
     dest = fresh_dir(FIX / "lora")
     for case, spec in LORA_CASES.items():
         make_lora_case(case, spec, dest)
+    for case, spec in TEXT_CASES.items():
+        make_text_case(case, spec, dest)

@@ -152,22 +152,55 @@ where
     if matches!(batch.features, BatchFeatures::Cached { .. }) {
         return batch.train_batch_with(device, &pipeline.word_tokens(config.ctcal.noun_tokens));
     }
-    let pixels = batch.pixels::<B::InnerBackend>(device)?;
-    let latents = pipeline.encode_images(pixels, config.sample_posterior)?;
+    let latents = image_latents(pipeline, batch, config, device)?;
     let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
     let (cond, _) = pipeline.encode_prompts_for_training(&captions)?;
-    let tokens = cond.hidden.dims()[1];
-    let word_tokens = pipeline.word_tokens(config.ctcal.noun_tokens);
-    let nouns = batch.checked_noun_groups(&word_tokens, tokens)?;
     // On the peer's device when the pipeline lives on another (a data-parallel run sharing
     // one pipeline); a no-op otherwise.
     let on_device = |t: Tensor<B::InnerBackend, 2>| Tensor::from_inner(t).to_device(device);
+    let cond = TextCond {
+        hidden: Tensor::from_inner(cond.hidden).to_device(device),
+        pooled: cond.pooled.map(on_device),
+    };
+    with_nouns(pipeline, batch, config, latents, cond)
+}
+
+/// The denoiser's input for an image batch on `device`: its pixels through the pipeline's
+/// frozen VAE on the inner backend ([`TrainingPipeline::encode_images`]).
+pub(crate) fn image_latents<B, P>(
+    pipeline: &P,
+    batch: &Batch,
+    config: &TrainConfig,
+    device: &B::Device,
+) -> Result<Tensor<B, 4>>
+where
+    B: AutodiffBackend,
+    P: TrainingPipeline<B::InnerBackend>,
+{
+    let pixels = batch.pixels::<B::InnerBackend>(device)?;
+    let latents = pipeline.encode_images(pixels, config.sample_posterior)?;
+    Ok(Tensor::from_inner(latents).to_device(device))
+}
+
+/// A step's inputs from `latents` and `cond`, each noun of `batch` placed on its token
+/// positions (from the segments `config.ctcal.noun_tokens` names) within `cond`'s length.
+pub(crate) fn with_nouns<B, P>(
+    pipeline: &P,
+    batch: &Batch,
+    config: &TrainConfig,
+    latents: Tensor<B, 4>,
+    cond: TextCond<B>,
+) -> Result<TrainBatch<B>>
+where
+    B: AutodiffBackend,
+    P: TrainingPipeline<B::InnerBackend>,
+{
+    let tokens = cond.hidden.dims()[1];
+    let word_tokens = pipeline.word_tokens(config.ctcal.noun_tokens);
+    let nouns = batch.checked_noun_groups(&word_tokens, tokens)?;
     Ok(TrainBatch {
-        latents: Tensor::from_inner(latents).to_device(device),
-        cond: TextCond {
-            hidden: Tensor::from_inner(cond.hidden).to_device(device),
-            pooled: cond.pooled.map(on_device),
-        },
+        latents,
+        cond,
         nouns,
         teacher: None,
     })

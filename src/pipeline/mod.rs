@@ -15,11 +15,13 @@ mod inputs;
 mod sd21;
 mod sd3;
 pub mod shapes;
+mod with_text;
 
 pub use denoise::{
     GenerateConfig, Generated, decode, denoise, initial_latents, token_ids, truncated,
 };
 pub use index::{Component, PipelineFolder};
 pub use inputs::{TrainingPipeline, vae_latents};
-pub use sd3::{SD3_CLASSES, StableDiffusion3};
+pub use sd3::{SD3_CLASSES, Sd3Encodings, StableDiffusion3};
 pub use sd21::{SD_CLASSES, StableDiffusion};
+pub use with_text::{SD3WithTextEncoders, UNetWithTextEncoder, with_text_encoder_targets};

@@ -89,10 +89,21 @@ impl<B: AttentionBackend> StableDiffusion<B> {
     /// and encoded, `[batch, 77, hidden]`. Captions over the limit are truncated, as diffusers
     /// does, and named in the returned list.
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<(TextCond<B>, Vec<String>)> {
+        self.encode_prompts_with(&self.text_encoder, prompts, &self.device)
+    }
+
+    /// [`encode_prompts`](Self::encode_prompts) with another CLIP text model of the same
+    /// vocabulary, on its own backend and `device` (one being fine-tuned, with LoRA).
+    pub fn encode_prompts_with<D: Backend>(
+        &self,
+        text_encoder: &ClipTextModel<D>,
+        prompts: &[&str],
+        device: &D::Device,
+    ) -> Result<(TextCond<D>, Vec<String>)> {
         let encodings = self.tokenizer.encode_batch(prompts)?;
         let truncated = truncated(prompts, &encodings);
-        let ids = token_ids::<B>(&encodings, &self.device)?;
-        let hidden = sd21_prompt_embeds(&self.text_encoder, ids)?;
+        let ids = token_ids::<D>(&encodings, device)?;
+        let hidden = sd21_prompt_embeds(text_encoder, ids)?;
         Ok((
             TextCond {
                 hidden,
@@ -126,14 +137,35 @@ impl<B: AttentionBackend> StableDiffusion<B> {
         latents: Option<Tensor<B, 4>>,
     ) -> Result<Generated<B>> {
         let sampler: DdimScheduler = self.scheduler.init()?;
-        let run = Generation {
+        self.generation()
+            .generate(denoiser, sampler, prompts, negative, config, latents, |p| {
+                self.encode_prompts(p)
+            })
+    }
+
+    /// Images for `prompts` (empty negative prompts, seeded noise) with `denoiser` and
+    /// `text_encoder` in place of the pipeline's own: a UNet and CLIP being fine-tuned
+    /// together, rendering validation images.
+    pub fn generate_with_text_encoder<M: Denoiser<B>>(
+        &self,
+        denoiser: &M,
+        text_encoder: &ClipTextModel<B>,
+        prompts: &[&str],
+        config: &GenerateConfig,
+    ) -> Result<Generated<B>> {
+        let sampler: DdimScheduler = self.scheduler.init()?;
+        self.generation()
+            .generate(denoiser, sampler, prompts, None, config, None, |p| {
+                self.encode_prompts_with(text_encoder, p, &self.device)
+            })
+    }
+
+    fn generation(&self) -> Generation<'_, B> {
+        Generation {
             vae: &self.vae,
             sample_size: self.sample_size,
             size_multiple: 1,
             device: &self.device,
-        };
-        run.generate(denoiser, sampler, prompts, negative, config, latents, |p| {
-            self.encode_prompts(p)
-        })
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::hub::ModelLocation;
 use crate::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 use crate::schedule::{FlowEulerConfig, FlowEulerScheduler};
 use crate::text::{
-    ClipTextConfig, ClipTokenizer, Sd3TextEncoders, Sd3TokenIds, T5Config, T5Tokenizer,
+    ClipTextConfig, ClipTokenizer, Encoding, Sd3TextEncoders, Sd3TokenIds, T5Config, T5Tokenizer,
     T5WordTokens, load_transformers,
 };
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
@@ -24,6 +24,19 @@ use crate::weights::load_module;
 pub const SD3_CLASSES: &[&str] = &["StableDiffusion3Pipeline"];
 
 const CLIP_TOKENIZERS: &[&str] = &["CLIPTokenizer", "CLIPTokenizerFast"];
+
+/// What SD 3's three tokenizers make of a batch of prompts ([`StableDiffusion3::tokenize`]).
+#[derive(Debug, Clone)]
+pub struct Sd3Encodings {
+    /// CLIP-L's (77 tokens).
+    pub clip_l: Vec<Encoding>,
+    /// CLIP-G's (77 tokens).
+    pub clip_g: Vec<Encoding>,
+    /// T5's (`max_sequence_length` tokens), where the pipeline has T5.
+    pub t5: Option<Vec<Encoding>>,
+    /// The prompts some tokenizer truncated.
+    pub truncated: Vec<String>,
+}
 
 /// A Stable Diffusion 3 / 3.5 pipeline.
 #[derive(Debug)]
@@ -140,39 +153,63 @@ impl<B: AttentionBackend> StableDiffusion3<B> {
         prompts: &[&str],
         max_sequence_length: usize,
     ) -> Result<(TextCond<B>, Vec<String>)> {
-        let l = self.tokenizer.encode_batch(prompts)?;
-        let g = self.tokenizer_2.encode_batch(prompts)?;
+        self.encode_prompts_with(&self.text_encoders, prompts, max_sequence_length)
+    }
+
+    /// [`encode_prompts`](Self::encode_prompts) with other text encoders of the same shapes
+    /// (CLIPs being fine-tuned, with LoRA).
+    pub fn encode_prompts_with(
+        &self,
+        encoders: &Sd3TextEncoders<B>,
+        prompts: &[&str],
+        max_sequence_length: usize,
+    ) -> Result<(TextCond<B>, Vec<String>)> {
+        let tokens = self.tokenize(prompts, max_sequence_length)?;
+        let t5 = tokens
+            .t5
+            .as_ref()
+            .map(|e| token_ids::<B>(e, &self.device))
+            .transpose()?;
+        let ids = Sd3TokenIds {
+            clip_l: token_ids::<B>(&tokens.clip_l, &self.device)?,
+            clip_g: token_ids::<B>(&tokens.clip_g, &self.device)?,
+            t5,
+        };
+        let embeds = encoders.encode(ids, max_sequence_length, self.joint_attention_dim)?;
+        Ok((
+            TextCond {
+                hidden: embeds.prompt_embeds,
+                pooled: Some(embeds.pooled_prompt_embeds),
+            },
+            tokens.truncated,
+        ))
+    }
+
+    /// The three tokenizers' encodings of `prompts` (T5's, of `max_sequence_length` tokens,
+    /// only where the pipeline has T5) and the prompts any of them truncated.
+    pub fn tokenize(&self, prompts: &[&str], max_sequence_length: usize) -> Result<Sd3Encodings> {
+        let clip_l = self.tokenizer.encode_batch(prompts)?;
+        let clip_g = self.tokenizer_2.encode_batch(prompts)?;
         let t5 = match &self.tokenizer_3 {
             Some(t) if self.text_encoders.text_encoder_3.is_some() => {
                 Some(t.encode_batch(prompts, max_sequence_length)?)
             }
             _ => None,
         };
-        // A prompt is truncated when any of the tokenizers cut it.
-        let cut = (0..prompts.len())
+        let truncated = (0..prompts.len())
             .filter(|&i| {
-                l[i].truncated
-                    || g[i].truncated
+                clip_l[i].truncated
+                    || clip_g[i].truncated
                     || t5.as_ref().is_some_and(|e: &Vec<_>| e[i].truncated)
             })
             .map(|i| prompts[i].to_string())
             .collect();
-        let t5 = t5.map(|e| token_ids::<B>(&e, &self.device)).transpose()?;
-        let ids = Sd3TokenIds {
-            clip_l: token_ids::<B>(&l, &self.device)?,
-            clip_g: token_ids::<B>(&g, &self.device)?,
+        Ok(Sd3Encodings {
+            clip_l,
+            clip_g,
             t5,
-        };
-        let embeds =
-            self.text_encoders
-                .encode(ids, max_sequence_length, self.joint_attention_dim)?;
-        Ok((
-            TextCond {
-                hidden: embeds.prompt_embeds,
-                pooled: Some(embeds.pooled_prompt_embeds),
-            },
-            cut,
-        ))
+            truncated,
+        })
     }
 
     /// Generates one image per prompt, as [`super::StableDiffusion::generate`] does, with the
@@ -198,15 +235,37 @@ impl<B: AttentionBackend> StableDiffusion3<B> {
         latents: Option<Tensor<B, 4>>,
     ) -> Result<Generated<B>> {
         let sampler: FlowEulerScheduler = self.scheduler.init()?;
-        let run = Generation {
+        let n = config.max_sequence_length;
+        self.generation()
+            .generate(denoiser, sampler, prompts, negative, config, latents, |p| {
+                self.encode_prompts(p, n)
+            })
+    }
+
+    /// Images for `prompts` (empty negative prompts, seeded noise) with `denoiser` and
+    /// `encoders` in place of the pipeline's own: a transformer and CLIPs being fine-tuned
+    /// together, rendering validation images.
+    pub fn generate_with_text_encoders<M: Denoiser<B>>(
+        &self,
+        denoiser: &M,
+        encoders: &Sd3TextEncoders<B>,
+        prompts: &[&str],
+        config: &GenerateConfig,
+    ) -> Result<Generated<B>> {
+        let sampler: FlowEulerScheduler = self.scheduler.init()?;
+        let n = config.max_sequence_length;
+        self.generation()
+            .generate(denoiser, sampler, prompts, None, config, None, |p| {
+                self.encode_prompts_with(encoders, p, n)
+            })
+    }
+
+    fn generation(&self) -> Generation<'_, B> {
+        Generation {
             vae: &self.vae,
             sample_size: self.sample_size,
             size_multiple: self.transformer.patch_size(),
             device: &self.device,
-        };
-        let n = config.max_sequence_length;
-        run.generate(denoiser, sampler, prompts, negative, config, latents, |p| {
-            self.encode_prompts(p, n)
-        })
+        }
     }
 }

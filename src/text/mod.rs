@@ -22,7 +22,7 @@ pub mod tokenizer;
 pub use clip::{ClipTextConfig, ClipTextModel, ClipTextModelWithProjection, ClipTextOutput};
 pub use load::{TransformersModel, load_transformers, load_transformers_files};
 pub use sd3::{
-    Sd3PromptEmbeds, Sd3TextEncoders, Sd3TokenIds, sd3_prompt_embeds, sd21_prompt_embeds,
+    Sd3PromptEmbeds, Sd3TextEncoders, Sd3TokenIds, sd3_prompt_embeds, sd21_prompt_embeds, t5_zeros,
 };
 pub use t5::{T5Config, T5EncoderModel};
 pub use tokenizer::{

@@ -12,7 +12,8 @@
 //!   with each checkpoint;
 //! - `config.toml`: the run's resolved settings ([`super::render`]), which `--resume` reads;
 //! - `optimizer.mpk`, `optimizer_ae.mpk`: burn's AdamW records (full precision, maps sorted:
-//!   so the same state gives the same bytes).
+//!   so the same state gives the same bytes), and `optimizer_text.mpk` when text encoders
+//!   train at their own learning rate.
 //!
 //! It is written to a temporary folder that is renamed into place, then `checkpoints/latest`
 //! is replaced atomically: a crash at any moment leaves the previous checkpoint intact. The
@@ -80,6 +81,7 @@ const AE: &str = "autoencoder.safetensors";
 const EMA: &str = "ema.safetensors";
 const OPTIM: &str = "optimizer";
 const OPTIM_AE: &str = "optimizer_ae";
+const OPTIM_TEXT: &str = "optimizer_text";
 
 fn store_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Weights(format!("{}: {e}", path.display()))
@@ -231,6 +233,8 @@ pub struct CheckpointParts<'a, B: AutodiffBackend, M, A, O1, O2> {
     pub ae: &'a A,
     /// The denoiser's optimiser.
     pub optim: &'a O1,
+    /// The text encoders' optimiser, when they train at their own learning rate.
+    pub optim_text: Option<&'a O1>,
     /// The auto-encoder's optimiser.
     pub optim_ae: &'a O2,
     /// The EMA model, if kept.
@@ -334,6 +338,9 @@ where
         super::write_settings(tmp, settings)?;
     }
     save_optimizer(parts.optim, &tmp.join(OPTIM))?;
+    if let Some(optim_text) = parts.optim_text {
+        save_optimizer(optim_text, &tmp.join(OPTIM_TEXT))?;
+    }
     save_optimizer(parts.optim_ae, &tmp.join(OPTIM_AE))?;
     let json = serde_json::to_string_pretty(state).map_err(|e| Error::Json {
         path: tmp.join(STATE),
@@ -392,17 +399,18 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState> {
     serde_json::from_str(&text).map_err(|error| Error::Json { path, error })
 }
 
-/// Restores the modules and optimisers of checkpoint `dir` (the state from [`read_state`]).
+/// Restores the modules and optimisers of checkpoint `dir` (the state from [`read_state`]):
+/// `optims` are the denoiser's, the text encoders' (when they train at their own learning
+/// rate) and the auto-encoder's.
 #[allow(clippy::type_complexity)]
 pub fn load_checkpoint<B, M, A, O1, O2>(
     dir: &Path,
     state: &CheckpointState,
     model: M,
     ae: A,
-    optim: O1,
-    optim_ae: O2,
+    (optim, optim_text, optim_ae): (O1, Option<O1>, O2),
     device: &B::Device,
-) -> Result<(M, A, O1, O2, Option<M>)>
+) -> Result<(M, A, (O1, Option<O1>, O2), Option<M>)>
 where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Clone,
@@ -423,8 +431,11 @@ where
     let model = load_params(model, &dir.join(TRAINED), filter)?;
     let ae = load_params(ae, &dir.join(AE), |_, _| true)?;
     let optim = load_optimizer(optim, &dir.join(OPTIM), device)?;
+    let optim_text = optim_text
+        .map(|o| load_optimizer(o, &dir.join(OPTIM_TEXT), device))
+        .transpose()?;
     let optim_ae = load_optimizer(optim_ae, &dir.join(OPTIM_AE), device)?;
-    Ok((model, ae, optim, optim_ae, ema))
+    Ok((model, ae, (optim, optim_text, optim_ae), ema))
 }
 
 #[cfg(all(test, feature = "ndarray"))]

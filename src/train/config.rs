@@ -32,6 +32,10 @@ pub struct TrainConfig {
     /// Peak learning rate of the denoiser's trained weights.
     #[config(default = 1e-4)]
     pub lr: f64,
+    /// Peak learning rate of text-encoder LoRA, when the module trains text encoders beside
+    /// the denoiser (diffusers' `--text_encoder_lr`; the paper's 5e-6).
+    #[config(default = 5e-6)]
+    pub text_encoder_lr: f64,
     /// Learning rate of the CTCal map auto-encoder (`None`: same as `lr`).
     #[config(default = "None")]
     pub ae_lr: Option<f64>,
@@ -85,8 +89,8 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// The paper's fine-tuning recipe around `ctcal`: AdamW at 1e-4 with weight decay 1e-2,
     /// 500 linear warm-up steps then constant, the global gradient norm clipped at 1.0, batch
-    /// 16, 15,000 steps (with LoRA rank 4 on the denoiser, [`LoraConfig`]'s default). The
-    /// paper also trains text-encoder LoRA at 5e-6, which this crate does not train yet.
+    /// 16, 15,000 steps (with LoRA rank 4, [`LoraConfig`]'s default); text-encoder LoRA, when
+    /// trained, at 5e-6 ([`text_encoder_lr`](Self::text_encoder_lr)'s default).
     ///
     /// [`LoraConfig`]: crate::lora::LoraConfig
     pub fn paper_recipe(ctcal: CtcalConfig) -> Self {
@@ -94,6 +98,7 @@ impl TrainConfig {
             .with_steps(15_000)
             .with_batch_size(16)
             .with_lr(1e-4)
+            .with_text_encoder_lr(5e-6)
             .with_weight_decay(1e-2)
             .with_warmup_steps(500)
             .with_lr_schedule(LrSchedule::Constant)
@@ -114,7 +119,11 @@ impl TrainConfig {
         }
         // False for NaN and infinity too.
         let positive = |x: f64| x.is_finite() && x > 0.0;
-        for (name, lr) in [("lr", Some(self.lr)), ("ae_lr", self.ae_lr)] {
+        for (name, lr) in [
+            ("lr", Some(self.lr)),
+            ("text_encoder_lr", Some(self.text_encoder_lr)),
+            ("ae_lr", self.ae_lr),
+        ] {
             if let Some(lr) = lr.filter(|&l| !positive(l)) {
                 return bad(&format!("{name} = {lr}: it must be a finite number > 0"));
             }
@@ -171,8 +180,8 @@ mod tests {
         let c = TrainConfig::paper_recipe(CtcalConfig::sd21());
         assert_eq!((c.steps, c.batch_size, c.warmup_steps), (15_000, 16, 500));
         assert_eq!(
-            (c.lr, c.weight_decay, c.max_grad_norm),
-            (1e-4, 1e-2, Some(1.0))
+            (c.lr, c.text_encoder_lr, c.weight_decay, c.max_grad_norm),
+            (1e-4, 5e-6, 1e-2, Some(1.0))
         );
         assert_eq!(c.lr_schedule, LrSchedule::Constant);
         assert!((c.lr_at(0, c.lr) - 1e-4 / 500.0).abs() < 1e-18);
@@ -192,6 +201,7 @@ mod tests {
         assert!(msg(c().with_lr(f64::INFINITY)).contains("lr = inf"));
         assert!(msg(c().with_lr(f64::NAN)).contains("lr = NaN"));
         assert!(msg(c().with_ae_lr(Some(-1.0))).contains("ae_lr = -1"));
+        assert!(msg(c().with_text_encoder_lr(0.0)).contains("text_encoder_lr = 0"));
         assert!(msg(c().with_steps(0)).contains("steps = 0"));
         assert!(msg(c().with_batch_size(0)).contains("batch_size = 0"));
     }

@@ -8,6 +8,7 @@
 //! gradient reaches the encoder.
 
 use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -26,12 +27,28 @@ use crate::unet::UNet2DConditionModel;
 ///
 /// The CTCal step runs [`denoiser`](Self::denoiser); the optimiser updates every trainable
 /// parameter of the whole module; [`LoraTarget`] lets the trainer attach adapters to it.
+///
+/// A module that trains text encoders beside its denoiser sets
+/// [`TRAINS_TEXT_ENCODER`](Self::TRAINS_TEXT_ENCODER) and hands their gradients over in
+/// [`take_text_encoder_grads`](Self::take_text_encoder_grads): they step with an AdamW of
+/// their own at [`TrainConfig::text_encoder_lr`] (diffusers' `--text_encoder_lr`), whose state
+/// checkpoints keep in `optimizer_text.mpk`.
 pub trait Trainable<B: AutodiffBackend>: AutodiffModule<B> + LoraTarget<B> + Clone {
     /// The denoiser inside (the module itself for a plain UNet or MMDiT).
     type Denoiser: Denoiser<B> + AutodiffModule<B, InnerModule: Denoiser<B::InnerBackend>>;
 
+    /// Whether text encoders train beside the denoiser, at their own learning rate.
+    const TRAINS_TEXT_ENCODER: bool = false;
+
     /// The denoiser the step runs.
     fn denoiser(&self) -> &Self::Denoiser;
+
+    /// Takes the text encoders' gradients out of `grads` (the whole module's, after clipping),
+    /// leaving the denoiser's; empty for a module without text encoders.
+    fn take_text_encoder_grads(&self, grads: &mut GradientsParams) -> GradientsParams {
+        let _ = grads;
+        GradientsParams::new()
+    }
 }
 
 impl<B> Trainable<B> for UNet2DConditionModel<B>

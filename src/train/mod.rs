@@ -54,7 +54,9 @@ pub use model_card::ModelCard;
 pub use output_dir::check_output_dir;
 pub use outputs::Validation;
 pub use parallel::{DataParallel, parse_devices, serve_orchestrator};
-pub use params::{clip_global_norm, count_params, grad_sq_norm, scale_grads, stable_ids};
+pub use params::{
+    clip_global_norm, count_params, grad_sq_norm, scale_grads, stable_ids, take_grads,
+};
 pub use preview::{loss_plot, map_preview, preview_levels};
 pub use report::{LOG_DIR, TensorBoardLog};
 pub use settings::{

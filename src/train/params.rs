@@ -93,6 +93,38 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
     }
 }
 
+/// Moves the gradients of `module`'s parameters out of one set into another.
+struct Take<'a, B: AutodiffBackend> {
+    from: &'a mut GradientsParams,
+    into: GradientsParams,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for Take<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(g) = self.from.remove::<B::InnerBackend, D>(param.id) {
+            self.into.register(param.id, g);
+        }
+    }
+}
+
+/// Moves the gradients of `part`'s parameters out of `grads` (a whole module's) into `into`
+/// and returns it: a part's own set, for a part that steps with an optimiser of its own (a
+/// text encoder's learning rate beside the denoiser's).
+pub fn take_grads<B: AutodiffBackend, M: Module<B>>(
+    part: &M,
+    grads: &mut GradientsParams,
+    into: GradientsParams,
+) -> GradientsParams {
+    let mut take = Take::<B> {
+        from: grads,
+        into,
+        _b: std::marker::PhantomData,
+    };
+    part.visit(&mut take);
+    take.into
+}
+
 /// The squared L2 norm of `module`'s gradients in `grads`, as a one-element tensor (no sync).
 pub fn grad_sq_norm<B: AutodiffBackend, M: Module<B>>(
     module: &M,

@@ -157,6 +157,8 @@ where
         .with_weight_decay(config.weight_decay as f32)
         .with_epsilon(config.adam_epsilon as f32);
     let mut optim = adamw.init::<B, M>();
+    // The text encoders' own AdamW (their gradients only), when the module trains them.
+    let mut optim_text = M::TRAINS_TEXT_ENCODER.then(|| adamw.init::<B, M>());
     let mut optim_ae = adamw.init::<B, MapAutoEncoder<B>>();
     let root = out.join("checkpoints");
     if peer.is_main() {
@@ -170,8 +172,9 @@ where
     if resume && let Some(dir) = latest_checkpoint(&root)? {
         // `Trainer::fit` checked its settings and data (`check_resume`) before writing anything.
         let state = read_state(&dir)?;
-        let loaded = load_checkpoint(&dir, &state, model, ae, optim, optim_ae, device)?;
-        (model, ae, optim, optim_ae, ema) = loaded;
+        let optims = (optim, optim_text, optim_ae);
+        let loaded = load_checkpoint(&dir, &state, model, ae, optims, device)?;
+        (model, ae, (optim, optim_text, optim_ae), ema) = loaded;
         start = state.step;
         if peer.is_main() {
             tracing::info!("resuming from {} (step {start})", dir.display());
@@ -330,6 +333,11 @@ where
             None => 0.0,
         };
         let lr = config.lr_at(step, config.lr);
+        if let Some(optim_text) = optim_text.as_mut() {
+            let text_grads = model.take_text_encoder_grads(&mut grads);
+            let text_lr = config.lr_at(step, config.text_encoder_lr);
+            model = optim_text.step(text_lr, model, text_grads);
+        }
         model = optim.step(lr, model, grads);
         ae = optim_ae.step(config.lr_at(step, ae_peak), ae, grads_ae);
         if let Some(ema) = ema.as_mut() {
@@ -370,6 +378,7 @@ where
                     model: &model,
                     ae: &ae,
                     optim: &optim,
+                    optim_text: optim_text.as_ref(),
                     optim_ae: &optim_ae,
                     ema: ema.as_ref().map(|e| &e.model),
                     export: (trained == Trained::Lora).then_some(&checkpoint_export),

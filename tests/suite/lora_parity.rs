@@ -12,6 +12,10 @@ use burn::tensor::Tensor;
 use ctcal::attention::AttentionBackend;
 use ctcal::lora::{LoraConfig, LoraTarget, apply_lora, export_peft, import_peft, merge_lora};
 use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
+use ctcal::pipeline::{
+    SD3WithTextEncoders, StableDiffusion, StableDiffusion3, UNetWithTextEncoder,
+};
+use ctcal::text::Sd3TextEncoders;
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use ctcal::weights::{TensorFile, load_module};
 
@@ -85,8 +89,13 @@ fn check<M: LoraTarget<Cpu> + Clone>(
     let err = rel_err(&run(&merged), &out);
     assert!(err < 1e-5, "{case}: merged output relative error {err}");
 
+    assert_exports_the_fixture(case, &model);
+}
+
+/// Our export of `model` writes the fixture file's tensors under its keys.
+fn assert_exports_the_fixture<M: LoraTarget<Cpu>>(case: &str, model: &M) {
     let path = temp_file(&format!("{case}.safetensors"));
-    export_peft(&model, &path, M::PEFT_PREFIX).unwrap();
+    export_peft(model, &path, M::PEFT_PREFIX).unwrap();
     let ours = TensorFile::read(&path).unwrap();
     let theirs = TensorFile::read(&lora_file(case)).unwrap();
     std::fs::remove_file(&path).unwrap();
@@ -162,4 +171,136 @@ fn lora_file_is_rejected_as_base_weights() {
         err.contains("unexpected key(s): unet.") && err.contains("lora_A.weight"),
         "{err}"
     );
+}
+
+/// The prompts of the text-encoder cases (`PROMPTS` in `scripts/fixtures_lora.py`).
+const PROMPTS: [&str; 2] = [
+    "a red circle to the left of a blue square",
+    "two yellow triangles",
+];
+
+fn text_case(case: &str) -> TensorFile {
+    TensorFile::read(&fixture("lora").join(format!("{case}_outputs.safetensors"))).unwrap()
+}
+
+fn pipeline_dir(name: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("weights")
+        .join(name)
+}
+
+/// Keys of a PEFT file under `prefix`, halved: the adapters it holds there.
+fn adapters_under(case: &str, prefix: &str) -> usize {
+    let file = TensorFile::read(&lora_file(case)).unwrap();
+    file.tensors
+        .keys()
+        .filter(|k| k.starts_with(prefix))
+        .count()
+        / 2
+}
+
+/// Text-encoder LoRA (`--train-text-encoder`): the fixture file, which diffusers'
+/// `pipe.load_lora_weights()` loaded whole into the tiny SD 2.1 pipeline, imports into
+/// [`UNetWithTextEncoder`] (UNet and CLIP adapters by their component prefixes); the prompt
+/// embeddings and the UNet's output on them match diffusers', and our export writes the file.
+#[test]
+fn sd21_text_encoder_lora_matches_diffusers_and_exports_its_layout() {
+    let device = Default::default();
+    let pipe = StableDiffusion::<Cpu>::load(&pipeline_dir("tiny-sd21"), None, &device).unwrap();
+    let model = UNetWithTextEncoder {
+        unet: pipe.unet.clone(),
+        text_encoder: pipe.text_encoder.clone(),
+    };
+    let case = "sd21_text";
+    let want = text_case(case);
+    let embeds = |m: &UNetWithTextEncoder<Cpu>| {
+        let (cond, _) = pipe
+            .encode_prompts_with(&m.text_encoder, &PROMPTS, &device)
+            .unwrap();
+        cond.hidden
+    };
+    let want_embeds = &want.tensors["prompt_embeds"].1;
+    assert!(rel_err(&values(embeds(&model)), want_embeds) > 1e-3);
+
+    let (model, report) = import_peft(model, &lora_file(case), "").unwrap();
+    assert_eq!(report.ignored, 0);
+    let unet_adapters = 4 * model.unet.sites().len();
+    assert_eq!(adapters_under(case, "unet."), unet_adapters);
+    let clip_adapters = adapters_under(case, "text_encoder.");
+    assert_eq!(
+        clip_adapters,
+        4 * model.text_encoder.text_model.encoder.layers.len()
+    );
+    assert_eq!(report.adapters(), unet_adapters + clip_adapters);
+
+    let hidden = embeds(&model);
+    let err = rel_err(&values(hidden.clone()), want_embeds);
+    assert!(err < TOL, "prompt embeddings: relative error {err}");
+    let sample: Tensor<Cpu, 4> = want.tensor("sample", &device).unwrap();
+    let t: Tensor<Cpu, 1> = want.tensor("timestep", &device).unwrap();
+    let out = values(model.unet.forward(sample, t, hidden));
+    let err = rel_err(&out, &want.tensors["out"].1);
+    assert!(err < TOL, "UNet output: relative error {err}");
+    assert_exports_the_fixture(case, &model);
+}
+
+/// As for SD 2.1, on the tiny SD 3 pipeline: the transformer's and both CLIPs' adapters
+/// (`transformer.`, `text_encoder.`, `text_encoder_2.`) from one file; T5 stays as it is.
+#[test]
+fn sd3_text_encoder_lora_matches_diffusers_and_exports_its_layout() {
+    let device = Default::default();
+    let pipe = StableDiffusion3::<Cpu>::load(&pipeline_dir("tiny-sd3"), None, &device).unwrap();
+    let model = SD3WithTextEncoders {
+        transformer: pipe.transformer.clone(),
+        text_encoder: pipe.text_encoders.text_encoder.clone(),
+        text_encoder_2: pipe.text_encoders.text_encoder_2.clone(),
+    };
+    let case = "sd3_text";
+    let want = text_case(case);
+    let encode = |m: &SD3WithTextEncoders<Cpu>| {
+        let encoders = Sd3TextEncoders {
+            text_encoder: m.text_encoder.clone(),
+            text_encoder_2: m.text_encoder_2.clone(),
+            text_encoder_3: pipe.text_encoders.text_encoder_3.clone(),
+        };
+        pipe.encode_prompts_with(&encoders, &PROMPTS, 32).unwrap().0
+    };
+    let want_embeds = &want.tensors["prompt_embeds"].1;
+    assert!(rel_err(&values(encode(&model).hidden), want_embeds) > 1e-3);
+
+    let (model, report) = import_peft(model, &lora_file(case), "").unwrap();
+    assert_eq!(report.ignored, 0);
+    for (prefix, layers) in [
+        (
+            "text_encoder.",
+            model.text_encoder.text_model.encoder.layers.len(),
+        ),
+        (
+            "text_encoder_2.",
+            model.text_encoder_2.text_model.encoder.layers.len(),
+        ),
+    ] {
+        assert_eq!(adapters_under(case, prefix), 4 * layers, "{prefix}");
+    }
+    let total = ["transformer.", "text_encoder.", "text_encoder_2."]
+        .map(|p| adapters_under(case, p))
+        .iter()
+        .sum::<usize>();
+    assert_eq!(report.adapters(), total);
+
+    let cond = encode(&model);
+    let err = rel_err(&values(cond.hidden.clone()), want_embeds);
+    assert!(err < TOL, "prompt embeddings: relative error {err}");
+    let pooled = cond.pooled.unwrap();
+    let err = rel_err(
+        &values(pooled.clone()),
+        &want.tensors["pooled_prompt_embeds"].1,
+    );
+    assert!(err < TOL, "pooled embeddings: relative error {err}");
+    let sample: Tensor<Cpu, 4> = want.tensor("sample", &device).unwrap();
+    let t: Tensor<Cpu, 1> = want.tensor("timestep", &device).unwrap();
+    let out = values(model.transformer.forward(sample, t, cond.hidden, pooled));
+    let err = rel_err(&out, &want.tensors["out"].1);
+    assert!(err < TOL, "transformer output: relative error {err}");
+    assert_exports_the_fixture(case, &model);
 }
