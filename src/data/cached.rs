@@ -87,6 +87,10 @@ impl Dataset for CachedFeatures {
         self.metadata.rows.len()
     }
 
+    fn cached_features(&self) -> bool {
+        true
+    }
+
     fn policy(&self) -> BadRowPolicy {
         self.policy
     }

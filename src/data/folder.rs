@@ -64,6 +64,10 @@ impl Dataset for TrainingData {
         }
     }
 
+    fn cached_features(&self) -> bool {
+        matches!(self, Self::Cached(_))
+    }
+
     fn policy(&self) -> BadRowPolicy {
         match self {
             Self::Images(d) => d.policy(),

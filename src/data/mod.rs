@@ -76,6 +76,13 @@ pub trait Dataset: Send + Sync {
         None
     }
 
+    /// Whether the samples are cached features (latents and text embeddings computed
+    /// beforehand) rather than images and captions: a run that encodes captions itself
+    /// (caption dropout, text encoders being trained) refuses them before the first step.
+    fn cached_features(&self) -> bool {
+        false
+    }
+
     /// The rows left out when the dataset was opened (bad JSON, missing files, image headers
     /// over the limits), for the run to report; none by default.
     fn skipped(&self) -> BadRows {

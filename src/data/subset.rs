@@ -58,6 +58,10 @@ impl<D: Dataset> Dataset for Subset<D> {
         self.inner.source()
     }
 
+    fn cached_features(&self) -> bool {
+        self.inner.cached_features()
+    }
+
     fn row(&self, index: usize) -> Option<&MetadataRow> {
         self.inner.row(self.indices[index])
     }

@@ -317,6 +317,22 @@ impl<'a> Trainer<'a> {
         if leads {
             check_output_dir(&self.out, self.resume, self.overwrite)?;
         }
+        if dataset.cached_features() {
+            let needs = |what: &str| {
+                let source = dataset.source().map(|p| format!("{}: ", p.display()));
+                Err(Error::Config(format!(
+                    "{}cached features hold captions encoded beforehand, and {what} encodes \
+                     them in every step: train on an image folder",
+                    source.unwrap_or_default()
+                )))
+            };
+            if M::TRAINS_TEXT_ENCODER {
+                return needs("training the text encoders");
+            }
+            if self.config.caption_dropout > 0.0 {
+                return needs("caption_dropout");
+            }
+        }
         let (dataset, skipped) = check_captions(dataset, inputs, &self.config)?;
         let dataset = Arc::new(dataset);
         let fingerprint = DataFingerprint::of(&*dataset);

@@ -17,6 +17,7 @@ mod sampler_parity;
 mod schedule_parity;
 mod tagger_agreement;
 mod teacher_levels;
+mod text_encoder_training;
 mod text_loading;
 mod text_naming;
 mod text_parity;
