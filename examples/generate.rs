@@ -22,7 +22,7 @@ use clap::Parser;
 use ctcal::attention::AttentionBackend;
 use ctcal::hub::ModelLocation;
 use ctcal::launch::{BackendKind, OnBackend, launch};
-use ctcal::lora::{LoraConfig, apply_lora, import_peft, merge_lora};
+use ctcal::lora::{LoraConfig, apply_lora, import_peft, merge_lora, peft_components};
 use ctcal::pipeline::{
     GenerateConfig, PipelineFolder, SD_CLASSES, SD3_CLASSES, StableDiffusion, StableDiffusion3,
 };
@@ -70,7 +70,8 @@ struct Cli {
     /// SD 3: T5 tokens.
     #[arg(long, default_value_t = 256)]
     max_sequence_length: usize,
-    /// A PEFT LoRA file (`pytorch_lora_weights.safetensors`) merged into the denoiser.
+    /// A PEFT LoRA file (`pytorch_lora_weights.safetensors`) merged into the denoiser, and
+    /// into the CLIP text encoders where it adapts them (`text_encoder.`, `text_encoder_2.`).
     #[arg(long)]
     lora: Option<PathBuf>,
     /// LoRA rank of that file.
@@ -147,6 +148,10 @@ fn run<B: AttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
         if let Some(lora) = &cli.lora {
             let config = LoraConfig::unet_default().with_rank(cli.rank);
             pipe.unet = with_lora(pipe.unet, &config, lora)?;
+            let parts = peft_components(lora)?;
+            if parts.contains("text_encoder") {
+                pipe.text_encoder = with_text_lora(pipe.text_encoder, lora, "text_encoder.")?;
+            }
         }
         println!("loaded {} in {:.1?}", cli.pipeline, started.elapsed());
         pipe.generate(&refs, Some(&negative), &config, None)?
@@ -155,6 +160,16 @@ fn run<B: AttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
         if let Some(lora) = &cli.lora {
             let config = LoraConfig::mmdit_default().with_rank(cli.rank);
             pipe.transformer = with_lora(pipe.transformer, &config, lora)?;
+            let parts = peft_components(lora)?;
+            let encoders = &mut pipe.text_encoders;
+            if parts.contains("text_encoder") {
+                let clip = encoders.text_encoder.clone();
+                encoders.text_encoder = with_text_lora(clip, lora, "text_encoder.")?;
+            }
+            if parts.contains("text_encoder_2") {
+                let clip = encoders.text_encoder_2.clone();
+                encoders.text_encoder_2 = with_text_lora(clip, lora, "text_encoder_2.")?;
+            }
         }
         println!("loaded {} in {:.1?}", cli.pipeline, started.elapsed());
         pipe.generate(&refs, Some(&negative), &config, None)?
@@ -186,6 +201,25 @@ fn run<B: AttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// Loads the text-encoder adapters under `prefix` of a PEFT file into `model` (each of the
+/// file's rank, scale 1: the export baked alpha / rank into `lora_B`) and merges them.
+fn with_text_lora<B: burn::tensor::backend::Backend, M>(
+    model: M,
+    path: &Path,
+    prefix: &str,
+) -> Result<M>
+where
+    M: ctcal::lora::LoraTarget<B>,
+{
+    let (model, report) = import_peft(model, path, prefix)?;
+    println!(
+        "LoRA from {} on {prefix}: {} projections",
+        path.display(),
+        report.paths.len()
+    );
+    Ok(merge_lora(model))
 }
 
 /// Adds LoRA adapters to `model`, loads a PEFT file into them and merges them.

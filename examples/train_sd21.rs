@@ -21,6 +21,7 @@ mod common;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use burn::module::AutodiffModule;
 use clap::{Parser, ValueEnum};
 use common::settings::TrainCli;
 use common::train::{DiffusersModel, TrainArgs, fit_pipeline, fit_shapes};
@@ -29,9 +30,10 @@ use ctcal::calibration::{CtcalConfig, TeacherRule};
 use ctcal::config::file_setting;
 use ctcal::launch::{OnAutodiffBackend, launch_autodiff};
 use ctcal::lora::LoraConfig;
-use ctcal::pipeline::StableDiffusion;
 use ctcal::pipeline::shapes::is_shapes_model;
+use ctcal::pipeline::{StableDiffusion, UNetWithTextEncoder, with_text_encoder_targets};
 use ctcal::schedule::{DdpmConfig, PredictionType, Schedule};
+use ctcal::text::ClipTextModel;
 use ctcal::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use ctcal::weights::load_module;
 use serde::{Deserialize, Serialize};
@@ -133,6 +135,13 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     let location = cli.train.locate(&cli.pipeline)?;
     let variant = cli.train.variant.as_deref();
     if is_shapes_model(&location.root) {
+        if cli.train.train_text_encoder {
+            bail!(
+                "--train-text-encoder: {} is a shapes model, whose word-level text encoder has \
+                 no attention to adapt; it needs a diffusers pipeline (CLIP)",
+                cli.pipeline
+            );
+        }
         if cli.prediction.is_some() || cli.model.is_some() || cli.override_scheduler {
             bail!(
                 "--prediction, --override-scheduler and --model: {} is a shapes model, which trains whole on its own \
@@ -178,23 +187,43 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     tracing::info!("schedule: {} ({how}{})", ddpm.summary(), file.display());
     let schedule = Schedule::Ddpm(ddpm.init());
     let denoiser = DiffusersModel {
-        model: unet,
+        model: (),
         dir: &model_dir,
         folder: "unet",
         resolution,
         base_model: &cli.pipeline,
     };
-    let configs = (
-        CtcalConfig::sd21().with_teacher(teacher),
-        LoraConfig::unet_default(),
-    );
+    let ctcal = CtcalConfig::sd21().with_teacher(teacher);
+    let lora = LoraConfig::unet_default();
+    if cli.train.train_text_encoder {
+        tracing::info!(
+            "training LoRA on the text encoder too, at lr {:e}",
+            cli.train.text_encoder_lr
+        );
+        let model = UNetWithTextEncoder {
+            unet,
+            text_encoder: ClipTextModel::from_inner(pipe.text_encoder.clone()),
+        };
+        let configs = (ctcal, with_text_encoder_targets(lora));
+        let (args, out) = (&cli.train, DEFAULT_OUT);
+        return fit_pipeline(
+            args,
+            denoiser.with_model(model),
+            &pipe,
+            configs,
+            &schedule,
+            out,
+            device,
+        );
+    }
+    let (args, out) = (&cli.train, DEFAULT_OUT);
     fit_pipeline(
-        &cli.train,
-        denoiser,
+        args,
+        denoiser.with_model(unet),
         &pipe,
-        configs,
+        (ctcal, lora),
         &schedule,
-        DEFAULT_OUT,
+        out,
         device,
     )
 }

@@ -22,6 +22,7 @@ mod common;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
+use burn::module::AutodiffModule;
 use clap::Parser;
 use common::settings::TrainCli;
 use common::train::{DiffusersModel, TrainArgs, fit_pipeline, fit_shapes};
@@ -32,9 +33,10 @@ use ctcal::launch::{OnAutodiffBackend, launch_autodiff};
 use ctcal::lora::LoraConfig;
 use ctcal::mmdit::{SD3Transformer2DConfig, SD3Transformer2DModel};
 use ctcal::nouns::NounTokens;
-use ctcal::pipeline::StableDiffusion3;
 use ctcal::pipeline::shapes::is_shapes_model;
+use ctcal::pipeline::{SD3WithTextEncoders, StableDiffusion3, with_text_encoder_targets};
 use ctcal::schedule::{FlowConfig, Schedule};
+use ctcal::text::ClipTextModelWithProjection;
 use ctcal::weights::load_module;
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +123,13 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     let location = cli.train.locate(&cli.pipeline)?;
     let variant = cli.train.variant.as_deref();
     if is_shapes_model(&location.root) {
+        if cli.train.train_text_encoder {
+            bail!(
+                "--train-text-encoder: {} is a shapes model, whose word-level text encoder has \
+                 no attention to adapt; it needs a diffusers pipeline (CLIP)",
+                cli.pipeline
+            );
+        }
         if cli.shift.is_some() || cli.model.is_some() || cli.override_scheduler {
             bail!(
                 "--shift, --override-scheduler and --model: {} is a shapes model, which trains whole on its own \
@@ -175,20 +184,45 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
         (None, _) => tracing::info!("noun tokens: CLIP (the pipeline has no T5)"),
     }
     let denoiser = DiffusersModel {
-        model,
+        model: (),
         dir: &model_dir,
         folder: "transformer",
         resolution,
         base_model: &cli.pipeline,
     };
-    let configs = (ctcal, LoraConfig::mmdit_default());
+    let lora = LoraConfig::mmdit_default();
+    let (args, out) = (&cli.train, DEFAULT_OUT);
+    if cli.train.train_text_encoder {
+        tracing::info!(
+            "training LoRA on both CLIP text encoders too (T5 frozen), at lr {:e}",
+            cli.train.text_encoder_lr
+        );
+        let clip = |m: &ClipTextModelWithProjection<B::InnerBackend>| {
+            ClipTextModelWithProjection::from_inner(m.clone())
+        };
+        let model = SD3WithTextEncoders {
+            transformer: model,
+            text_encoder: clip(&pipe.text_encoders.text_encoder),
+            text_encoder_2: clip(&pipe.text_encoders.text_encoder_2),
+        };
+        let configs = (ctcal, with_text_encoder_targets(lora));
+        return fit_pipeline(
+            args,
+            denoiser.with_model(model),
+            &pipe,
+            configs,
+            &schedule,
+            out,
+            device,
+        );
+    }
     fit_pipeline(
-        &cli.train,
-        denoiser,
+        args,
+        denoiser.with_model(model),
         &pipe,
-        configs,
+        (ctcal, lora),
         &schedule,
-        DEFAULT_OUT,
+        out,
         device,
     )
 }

@@ -128,7 +128,7 @@ pub struct TrainArgs {
     )]
     pub checkpointing: bool,
     /// Train with a published recipe's settings (its flags cannot be given beside it).
-    #[arg(long, value_enum, conflicts_with_all = ["steps", "batch_size", "lr", "warmup_steps", "lr_schedule", "rank"])]
+    #[arg(long, value_enum, conflicts_with_all = ["steps", "batch_size", "lr", "text_encoder_lr", "warmup_steps", "lr_schedule", "rank"])]
     pub recipe: Option<Recipe>,
     /// Optimiser steps.
     #[arg(
@@ -162,6 +162,14 @@ pub struct TrainArgs {
         default_value_t = 1e-4
     )]
     pub lr: f64,
+    /// Train LoRA on the CLIP text encoders' self-attention too (SD 3: both CLIPs; T5 stays
+    /// frozen), at --text-encoder-lr; captions are then encoded in every step (image data
+    /// only). One export holds every adapter.
+    #[arg(long, alias = "train_text_encoder")]
+    pub train_text_encoder: bool,
+    /// Peak learning rate of the text encoders' LoRA (with --train-text-encoder).
+    #[arg(long, alias = "text_encoder_lr", default_value_t = 5e-6)]
+    pub text_encoder_lr: f64,
     /// Linear warm-up steps.
     #[arg(
         long,
@@ -285,6 +293,13 @@ impl TrainArgs {
             "checking the training settings (--steps, --batch-size, --lr, [train], ...)",
         )?;
         self.parallel().validate()?;
+        if self.train_text_encoder && self.full {
+            bail!(
+                "--train-text-encoder adds LoRA on the text encoders to a LoRA run; --full \
+                 fine-tunes every denoiser weight instead and exports no text encoder: give \
+                 one of the two"
+            );
+        }
         if self.node_rank == 0 {
             check_output_dir(&self.out(default_out), self.resuming(), self.overwrite)?;
         }
@@ -316,6 +331,7 @@ impl TrainArgs {
                 .with_steps(self.steps)
                 .with_batch_size(self.batch_size)
                 .with_lr(self.lr)
+                .with_text_encoder_lr(self.text_encoder_lr)
                 .with_warmup_steps(self.warmup_steps)
                 .with_lr_schedule(match self.lr_schedule {
                     Schedules::Constant => LrSchedule::Constant,
@@ -566,6 +582,20 @@ pub struct DiffusersModel<'a, M> {
     pub resolution: u32,
     /// The pipeline as the user named it (a hub id or a folder), for the model card.
     pub base_model: &'a str,
+}
+
+impl<'a, M> DiffusersModel<'a, M> {
+    /// The same denoiser's description around `model` (built from it: the denoiser with its
+    /// text encoders).
+    pub fn with_model<N>(self, model: N) -> DiffusersModel<'a, N> {
+        DiffusersModel {
+            model,
+            dir: self.dir,
+            folder: self.folder,
+            resolution: self.resolution,
+            base_model: self.base_model,
+        }
+    }
 }
 
 /// Fine-tunes a diffusers denoiser with the frozen rest of its pipeline `pipe` as `args` say

@@ -28,7 +28,7 @@ mod tests;
 
 pub use crate::nn::LoraLinear;
 pub use config::{LoraConfig, pattern_matches};
-pub use peft::{export_peft, import_peft};
+pub use peft::{export_peft, import_peft, peft_components};
 pub use target::LoraTarget;
 
 use burn::tensor::backend::Backend;

@@ -77,6 +77,18 @@ pub fn export_peft<B: Backend, M: LoraTarget<B>>(
     Ok(report)
 }
 
+/// The pipeline components a PEFT-layout file adapts: the first segment of each
+/// `lora_A`/`lora_B` key (`unet`, `transformer`, `text_encoder`, `text_encoder_2`), for
+/// loading each part of a file like `pipe.load_lora_weights()` does.
+pub fn peft_components(path: &Path) -> Result<BTreeSet<String>> {
+    let tensors = read_tensors(&CheckpointFiles::single(path))?;
+    Ok(tensors
+        .keys()
+        .filter(|k| k.contains(".lora_A.") || k.contains(".lora_B."))
+        .filter_map(|k| k.split_once('.').map(|(first, _)| first.to_string()))
+        .collect())
+}
+
 /// Loads the adapters of a PEFT-layout file (as [`export_peft`] writes, or diffusers' LoRA
 /// training scripts) into `model`, for resuming, merging or inference.
 ///

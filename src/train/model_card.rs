@@ -19,6 +19,8 @@ pub struct ModelCard<'a> {
     pub config: &'a TrainConfig,
     /// The LoRA rank, or `None` for a full fine-tune.
     pub lora_rank: Option<usize>,
+    /// Whether LoRA on the text encoders trained too (at `config.text_encoder_lr`).
+    pub text_encoder: bool,
     /// The validation prompts.
     pub prompts: &'a [String],
     /// The newest validation image, relative to the output folder.
@@ -38,9 +40,12 @@ impl ModelCard<'_> {
             let _ = writeln!(s, "- lora");
         }
         let _ = writeln!(s, "inference: true\n---\n");
-        let what = match self.lora_rank {
-            Some(rank) => format!("LoRA adapters (rank {rank})"),
-            None => "A full fine-tune".to_string(),
+        let what = match (self.lora_rank, self.text_encoder) {
+            (Some(rank), false) => format!("LoRA adapters (rank {rank})"),
+            (Some(rank), true) => {
+                format!("LoRA adapters (rank {rank}, on the denoiser and the text encoders)")
+            }
+            (None, _) => "A full fine-tune".to_string(),
         };
         let _ = writeln!(s, "# CTCal fine-tune of {}\n", self.base_model);
         let _ = writeln!(
@@ -58,6 +63,13 @@ impl ModelCard<'_> {
             ("batch size", c.batch_size.to_string()),
             ("gradient accumulation", c.grad_accum.to_string()),
             ("learning rate", format!("{:e}", c.lr)),
+            (
+                "text-encoder learning rate",
+                match self.text_encoder {
+                    true => format!("{:e}", c.text_encoder_lr),
+                    false => "not trained".into(),
+                },
+            ),
             ("schedule", schedule),
             ("AdamW weight decay", c.weight_decay.to_string()),
             ("gradient norm clipping", clip),
@@ -118,6 +130,7 @@ mod tests {
             base_model: "stabilityai/stable-diffusion-2-1",
             config: &config,
             lora_rank: Some(4),
+            text_encoder: false,
             prompts: &prompts,
             image: Some(PathBuf::from("validation/step_15000.png")),
         };
@@ -138,10 +151,23 @@ mod tests {
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
+        let both = ModelCard {
+            text_encoder: true,
+            ..card.clone()
+        }
+        .render();
+        for line in [
+            "LoRA adapters (rank 4, on the denoiser and the text encoders) of",
+            "| text-encoder learning rate | 5e-6 |",
+        ] {
+            assert!(both.contains(line), "no {line:?} in\n{both}");
+        }
+        assert!(text.contains("| text-encoder learning rate | not trained |"));
         // A folder name with YAML's special characters stays one quoted value.
         let odd = ModelCard {
             base_model: "C:\\models\\sd: \"x\"",
             lora_rank: None,
+            text_encoder: false,
             ..card
         };
         let text = odd.render();

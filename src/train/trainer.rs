@@ -555,6 +555,7 @@ impl<'a> Trainer<'a> {
                 base_model,
                 config: &config,
                 lora_rank: self.lora.as_ref().map(|l| l.rank),
+                text_encoder: M::TRAINS_TEXT_ENCODER,
                 prompts: &prompts,
                 image: out.join(&image).is_file().then_some(image),
             };

@@ -14,8 +14,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ctcal::attention::AutodiffAttentionBackend;
-use ctcal::calibration::LossParts;
-use ctcal::pipeline::shapes::{ShapesModel, ShapesModelConfig, Vocab, load_shapes_model};
+use ctcal::calibration::{CtcalConfig, LossParts};
+use ctcal::pipeline::shapes::{
+    ShapesArch, ShapesModel, ShapesModelConfig, Vocab, load_shapes_model,
+};
 use ctcal::viz::{COLOURS, LinePlot, Series, YScale, line_plot};
 use ctcal_shapes::{
     AgreementProbe, ArchLevels, LevelAgreement, ShapesConfig, ShapesSet, Split, TrainRun,
@@ -56,11 +58,28 @@ pub struct BenchArgs {
     /// Runs (fine-tune + measurement) at once, each a process (default: the CPU count).
     #[arg(long)]
     jobs: Option<usize>,
+    /// The attention layers (UNet) or joint blocks (MMDiT) whose maps CTCal and the oracle
+    /// compare and every measurement reads, by diffusers path, comma-separated; default: the
+    /// architecture's preset (`ShapesArch::ctcal`). Choose them where the base localises
+    /// (`agreement --layer PATH`).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    map_layers: Vec<String>,
     /// Fine-tune even when the base model's teacher maps do not localise (their AUROC at the
     /// smallest noise level below 0.8): CTCal then copies maps near chance.
     #[arg(long)]
     #[serde(default)]
     weak_teacher: bool,
+}
+
+impl BenchArgs {
+    /// The CTCal settings of `arch` with the bench's layers.
+    fn ctcal(&self, arch: ShapesArch) -> CtcalConfig {
+        match self.map_layers.is_empty() {
+            true => arch.ctcal(),
+            false => arch.ctcal().with_layer_paths(self.map_layers.clone()),
+        }
+    }
 }
 
 /// The AUROC the base model's maps at the smallest noise level must reach for its teacher to
@@ -102,7 +121,7 @@ fn measure<B: AutodiffAttentionBackend>(
     let probe = AgreementProbe {
         levels: arch.levels(),
         schedule: arch.schedule(),
-        config: arch.ctcal(),
+        config: o.ctcal(arch),
         batch: 32,
         seed: seed + 7,
     };
@@ -169,6 +188,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
     let load = || -> Result<ShapesModel<B>> { Ok(load_shapes_model(base_dir, device)?) };
     let arch = load()?.arch();
     println!("{arch} base model from {}", base_dir.display());
+    println!("maps of: {}", o.ctcal(arch).layer_paths.join(", "));
     let eval = ShapesSet::new(
         shapes.generate(Split::HeldOut, o.eval_scenes, seed + 1000)?,
         shapes.size,
@@ -179,7 +199,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
     let probe = AgreementProbe {
         levels: vec![small],
         schedule: arch.schedule(),
-        config: arch.ctcal(),
+        config: o.ctcal(arch),
         batch: 32,
         seed: seed + 7,
     };
@@ -538,7 +558,7 @@ fn figures<B: AutodiffAttentionBackend>(
             &[],
             noise.clone(),
             &arch.schedule(),
-            &arch.ctcal(),
+            &o.ctcal(arch),
             teacher,
             student,
         )?;
@@ -714,7 +734,7 @@ pub fn run<B: AutodiffAttentionBackend>(path: &Path, device: &B::Device) -> Resu
             o.batch,
             o.lr,
             o.rank,
-            arch.ctcal().with_lambda_ctcal(lambda),
+            o.ctcal(arch).with_lambda_ctcal(lambda),
         );
         run.seed = spec.seed + spec.k;
         run.oracle = spec.arm == "oracle";
