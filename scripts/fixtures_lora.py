@@ -81,6 +81,18 @@ def lora_weights(model, spec) -> dict:
     return out
 
 
+def save_lora(weights: dict, path, rank: int) -> None:
+    """The file as ctcal's export_peft writes it: f32 tensors and its __metadata__ (alpha ==
+    rank: the scale is baked into lora_B)."""
+    save_file_ordered(f32(weights), path, metadata={
+        "format": "pt",
+        "ctcal.lora.rank": str(rank),
+        "ctcal.lora.alpha": str(rank),
+        "ctcal.lora.note": "lora_B holds (alpha / rank) * B: load with lora_alpha = r, "
+                           "diffusers' default",
+    })
+
+
 def load_like_pipeline(case: str, spec: dict, model, folder, name: str) -> None:
     if spec["cls"] is UNet2DConditionModel:
         state_dict, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
@@ -113,14 +125,7 @@ def make_lora_case(case: str, spec: dict, dest) -> None:
     weights = lora_weights(model, spec)
     rank = spec["rank"]
     name = f"{case}_lora.safetensors"
-    # What ctcal's export_peft writes as __metadata__ (alpha == rank: the scale is baked in).
-    save_file_ordered(f32(weights), dest / name, metadata={
-        "format": "pt",
-        "ctcal.lora.rank": str(rank),
-        "ctcal.lora.alpha": str(rank),
-        "ctcal.lora.note": "lora_B holds (alpha / rank) * B: load with lora_alpha = r, "
-                           "diffusers' default",
-    })
+    save_lora(weights, dest / name, rank)
 
     load_like_pipeline(case, spec, model, dest, name)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
@@ -186,13 +191,7 @@ def make_text_case(case: str, spec: dict, dest) -> None:
         weights.update(part_weights)
     rank = spec["rank"]
     name = f"{case}_lora.safetensors"
-    save_file_ordered(f32(weights), dest / name, metadata={
-        "format": "pt",
-        "ctcal.lora.rank": str(rank),
-        "ctcal.lora.alpha": str(rank),
-        "ctcal.lora.note": "lora_B holds (alpha / rank) * B: load with lora_alpha = r, "
-                           "diffusers' default",
-    })
+    save_lora(weights, dest / name, rank)
     pipe = pipe.to(torch.float64)
     base, _ = encode(pipe, sd3)
     pipe.load_lora_weights(str(dest), weight_name=name, adapter_name="ctcal")
