@@ -50,6 +50,10 @@ pub struct TrainRun {
     /// The oracle arm: each noun's true mask is its teacher map ([`OracleInputs`]).
     #[serde(default)]
     pub oracle: bool,
+    /// Stop after the first step past this many seconds, checkpointed: a resumed run
+    /// continues ([`Trainer::time_limit`]).
+    #[serde(default)]
+    pub time_limit_s: Option<f64>,
 }
 
 impl TrainRun {
@@ -68,6 +72,7 @@ impl TrainRun {
             seed: 0,
             checkpoint_every: 0,
             oracle: false,
+            time_limit_s: None,
         }
     }
 
@@ -112,6 +117,11 @@ pub fn train_shapes<B: AutodiffAttentionBackend>(
         });
     if let Some(rank) = run.lora_rank {
         trainer = trainer.lora(arch.lora(rank));
+    }
+    if let Some(seconds) = run.time_limit_s {
+        let limit = std::time::Duration::try_from_secs_f64(seconds)
+            .map_err(|e| ctcal::Error::Config(format!("time limit {seconds} s: {e}")))?;
+        trainer = trainer.time_limit(limit);
     }
     let inputs = ShapesModelInputs::new(config.clone());
     let fitted = if run.oracle {

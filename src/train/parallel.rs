@@ -231,8 +231,19 @@ pub(crate) struct MicroParts {
     pub share: f64,
 }
 
+/// What a peer says of its step, ORed over the peers by [`Peer::reduce_step`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct StepFlags {
+    /// The step failed here (an error, a panic, or fewer micro-batches than configured).
+    pub failed: bool,
+    /// The map auto-encoder took gradients.
+    pub ae_grads: bool,
+    /// The run's time limit is reached: this step is the last.
+    pub stop: bool,
+}
+
 /// Slots of the reduced step numbers: per micro-batch the three batch means and the four
-/// CTCal parts as sums with their count; then a failure count and an auto-encoder count.
+/// CTCal parts as sums with their count; then a failure, an auto-encoder and a stop count.
 const PER_MICRO: usize = 8;
 
 impl Peer {
@@ -329,19 +340,17 @@ impl Peer {
             .map_err(|e| Error::Training(format!("reading a reduced tensor: {e:?}")))
     }
 
-    /// The step's log numbers over all peers, whether any peer failed, and whether any
-    /// peer's auto-encoder took gradients. Per micro-batch: the means weighted by each
-    /// peer's share, the CTCal parts as `sum(part * count) / sum(count)`; then the mean over
-    /// micro-batches, as on one device.
+    /// The step's log numbers over all peers and each of `flags` set by any peer. Per
+    /// micro-batch: the means weighted by each peer's share, the CTCal parts as
+    /// `sum(part * count) / sum(count)`; then the mean over micro-batches, as on one device.
     pub fn reduce_step<B: Backend>(
         &self,
         micros: &[MicroParts],
         grad_accum: usize,
-        failed: bool,
-        ae_grads: bool,
+        flags: StepFlags,
         device: &B::Device,
-    ) -> Result<(LossParts, bool, bool)> {
-        let mut values = vec![0.0; grad_accum * PER_MICRO + 2];
+    ) -> Result<(LossParts, StepFlags)> {
+        let mut values = vec![0.0; grad_accum * PER_MICRO + 3];
         for (slot, m) in values.chunks_mut(PER_MICRO).zip(micros) {
             let (p, n) = (&m.parts, m.with_nouns as f64);
             slot.copy_from_slice(&[
@@ -356,8 +365,9 @@ impl Peer {
             ]);
         }
         let tail = grad_accum * PER_MICRO;
-        values[tail] = f64::from(u8::from(failed || micros.len() != grad_accum));
-        values[tail + 1] = f64::from(u8::from(ae_grads));
+        values[tail] = f64::from(u8::from(flags.failed || micros.len() != grad_accum));
+        values[tail + 1] = f64::from(u8::from(flags.ae_grads));
+        values[tail + 2] = f64::from(u8::from(flags.stop));
         let sums = self.sum::<B>(values, device)?;
         let mut parts = LossParts::default();
         let w = 1.0 / grad_accum as f64;
@@ -374,7 +384,12 @@ impl Peer {
             parts.recon += w * per_noun(5);
             parts.balance += w * per_noun(6);
         }
-        Ok((parts, sums[tail] > 0.0, sums[tail + 1] > 0.0))
+        let flags = StepFlags {
+            failed: sums[tail] > 0.0,
+            ae_grads: sums[tail + 1] > 0.0,
+            stop: sums[tail + 2] > 0.0,
+        };
+        Ok((parts, flags))
     }
 
     /// Sums `module`'s gradients over the peers, in burn's parameter-id order; a trainable
@@ -523,15 +538,19 @@ mod tests {
                     share: 0.5,
                 },
             ];
-            peer.reduce_step::<B>(&micros, 2, peer.rank == 1, peer.rank == 0, &device)
-                .unwrap()
+            let flags = StepFlags {
+                failed: peer.rank == 1,
+                ae_grads: peer.rank == 0,
+                stop: false,
+            };
+            peer.reduce_step::<B>(&micros, 2, flags, &device).unwrap()
         });
-        for (parts, failed, ae) in reduced {
+        for (parts, flags) in reduced {
             // Means: (1.5 + 3.5) / 2; per-noun pixel: micro 1 (1*1 + 1*2)/2, micro 2 3*2/2.
             assert!((parts.total - 2.5).abs() < 1e-12, "{parts:?}");
             assert!((parts.diffusion - 1.25).abs() < 1e-12);
             assert!((parts.pixel - (1.5 + 3.0) / 2.0).abs() < 1e-12, "{parts:?}");
-            assert!(failed && ae);
+            assert!(flags.failed && flags.ae_grads && !flags.stop);
         }
     }
 

@@ -17,7 +17,7 @@ use super::checkpoint::{
     CheckpointParts, CheckpointState, Trained, checkpoint_dir, latest_checkpoint, load_checkpoint,
     read_state, save_checkpoint,
 };
-use super::parallel::{MicroParts, Peer, param_moments};
+use super::parallel::{MicroParts, Peer, StepFlags, param_moments};
 use super::tensorboard::wall_time_now;
 use super::{Ema, StepLog, TrainConfig, TrainInputs, Trainable, clip_global_norm, stable_ids};
 use crate::backend::KernelBackend;
@@ -78,6 +78,8 @@ pub(crate) struct LoopSetup<'a, I: ?Sized> {
     pub skipped_before: Option<String>,
     /// This peer's place in a data-parallel run ([`Peer::SINGLE`] on one device).
     pub peer: Peer,
+    /// Stop after the first step that ends past this instant (checkpointed, resumable).
+    pub deadline: Option<Instant>,
 }
 
 impl<'a, I: ?Sized> LoopSetup<'a, I> {
@@ -98,6 +100,9 @@ pub(crate) struct LoopEnd<M, A> {
     pub ae: A,
     /// The step the loop started from (0, or the resumed checkpoint's).
     pub start: usize,
+    /// The steps done when it ended: `config.steps`, or fewer when the time limit stopped
+    /// it (after a checkpoint of that step).
+    pub end: usize,
 }
 
 /// The data cursor a run resumed from `out` starts at: the latest checkpoint's, if any.
@@ -143,6 +148,7 @@ where
         settings,
         skipped_before,
         peer,
+        deadline,
     } = setup;
     let mut skipped_before = skipped_before;
     // burn initialises parameters lazily, at first use: `stable_ids` reads every one, so
@@ -202,6 +208,7 @@ where
     let accum = config.grad_accum;
     // A failure of peer 0's writes after a step, told to the other peers with the next one.
     let mut deferred: Option<Error> = None;
+    let mut end = config.steps;
     started(start);
     for step in start..config.steps {
         let began = Instant::now();
@@ -275,7 +282,10 @@ where
             }
             Ok(micros)
         };
-        let (parts, mut grads, mut grads_ae) = if peer.is_parallel() {
+        // Past the time limit after this step's batches: it is the run's last (every peer
+        // stops at the same step: the flag is ORed over them).
+        let out_of_time = || deadline.is_some_and(|d| Instant::now() >= d);
+        let (parts, mut grads, mut grads_ae, stop) = if peer.is_parallel() {
             // Every peer reaches the reduction, failed or not, so none waits for ever.
             let ran = match deferred.is_some() {
                 true => Ok(Vec::new()),
@@ -287,32 +297,32 @@ where
                 Err(e) => (Vec::new(), Some(e)),
             };
             let (grads, grads_ae) = (acc.grads(), acc_ae.grads());
-            let (parts, any_failed, ae_used) = peer.reduce_step::<B::InnerBackend>(
-                &micros,
-                accum,
-                failure.is_some(),
-                !grads_ae.is_empty(),
-                device,
-            )?;
+            let flags = StepFlags {
+                failed: failure.is_some(),
+                ae_grads: !grads_ae.is_empty(),
+                stop: out_of_time(),
+            };
+            let (parts, flags) =
+                peer.reduce_step::<B::InnerBackend>(&micros, accum, flags, device)?;
             if let Some(e) = failure {
                 return Err(e);
             }
-            if any_failed {
+            if flags.failed {
                 return Err(Error::PeerFailed { step: step + 1 });
             }
             let grads = peer.reduce_grads(&model, grads)?;
-            let grads_ae = match ae_used {
+            let grads_ae = match flags.ae_grads {
                 true => peer.reduce_grads(&ae, grads_ae)?,
                 false => GradientsParams::new(),
             };
-            (parts, grads, grads_ae)
+            (parts, grads, grads_ae, flags.stop)
         } else {
             let micros = micro_step()?;
             let mut parts = LossParts::default();
             for m in micros {
                 parts = add_parts(parts, m.parts, 1.0 / accum as f64);
             }
-            (parts, acc.grads(), acc_ae.grads())
+            (parts, acc.grads(), acc_ae.grads(), out_of_time())
         };
         if !parts.total.is_finite() {
             let kept = match latest_checkpoint(&root)? {
@@ -344,13 +354,20 @@ where
             ema.update(&model);
         }
         let step_time = began.elapsed().as_secs_f64();
+        let done = step + 1;
+        let stopped = stop && done < config.steps;
+        if stopped {
+            end = done;
+        }
         let Some(metrics) = metrics.as_mut() else {
-            continue;
+            match stopped {
+                true => break,
+                false => continue,
+            }
         };
 
-        let done = step + 1;
         let every = config.checkpoint_every;
-        let due = done == config.steps || (every > 0 && done % every == 0);
+        let due = done == config.steps || stopped || (every > 0 && done % every == 0);
         let log = StepLog {
             step: done,
             lr,
@@ -400,8 +417,12 @@ where
             on_step(&log, &model)
         };
         match written() {
-            Err(e) if peer.is_parallel() && done < config.steps => deferred = Some(e),
+            Err(e) if peer.is_parallel() && done < config.steps && !stopped => deferred = Some(e),
             result => result?,
+        }
+        if stopped {
+            tracing::info!("time limit reached after step {done} of {}", config.steps);
+            break;
         }
     }
     if let Some(e) = deferred {
@@ -412,6 +433,7 @@ where
         ema: ema.map(|e| e.model),
         ae,
         start,
+        end,
     })
 }
 

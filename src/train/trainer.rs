@@ -39,6 +39,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use std::cell::RefCell;
 
@@ -86,6 +87,7 @@ pub struct Trainer<'a> {
     overwrite: bool,
     lora: Option<LoraConfig>,
     previews: bool,
+    time_limit: Option<Duration>,
     validation: Option<Validation>,
     base_model: Option<String>,
     settings: toml::Table,
@@ -108,6 +110,9 @@ pub struct Fitted<M, B: AutodiffBackend> {
     pub autoencoder: MapAutoEncoder<B>,
     /// The step the run started from (0, or the resumed checkpoint's).
     pub start_step: usize,
+    /// The steps done when it ended: the config's `steps`, or fewer when the time limit
+    /// stopped it.
+    pub end_step: usize,
     /// The logs of the steps this call ran.
     pub logs: Vec<StepLog>,
 }
@@ -130,6 +135,7 @@ impl<'a> Trainer<'a> {
             overwrite: false,
             lora: None,
             previews: true,
+            time_limit: None,
             validation: None,
             base_model: None,
             settings: toml::Table::new(),
@@ -168,6 +174,15 @@ impl<'a> Trainer<'a> {
     /// Write teacher | student noun maps of the first captions before and after (default on).
     pub fn map_previews(mut self, on: bool) -> Self {
         self.previews = on;
+        self
+    }
+
+    /// Stop after the first step that ends `limit` after `fit` was called: that step is
+    /// checkpointed and exported as the last one would be, and [`resume`](Self::resume)
+    /// continues the run to its `steps` (training a long run in pieces). In a data-parallel
+    /// run every peer stops at the same step.
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
         self
     }
 
@@ -312,6 +327,7 @@ impl<'a> Trainer<'a> {
         R: PeerRunner<B, M, I>,
     {
         self.config.validate()?;
+        let deadline = self.time_limit.map(|limit| Instant::now() + limit);
         // Node 0 writes the outputs; other machines of a data-parallel run only train.
         let leads = self.parallel.node_rank == 0;
         if leads {
@@ -390,6 +406,7 @@ impl<'a> Trainer<'a> {
                 settings: "",
                 skipped_before: None,
                 peer,
+                deadline,
             };
             let end = runner.run(model, setup, |_| {}, |_, _| Ok(()))?;
             return Ok(Fitted {
@@ -397,6 +414,7 @@ impl<'a> Trainer<'a> {
                 ema: end.ema,
                 autoencoder: end.ae,
                 start_step: end.start,
+                end_step: end.end,
                 logs: Vec::new(),
             });
         }
@@ -468,6 +486,7 @@ impl<'a> Trainer<'a> {
             settings: &settings,
             skipped_before: (!skipped.is_empty()).then(|| format!("before training: {skipped}")),
             peer,
+            deadline,
         };
         let listeners = RefCell::new(&mut self.listeners);
         let emit = |event: &Event<'_>| {
@@ -525,9 +544,10 @@ impl<'a> Trainer<'a> {
             ema: end.ema,
             autoencoder: end.ae,
             start_step: end.start,
+            end_step: end.end,
             logs,
         };
-        let step = config.steps;
+        let step = end.end;
         if trained == Trained::Lora {
             let path = export_lora(fitted.final_model(), &out)?;
             self.wrote(Output::LoraWeights, &path, step);
@@ -551,9 +571,11 @@ impl<'a> Trainer<'a> {
         if let Some(base_model) = &self.base_model {
             let prompts = validation.map(|v| v.prompts).unwrap_or_default();
             let image = Path::new("validation").join(format!("step_{step:05}.png"));
+            // The steps trained so far (fewer than configured when the time limit stopped it).
+            let trained_config = config.clone().with_steps(step);
             let card = ModelCard {
                 base_model,
-                config: &config,
+                config: &trained_config,
                 lora_rank: self.lora.as_ref().map(|l| l.rank),
                 text_encoder: M::TRAINS_TEXT_ENCODER,
                 prompts: &prompts,

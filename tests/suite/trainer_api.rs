@@ -1,10 +1,12 @@
 //! The training API as a model zoo calls it: a shapes MMDiT fine-tuned with LoRA through
 //! `Trainer` in a few lines, stopped after 2 steps and resumed to 3, ends bit for bit where an
-//! uninterrupted 3-step run ends (the exported adapters and the last loss); each checkpoint
-//! holds its step's adapters and resolved settings, and only the newest ones are kept.
+//! uninterrupted 3-step run ends (the exported adapters and the last loss), as does one stopped
+//! by a time limit after its first step and resumed; each checkpoint holds its step's adapters
+//! and resolved settings, and only the newest ones are kept.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use burn::backend::Autodiff;
 use ctcal::calibration::CtcalConfig;
@@ -21,7 +23,7 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let base = std::env::temp_dir().join(format!("ctcal-api-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
-    let fit = |out: &Path, steps: usize, resume: bool| {
+    let fit_limited = |out: &Path, steps: usize, resume: bool, limit: Option<Duration>| {
         let device = Default::default();
         let model_dir = root.join("weights/shapes-mmdit");
         let (pipe, mmdit) =
@@ -35,7 +37,11 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
             .with_checkpoints_total_limit(2);
         let mut run = toml::Table::new();
         run.insert("pipeline".into(), "weights/shapes-mmdit".into());
-        Trainer::new(config)
+        let mut trainer = Trainer::new(config);
+        if let Some(limit) = limit {
+            trainer = trainer.time_limit(limit);
+        }
+        trainer
             .settings(run)
             .tensorboard(true)
             .output_dir(out)
@@ -44,6 +50,7 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
             .lora(pipe.arch.lora(4))
             .fit(mmdit, &pipe, data, &pipe.arch.schedule(), &device)
     };
+    let fit = |out: &Path, steps: usize, resume: bool| fit_limited(out, steps, resume, None);
     let (split, whole) = (base.join("split"), base.join("whole"));
     fit(&split, 2, false).unwrap();
     let resumed = fit(&split, 3, true).unwrap();
@@ -62,6 +69,24 @@ fn a_run_resumed_through_the_public_api_equals_an_uninterrupted_one() {
     assert!(
         adapters(&split) == adapters(&whole),
         "the resumed run differs"
+    );
+
+    // A time limit stops the run after the first step past it, checkpointed and exported;
+    // resumed without one, the run ends where the uninterrupted one does.
+    let limited = base.join("limited");
+    let stopped = fit_limited(&limited, 3, false, Some(Duration::ZERO)).unwrap();
+    assert_eq!((stopped.start_step, stopped.end_step), (0, 1));
+    assert_eq!(stopped.logs.len(), 1);
+    let latest = std::fs::read_to_string(limited.join("checkpoints/latest")).unwrap();
+    assert_eq!(latest, "step-0000001");
+    assert!(adapters(&limited) != adapters(&whole));
+    let card = std::fs::read_to_string(limited.join("README.md")).unwrap();
+    assert!(card.contains("| steps | 1 |"), "{card}");
+    let finished = fit(&limited, 3, true).unwrap();
+    assert_eq!((finished.start_step, finished.end_step), (1, 3));
+    assert!(
+        adapters(&limited) == adapters(&whole),
+        "the run resumed after its time limit differs"
     );
 
     // Each checkpoint holds the adapters of its step, as diffusers' scripts save them; the

@@ -120,6 +120,10 @@ struct PretrainArgs {
     /// Continue the interrupted run in `<out>/train` from its latest checkpoint.
     #[arg(long)]
     resume: bool,
+    /// Stop after the first step past this many minutes: that step is checkpointed and the
+    /// model written as at the end; `--resume` continues (a long pretraining in pieces).
+    #[arg(long)]
+    time_limit: Option<f64>,
 }
 
 fn main() -> Result<()> {
@@ -258,9 +262,11 @@ fn pretrain<B: AutodiffAttentionBackend>(
         seed: seed ^ 0xba5e,
         checkpoint_every: p.checkpoint_every,
         oracle: false,
+        time_limit_s: p.time_limit.map(|minutes| minutes * 60.0),
     };
     let start = Instant::now();
     let (mut log, mut running) = (Vec::new(), Vec::new());
+    let mut last_step = 0;
     let model = train_shapes(
         model,
         &model_config,
@@ -270,8 +276,9 @@ fn pretrain<B: AutodiffAttentionBackend>(
         p.resume,
         device,
         |step| {
+            last_step = step.step;
             running.push(step.loss.diffusion);
-            if step.step % 50 == 0 || step.step == p.steps {
+            if step.step % 50 == 0 || step.step == p.steps || step.checkpoint.is_some() {
                 let mean = running.iter().sum::<f64>() / running.len() as f64;
                 running.clear();
                 println!(
@@ -285,7 +292,30 @@ fn pretrain<B: AutodiffAttentionBackend>(
     )?;
     model.save_dir(&model_config, out)?;
     println!("wrote {}", out.display());
-    write_json(&out.join("pretrain_log.json"), &log)
+    if last_step < p.steps {
+        println!(
+            "the time limit stopped the run after step {last_step} of {}: `pretrain --resume` \
+             with the same settings continues it",
+            p.steps
+        );
+    }
+    // A resumed run's log continues the earlier pieces' (their entries up to where it
+    // resumed).
+    let log_path = out.join("pretrain_log.json");
+    let first = log
+        .first()
+        .and_then(|e| e["step"].as_u64())
+        .unwrap_or(u64::MAX);
+    if p.resume && log_path.is_file() {
+        let text = std::fs::read_to_string(&log_path)?;
+        let before: Vec<serde_json::Value> = serde_json::from_str(&text)
+            .with_context(|| format!("reading {}", log_path.display()))?;
+        let kept = before
+            .into_iter()
+            .filter(|e| e["step"].as_u64().is_some_and(|s| s < first));
+        log = kept.chain(log).collect();
+    }
+    write_json(&log_path, &log)
 }
 
 fn agreement<B: AutodiffAttentionBackend>(
