@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Seeds (runs per arm).
     #[arg(long, default_value_t = 3)]
     seeds: u64,
+    /// The full setting: at least 5 seeds.
+    #[arg(long)]
+    #[serde(default)]
+    full: bool,
     /// Batch size.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -73,6 +77,14 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// Runs per arm: `--seeds`, at least 5 with `--full`.
+    fn seeds(&self) -> u64 {
+        match self.full {
+            true => self.seeds.max(5),
+            false => self.seeds,
+        }
+    }
+
     /// The CTCal settings of `arch` with the bench's layers.
     fn ctcal(&self, arch: ShapesArch) -> CtcalConfig {
         match self.map_layers.is_empty() {
@@ -108,11 +120,41 @@ struct Measured {
     /// Per held-out caption, whether its sample satisfies it.
     #[serde(default)]
     outcomes: Vec<bool>,
+    /// The detector's shares on in-distribution captions (colour-shape pairs seen in
+    /// training, fresh scenes).
+    #[serde(default)]
+    compbench_in: BTreeMap<String, f64>,
+    /// Per in-distribution caption, whether its sample satisfies it.
+    #[serde(default)]
+    outcomes_in: Vec<bool>,
+}
+
+/// The scenes every model is measured on: held-out colour-shape pairs (maps, loss, samples)
+/// and in-distribution ones (samples).
+struct EvalSets {
+    held_out: ShapesSet,
+    in_dist: ShapesSet,
+}
+
+impl EvalSets {
+    /// `scenes` of each split, from the bench's `seed` (never the fine-tunes' training scenes,
+    /// whose seeds are `seed + 100 + k`).
+    fn new(scenes: usize, seed: u64) -> Result<Self> {
+        let (vocab, shapes) = (Vocab::default(), ShapesConfig::new());
+        let set = |split, seed| -> Result<ShapesSet> {
+            let scenes = shapes.generate(split, scenes, seed)?;
+            Ok(ShapesSet::new(scenes, shapes.size, &vocab)?)
+        };
+        Ok(Self {
+            held_out: set(Split::HeldOut, seed + 1000)?,
+            in_dist: set(Split::Train, seed + 3000)?,
+        })
+    }
 }
 
 fn measure<B: AutodiffAttentionBackend>(
     model: &ShapesModel<B>,
-    eval: &ShapesSet,
+    sets: &EvalSets,
     o: &BenchArgs,
     seed: u64,
     device: &B::Device,
@@ -125,6 +167,7 @@ fn measure<B: AutodiffAttentionBackend>(
         batch: 32,
         seed: seed + 7,
     };
+    let eval = &sets.held_out;
     let clock = Instant::now();
     let per_map = map_agreements(model, eval, &probe, device)?;
     let curve = level_summaries(&probe.levels, &per_map);
@@ -140,21 +183,22 @@ fn measure<B: AutodiffAttentionBackend>(
     let heldout_loss =
         ctcal_shapes::heldout_loss(model, eval, &arch.loss_levels(), seed + 8, device)?;
     let t_loss = clock.elapsed().as_secs_f64();
-    let outcomes = ctcal_shapes::compbench_outcomes(
-        &burn::module::AutodiffModule::valid(model),
-        eval,
-        o.sample_steps,
-        o.guidance,
-        seed + 9,
-        device,
-    )?;
+    let inner = burn::module::AutodiffModule::valid(model);
+    let sample = |set: &ShapesSet, seed: u64| {
+        ctcal_shapes::compbench_outcomes(&inner, set, o.sample_steps, o.guidance, seed, device)
+    };
+    let outcomes = sample(eval, seed + 9)?;
     let compbench = ctcal_shapes::compbench_shares(eval, &outcomes);
+    let outcomes_in = sample(&sets.in_dist, seed + 10)?;
+    let compbench_in = ctcal_shapes::compbench_shares(&sets.in_dist, &outcomes_in);
     Ok(Measured {
         large_t_mass: mean(&|c| c.mass_inside),
         large_t_iou: mean(&|c| c.iou),
         curve,
         heldout_loss,
         compbench,
+        compbench_in,
+        outcomes_in,
         seconds: [
             t_curve,
             t_loss - t_curve,
@@ -183,17 +227,11 @@ pub fn bench<B: AutodiffAttentionBackend>(
     device: &B::Device,
 ) -> Result<()> {
     let start = Instant::now();
-    let vocab = Vocab::default();
-    let shapes = ShapesConfig::new();
     let load = || -> Result<ShapesModel<B>> { Ok(load_shapes_model(base_dir, device)?) };
     let arch = load()?.arch();
     println!("{arch} base model from {}", base_dir.display());
     println!("maps of: {}", o.ctcal(arch).layer_paths.join(", "));
-    let eval = ShapesSet::new(
-        shapes.generate(Split::HeldOut, o.eval_scenes, seed + 1000)?,
-        shapes.size,
-        &vocab,
-    )?;
+    let eval = EvalSets::new(o.eval_scenes, seed)?.held_out;
     // The teacher first: do the base model's maps at small noise localise at all?
     let small = arch.levels()[0];
     let probe = AgreementProbe {
@@ -231,7 +269,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
     // the base model's measurement.
     let mut specs = Vec::new();
     for arm in ARMS {
-        for k in 0..o.seeds {
+        for k in 0..o.seeds() {
             specs.push(RunSpec::new(arm, k, base_dir, out, backend, seed, o));
         }
     }
@@ -268,7 +306,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
     let base = base.ok_or_else(|| anyhow::anyhow!("the base model's run is missing"))?;
     // Table: mean and standard deviation over seeds.
     let mut table = String::from(
-        "| model | large-t mass inside | large-t IoU | held-out diffusion loss | colour binding | counting | spatial | shape | overall |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| model | large-t mass inside | large-t IoU | held-out diffusion loss | colour binding | counting | spatial | shape | overall | overall, in-distribution |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let cell = |v: Vec<f64>| {
         let (m, s) = mean_std(&v);
@@ -286,8 +324,13 @@ pub fn bench<B: AutodiffAttentionBackend>(
                     .collect(),
             )
         };
+        let overall_in = cell(
+            ms.iter()
+                .map(|m| m.compbench_in.get("overall").copied().unwrap_or(0.0))
+                .collect(),
+        );
         format!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {overall_in} |\n",
             cell(ms.iter().map(|m| m.large_t_mass).collect()),
             cell(ms.iter().map(|m| m.large_t_iou).collect()),
             cell(ms.iter().map(|m| m.heldout_loss).collect()),
@@ -419,11 +462,14 @@ fn paired_table(
         }
         diffs
     };
-    let outcomes = |arm: &str| -> Vec<bool> {
+    let outcomes = |arm: &str, in_dist: bool| -> Vec<bool> {
         seeds
             .iter()
             .filter_map(|&k| of(arm, k))
-            .flat_map(|m| m.outcomes.clone())
+            .flat_map(|m| match in_dist {
+                true => m.outcomes_in.clone(),
+                false => m.outcomes.clone(),
+            })
             .collect()
     };
     let ci = |d: &[f64]| match paired_bootstrap(d, 2000, seed ^ 0xb00) {
@@ -431,12 +477,12 @@ fn paired_table(
         None => "n/a".into(),
     };
     let mean = |d: &[f64]| d.iter().sum::<f64>() / d.len().max(1) as f64;
-    let fraction = |c: f64, o: f64| {
-        if o.abs() > 1e-9 {
-            format!("{:.2}", c / o)
-        } else {
-            "n/a".into()
-        }
+    // CTCal's effect as a share of the oracle's, where the oracle's effect is one: its
+    // interval excludes 0 (otherwise the ratio of two noises).
+    let fraction = |c: &[f64], o: &[f64]| match paired_bootstrap(o, 2000, seed ^ 0xb00) {
+        Some(oc) if oc.low > 0.0 || oc.high < 0.0 => format!("{:.2}", mean(c) / mean(o)),
+        Some(_) => "n/a (oracle within noise)".into(),
+        None => "n/a".into(),
     };
     let mut s = String::from(
         "\nPaired against plain fine-tuning (same seeds, scenes, nouns, noise; 95% bootstrap intervals over the pairs):\n\n| level | ctcal - plain AUROC | oracle - plain AUROC | ctcal / oracle |\n|---|---|---|---|\n",
@@ -456,27 +502,29 @@ fn paired_table(
             "| {name} | {} | {} | {} |\n",
             ci(&c),
             ci(&o),
-            fraction(mean(&c), mean(&o))
+            fraction(&c, &o)
         );
     }
-    let plain = outcomes("plain");
-    s += "\n| held-out captions | right (arm) | right (plain) | arm only | plain only | McNemar p |\n|---|---|---|---|---|---|\n";
-    for arm in ["ctcal", "oracle"] {
-        let a = outcomes(arm);
-        if a.len() != plain.len() {
-            continue;
+    s += "\n| captions | arm | right (arm) | right (plain) | arm only | plain only | McNemar p |\n|---|---|---|---|---|---|---|\n";
+    for (captions, in_dist) in [("held-out", false), ("in-distribution", true)] {
+        let plain = outcomes("plain", in_dist);
+        for arm in ["ctcal", "oracle"] {
+            let a = outcomes(arm, in_dist);
+            if a.len() != plain.len() || a.is_empty() {
+                continue;
+            }
+            let m = mcnemar(&a, &plain);
+            let right = |v: &[bool]| v.iter().filter(|&&x| x).count();
+            s += &format!(
+                "| {captions} | {arm} | {} of {} | {} | {} | {} | {:.3} |\n",
+                right(&a),
+                a.len(),
+                right(&plain),
+                m.a_only,
+                m.b_only,
+                m.p_value
+            );
         }
-        let m = mcnemar(&a, &plain);
-        let right = |v: &[bool]| v.iter().filter(|&&x| x).count();
-        s += &format!(
-            "| {arm} | {} of {} | {} | {} | {} | {:.3} |\n",
-            right(&a),
-            a.len(),
-            right(&plain),
-            m.a_only,
-            m.b_only,
-            m.p_value
-        );
     }
     s
 }
@@ -708,11 +756,7 @@ pub fn run<B: AutodiffAttentionBackend>(path: &Path, device: &B::Device) -> Resu
     let o = &spec.args;
     let vocab = Vocab::default();
     let shapes = ShapesConfig::new();
-    let eval = ShapesSet::new(
-        shapes.generate(Split::HeldOut, o.eval_scenes, spec.seed + 1000)?,
-        shapes.size,
-        &vocab,
-    )?;
+    let sets = EvalSets::new(o.eval_scenes, spec.seed)?;
     let model: ShapesModel<B> = load_shapes_model(&spec.base, device)?;
     let arch = model.arch();
     let clock = Instant::now();
@@ -755,7 +799,7 @@ pub fn run<B: AutodiffAttentionBackend>(path: &Path, device: &B::Device) -> Resu
         (model, log)
     };
     let train_seconds = clock.elapsed().as_secs_f64();
-    let m = measure(&model, &eval, o, spec.seed, device)?;
+    let m = measure(&model, &sets, o, spec.seed, device)?;
     let name = spec.name();
     println!(
         "{name:<12}: large-t mass {:.3}, iou {:.3}, held-out loss {:.4}, compbench {:?}; \
