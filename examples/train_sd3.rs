@@ -177,10 +177,14 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     if cli.clip_only_nouns {
         ctcal = ctcal.with_noun_tokens(NounTokens::Clip);
     }
+    // What the run uses: the flags under the settings files' `[train.ctcal]`.
+    let resolved = cli.train.config(ctcal.clone())?.ctcal.noun_tokens;
     let t5 = pipe.t5_word_tokens().map(|t| t.max_length);
-    match (t5, cli.clip_only_nouns) {
-        (Some(n), false) => tracing::info!("noun tokens: CLIP (0..77) and T5 (77..{})", 77 + n),
-        (Some(_), true) => tracing::info!("noun tokens: CLIP only (--clip-only-nouns)"),
+    match (t5, resolved) {
+        (Some(n), NounTokens::ClipAndT5) => {
+            tracing::info!("noun tokens: CLIP (0..77) and T5 (77..{})", 77 + n)
+        }
+        (Some(_), NounTokens::Clip) => tracing::info!("noun tokens: CLIP only"),
         (None, _) => tracing::info!("noun tokens: CLIP (the pipeline has no T5)"),
     }
     let denoiser = DiffusersModel {
