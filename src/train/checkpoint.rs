@@ -392,11 +392,38 @@ pub fn latest_checkpoint(root: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
-/// Reads a checkpoint's `state.json`.
+/// Reads a checkpoint's `state.json`. A setting [`TrainConfig`] gained after the checkpoint
+/// was written (`text_encoder_lr`, say) takes its default, so a checkpoint of an earlier
+/// version still resumes.
 pub fn read_state(dir: &Path) -> Result<CheckpointState> {
     let path = dir.join(STATE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|error| Error::Json { path, error })
+    let json = |error| Error::Json {
+        path: path.clone(),
+        error,
+    };
+    let mut state: serde_json::Value = serde_json::from_str(&text).map_err(json)?;
+    if let Some(config) = state.get_mut("config") {
+        let defaults = TrainConfig::new(crate::calibration::CtcalConfig::new());
+        fill_missing(config, &serde_json::to_value(defaults).map_err(json)?);
+    }
+    serde_json::from_value(state).map_err(json)
+}
+
+/// Adds to the JSON object `value` every key of `defaults` it lacks, object by object.
+fn fill_missing(value: &mut serde_json::Value, defaults: &serde_json::Value) {
+    let (serde_json::Value::Object(have), serde_json::Value::Object(default)) = (value, defaults)
+    else {
+        return;
+    };
+    for (key, d) in default {
+        match have.get_mut(key) {
+            Some(v) => fill_missing(v, d),
+            None => {
+                have.insert(key.clone(), d.clone());
+            }
+        }
+    }
 }
 
 /// Restores the modules and optimisers of checkpoint `dir` (the state from [`read_state`]):
@@ -500,6 +527,42 @@ mod tests {
         assert!(load().unwrap_err().to_string().contains("ae.safetensors"));
         std::fs::remove_file(&path).unwrap();
         assert!(load().unwrap_err().to_string().contains("does not exist"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A checkpoint written before `text_encoder_lr` existed (its `state.json` without the
+    /// key) reads with the default, and keeps every value it has.
+    #[test]
+    fn a_state_without_a_newer_setting_takes_its_default() {
+        let dir = std::env::temp_dir().join(format!("ctcal-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = TrainConfig::new(crate::calibration::CtcalConfig::sd3())
+            .with_lr(3e-4)
+            .with_text_encoder_lr(1e-5);
+        let state = CheckpointState {
+            step: 7,
+            cursor: DataCursor {
+                seed: 1,
+                epoch: 0,
+                position: 14,
+                len: 64,
+            },
+            config: config.clone(),
+            trained: Trained::Lora,
+            data: None,
+        };
+        let mut json = serde_json::to_value(&state).unwrap();
+        let fields = json["config"].as_object_mut().unwrap();
+        assert!(fields.remove("text_encoder_lr").is_some());
+        std::fs::write(dir.join(STATE), json.to_string()).unwrap();
+        let read = read_state(&dir).unwrap();
+        assert_eq!(read.config, config.with_text_encoder_lr(5e-6));
+        assert_eq!((read.step, read.cursor.position), (7, 14));
+        // A wrong type is still an error naming the file.
+        json["config"]["lr"] = "fast".into();
+        std::fs::write(dir.join(STATE), json.to_string()).unwrap();
+        let msg = read_state(&dir).unwrap_err().to_string();
+        assert!(msg.contains("state.json"), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
