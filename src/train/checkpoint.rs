@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::TrainConfig;
 use super::record::{load_optimizer, save_optimizer};
+use super::settings::is_variant;
 use crate::data::{DataCursor, DataFingerprint};
 use crate::error::{Error, Result};
 use crate::weights::{
@@ -410,12 +411,17 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState> {
     serde_json::from_value(state).map_err(json)
 }
 
-/// Adds to the JSON object `value` every key of `defaults` it lacks, object by object.
+/// Adds to the JSON object `value` every key of `defaults` it lacks, object by object; an enum
+/// variant with data (`{"FixedSigma": 0.05}`) is one value, kept whole as [`super::merge`]
+/// keeps it.
 fn fill_missing(value: &mut serde_json::Value, defaults: &serde_json::Value) {
-    let (serde_json::Value::Object(have), serde_json::Value::Object(default)) = (value, defaults)
-    else {
+    use serde_json::Value::Object;
+    let (Object(have), Object(default)) = (value, defaults) else {
         return;
     };
+    if is_variant(have.keys()) || is_variant(default.keys()) {
+        return;
+    }
     for (key, d) in default {
         match have.get_mut(key) {
             Some(v) => fill_missing(v, d),
@@ -531,12 +537,15 @@ mod tests {
     }
 
     /// A checkpoint written before `text_encoder_lr` existed (its `state.json` without the
-    /// key) reads with the default, and keeps every value it has.
+    /// key) reads with the default, and keeps every value it has, a teacher rule of another
+    /// variant than the default's included.
     #[test]
     fn a_state_without_a_newer_setting_takes_its_default() {
         let dir = std::env::temp_dir().join(format!("ctcal-state-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let config = TrainConfig::new(crate::calibration::CtcalConfig::sd3())
+        let ctcal = crate::calibration::CtcalConfig::sd3()
+            .with_teacher(crate::calibration::TeacherRule::FixedSigma(0.05));
+        let config = TrainConfig::new(ctcal)
             .with_lr(3e-4)
             .with_text_encoder_lr(1e-5);
         let state = CheckpointState {

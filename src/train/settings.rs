@@ -152,11 +152,7 @@ fn strip_none(table: &mut toml::Table) {
 /// replaces the one below it, and so does a choice with data (an enum variant: a table whose
 /// one key is capitalised, `{ FixedSigma = 0.05 }`), which is one setting.
 pub fn merge(base: &mut toml::Table, layer: &toml::Table) {
-    let variant = |t: &toml::Table| {
-        t.len() == 1
-            && t.keys()
-                .all(|k| k.starts_with(|c: char| c.is_ascii_uppercase()))
-    };
+    let variant = |t: &toml::Table| is_variant(t.keys());
     for (key, value) in layer {
         match (base.get_mut(key), value) {
             (Some(toml::Value::Table(below)), toml::Value::Table(above))
@@ -169,6 +165,16 @@ pub fn merge(base: &mut toml::Table, layer: &toml::Table) {
             }
         }
     }
+}
+
+/// Whether a table with these keys is an enum variant with data as serde writes it (one
+/// capitalised key, `{ FixedSigma = 0.05 }`): one setting, replaced whole, never merged key by
+/// key with another variant.
+pub(crate) fn is_variant<'a>(keys: impl ExactSizeIterator<Item = &'a String>) -> bool {
+    keys.len() == 1
+        && keys
+            .into_iter()
+            .all(|k| k.starts_with(|c: char| c.is_ascii_uppercase()))
 }
 
 /// `base` with the keys of `layer` laid over it ([`merge`]). Every key of `layer` must be a
