@@ -27,8 +27,7 @@ use crate::lora::{LoraConfig, LoraLinear, LoraTarget};
 use crate::mmdit::SD3Transformer2DModel;
 use crate::nouns::Nouns;
 use crate::text::{
-    ClipTextModel, ClipTextModelWithProjection, Sd3TextEncoders, sd3_prompt_embeds,
-    sd21_prompt_embeds, t5_zeros,
+    ClipTextModel, ClipTextModelWithProjection, Sd3TextEncoders, sd3_prompt_embeds, t5_zeros,
 };
 use crate::train::{TrainConfig, TrainInputs, Trainable, take_grads};
 use crate::unet::UNet2DConditionModel;
@@ -179,12 +178,7 @@ impl<B: AutodiffAttentionBackend> TrainInputs<B, UNetWithTextEncoder<B>>
         needs_images(batch)?;
         let latents = image_latents(self, batch, config, device)?;
         let captions: Vec<&str> = batch.captions.iter().map(String::as_str).collect();
-        let encodings = self.tokenizer.encode_batch(&captions)?;
-        let ids = token_ids::<B>(&encodings, device)?;
-        let cond = TextCond {
-            hidden: sd21_prompt_embeds(&model.text_encoder, ids)?,
-            pooled: None,
-        };
+        let (cond, _) = self.encode_prompts_with(&model.text_encoder, &captions, device)?;
         with_nouns(self, batch, config, latents, cond)
     }
 
