@@ -123,13 +123,6 @@ fn run<B: AutodiffAttentionBackend>(cli: &Cli, device: &B::Device) -> Result<()>
     let location = cli.train.locate(&cli.pipeline)?;
     let variant = cli.train.variant.as_deref();
     if is_shapes_model(&location.root) {
-        if cli.train.train_text_encoder {
-            bail!(
-                "--train-text-encoder: {} is a shapes model, whose word-level text encoder has \
-                 no attention to adapt; it needs a diffusers pipeline (CLIP)",
-                cli.pipeline
-            );
-        }
         if cli.shift.is_some() || cli.model.is_some() || cli.override_scheduler {
             bail!(
                 "--shift, --override-scheduler and --model: {} is a shapes model, which trains whole on its own \

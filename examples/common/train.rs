@@ -660,6 +660,13 @@ where
     D::InnerModule: ShapesDenoiserPart<B::InnerBackend>,
     ShapesPipeline<B::InnerBackend, D::InnerModule>: TrainInputs<B, D> + Sync,
 {
+    if args.train_text_encoder {
+        bail!(
+            "--train-text-encoder: {} is a shapes model, whose word-level text encoder has no \
+             attention to adapt; it needs a diffusers pipeline (CLIP)",
+            dir.display()
+        );
+    }
     let (pipe, model) = load_shapes_pipeline::<B, D>(dir, device)
         .with_context(|| format!("loading the shapes model {}", dir.display()))?;
     let arch = pipe.arch;

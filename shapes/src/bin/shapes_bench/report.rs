@@ -20,8 +20,9 @@ use ctcal::pipeline::shapes::{
 };
 use ctcal::viz::{COLOURS, LinePlot, Series, YScale, line_plot};
 use ctcal_shapes::{
-    AgreementProbe, ArchLevels, LevelAgreement, ShapesConfig, ShapesSet, Split, TrainRun,
-    agreement_by_level, level_summaries, map_agreements, mcnemar, paired_bootstrap, train_shapes,
+    AgreementProbe, ArchLevels, LevelAgreement, PairedDiff, ShapesConfig, ShapesSet, Split,
+    TrainRun, agreement_by_level, level_summaries, map_agreements, mcnemar, paired_bootstrap,
+    train_shapes,
 };
 
 use super::write_json;
@@ -140,16 +141,23 @@ impl EvalSets {
     /// `scenes` of each split, from the bench's `seed` (never the fine-tunes' training scenes,
     /// whose seeds are `seed + 100 + k`).
     fn new(scenes: usize, seed: u64) -> Result<Self> {
-        let (vocab, shapes) = (Vocab::default(), ShapesConfig::new());
-        let set = |split, seed| -> Result<ShapesSet> {
-            let scenes = shapes.generate(split, scenes, seed)?;
-            Ok(ShapesSet::new(scenes, shapes.size, &vocab)?)
-        };
         Ok(Self {
-            held_out: set(Split::HeldOut, seed + 1000)?,
-            in_dist: set(Split::Train, seed + 3000)?,
+            held_out: Self::held_out(scenes, seed)?,
+            in_dist: eval_set(Split::Train, scenes, seed + 3000)?,
         })
     }
+
+    /// The held-out scenes alone (the base model's teacher check).
+    fn held_out(scenes: usize, seed: u64) -> Result<ShapesSet> {
+        eval_set(Split::HeldOut, scenes, seed + 1000)
+    }
+}
+
+/// `scenes` fresh scenes of `split` drawn from `seed`.
+fn eval_set(split: Split, scenes: usize, seed: u64) -> Result<ShapesSet> {
+    let shapes = ShapesConfig::new();
+    let scenes = shapes.generate(split, scenes, seed)?;
+    Ok(ShapesSet::new(scenes, shapes.size, &Vocab::default())?)
 }
 
 fn measure<B: AutodiffAttentionBackend>(
@@ -231,7 +239,7 @@ pub fn bench<B: AutodiffAttentionBackend>(
     let arch = load()?.arch();
     println!("{arch} base model from {}", base_dir.display());
     println!("maps of: {}", o.ctcal(arch).layer_paths.join(", "));
-    let eval = EvalSets::new(o.eval_scenes, seed)?.held_out;
+    let eval = EvalSets::held_out(o.eval_scenes, seed)?;
     // The teacher first: do the base model's maps at small noise localise at all?
     let small = arch.levels()[0];
     let probe = AgreementProbe {
@@ -472,17 +480,17 @@ fn paired_table(
             })
             .collect()
     };
-    let ci = |d: &[f64]| match paired_bootstrap(d, 2000, seed ^ 0xb00) {
+    let bootstrap = |d: &[f64]| paired_bootstrap(d, 2000, seed ^ 0xb00);
+    let ci = |b: &Option<PairedDiff>| match b {
         Some(c) => format!("{:+.3} [{:+.3}, {:+.3}]", c.mean, c.low, c.high),
         None => "n/a".into(),
     };
-    let mean = |d: &[f64]| d.iter().sum::<f64>() / d.len().max(1) as f64;
     // CTCal's effect as a share of the oracle's, where the oracle's effect is one: its
     // interval excludes 0 (otherwise the ratio of two noises).
-    let fraction = |c: &[f64], o: &[f64]| match paired_bootstrap(o, 2000, seed ^ 0xb00) {
-        Some(oc) if oc.low > 0.0 || oc.high < 0.0 => format!("{:.2}", mean(c) / mean(o)),
-        Some(_) => "n/a (oracle within noise)".into(),
-        None => "n/a".into(),
+    let fraction = |c: &Option<PairedDiff>, o: &Option<PairedDiff>| match (c, o) {
+        (Some(c), Some(o)) if o.low > 0.0 || o.high < 0.0 => format!("{:.2}", c.mean / o.mean),
+        (Some(_), Some(_)) => "n/a (oracle within noise)".into(),
+        _ => "n/a".into(),
     };
     let mut s = String::from(
         "\nPaired against plain fine-tuning (same seeds, scenes, nouns, noise; 95% bootstrap intervals over the pairs):\n\n| level | ctcal - plain AUROC | oracle - plain AUROC | ctcal / oracle |\n|---|---|---|---|\n",
@@ -497,7 +505,8 @@ fn paired_table(
         .collect();
     rows.push((format!("large (>= {large_t})"), large));
     for (name, pick) in &rows {
-        let (c, o) = (auroc_diffs("ctcal", pick), auroc_diffs("oracle", pick));
+        let c = bootstrap(&auroc_diffs("ctcal", pick));
+        let o = bootstrap(&auroc_diffs("oracle", pick));
         s += &format!(
             "| {name} | {} | {} | {} |\n",
             ci(&c),
