@@ -204,12 +204,74 @@ mod ndarray_impl {
         FloatNdArrayElement, IntNdArrayElement, NdArrayTensor, QuantElement, SharedArray,
     };
 
+    use burn::tensor::ops::FloatTensor;
+
+    use super::{chunked_backward, primitive, tensor};
+    use crate::attention::chunked;
+    use crate::backend::host_attention;
+
+    /// The host kernels of [`host_attention`] (one rayon task per sample, head and block of
+    /// query rows); the chunked tensor operations for the dtypes and shapes they do not take.
     impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> super::AttentionBackend
         for NdArray<E, I, Q>
     where
         NdArrayTensor: From<SharedArray<E>>,
         NdArrayTensor: From<SharedArray<I>>,
     {
+        fn memory_efficient_attention(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            scale: f64,
+            chunk: usize,
+        ) -> FloatTensor<Self> {
+            Self::attention_forward(q, k, v, scale, chunk).0
+        }
+
+        fn attention_forward(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            scale: f64,
+            chunk: usize,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            host_attention::forward(&q, &k, &v, scale, chunk).unwrap_or_else(|| {
+                let (out, lse) =
+                    chunked::forward(tensor::<Self>(q), tensor(k), tensor(v), scale, chunk);
+                (primitive(out), primitive(lse))
+            })
+        }
+
+        fn attention_backward(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            v: FloatTensor<Self>,
+            out: FloatTensor<Self>,
+            stats: FloatTensor<Self>,
+            d_out: FloatTensor<Self>,
+            scale: f64,
+            chunk: usize,
+        ) -> [FloatTensor<Self>; 3] {
+            host_attention::backward(&q, &k, &v, &out, &stats, &d_out, scale, chunk).unwrap_or_else(
+                || chunked_backward::<Self>(q, k, v, out, stats, d_out, scale, chunk),
+            )
+        }
+
+        fn attention_logsumexp(
+            q: FloatTensor<Self>,
+            k: FloatTensor<Self>,
+            scale: f64,
+            chunk: usize,
+        ) -> FloatTensor<Self> {
+            host_attention::logsumexp(&q, &k, scale, chunk).unwrap_or_else(|| {
+                primitive(chunked::logsumexp(
+                    tensor::<Self>(q),
+                    tensor(k),
+                    scale,
+                    chunk,
+                ))
+            })
+        }
     }
 }
 

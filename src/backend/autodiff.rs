@@ -2,7 +2,8 @@
 //! backward is the other one on `B` (they are each other's adjoint), so a convolution's
 //! gradient never goes through `kh * kw` slice assignments; neither keeps a tensor for its
 //! backward, only the geometry. The SiLU is one tracked operation whose backward is
-//! `B::silu_backward` on its checkpointed input; the GroupNorm one whose backward is
+//! `B::silu_backward` on its checkpointed input, the GEGLU likewise with `B::geglu_backward`;
+//! the GroupNorm one whose backward is
 //! `B::group_norm_backward` on its checkpointed input, `gamma` and the saved statistics; the
 //! convolution of [`KernelBackend::convolve`] one whose weight gradient is
 //! `B::conv2d_weight_grad`.
@@ -62,6 +63,23 @@ impl<B: KernelBackend> Backward<B, 1> for SiluBackward {
         let x = checkpointer.retrieve_node_output(ops.state);
         if let Some(node) = parent {
             grads.register::<B>(node.id, B::silu_backward(x, grad));
+        }
+    }
+}
+
+/// The backward of [`KernelBackend::geglu`]: `B::geglu_backward` on the checkpointed input.
+#[derive(Debug)]
+struct GegluBackward;
+
+impl<B: KernelBackend> Backward<B, 1> for GegluBackward {
+    type State = NodeId;
+
+    fn backward(self, ops: Ops<NodeId, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let x = checkpointer.retrieve_node_output(ops.state);
+        if let Some(node) = parent {
+            grads.register::<B>(node.id, B::geglu_backward(x, grad));
         }
     }
 }
@@ -162,6 +180,20 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
                 prep.finish(state, B::silu(x.primitive))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::silu(x.primitive)),
+        }
+    }
+
+    fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match GegluBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(mut prep) => {
+                let state = prep.checkpoint(&x);
+                prep.finish(state, B::geglu(x.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::geglu(x.primitive)),
         }
     }
 

@@ -40,10 +40,16 @@ where
     fn silu(x: Self) -> Self;
     /// `dy * d silu(x) / dx = dy * s (1 + x (1 - s))`, `s = sigmoid(x)`.
     fn silu_grad(x: Self, dy: Self) -> Self;
+    /// `e^x`.
+    fn exp(self) -> Self;
+    /// The natural logarithm.
+    fn ln(self) -> Self;
+    /// The error function.
+    fn erf(self) -> Self;
 }
 
 macro_rules! value {
-    ($t:ty, $variant:ident) => {
+    ($t:ty, $variant:ident, $erf:path) => {
         impl Value for $t {
             fn view(t: &NdArrayTensor) -> Option<ArrayViewD<'_, $t>> {
                 match t {
@@ -73,11 +79,26 @@ macro_rules! value {
                 let s = 1.0 / (1.0 + (-x).exp());
                 dy * s * (1.0 + x * (1.0 - s))
             }
+
+            #[inline]
+            fn exp(self) -> $t {
+                <$t>::exp(self)
+            }
+
+            #[inline]
+            fn ln(self) -> $t {
+                <$t>::ln(self)
+            }
+
+            #[inline]
+            fn erf(self) -> $t {
+                $erf(self)
+            }
         }
     };
 }
-value!(f32, F32);
-value!(f64, F64);
+value!(f32, F32, libm::erff);
+value!(f64, F64, libm::erf);
 
 /// A tensor's elements in row-major order: borrowed when its layout already is, else copied.
 pub(super) fn elements<T: Value>(view: ArrayViewD<'_, T>) -> Cow<'_, [T]>
@@ -167,6 +188,90 @@ where
             }
         });
     Some(tensor(out, &shape))
+}
+
+/// [`KernelBackend::geglu`](super::KernelBackend::geglu); `None` for other dtypes or ranks.
+pub(crate) fn geglu(x: &NdArrayTensor) -> Option<NdArrayTensor> {
+    dispatch!(x, geglu_typed(x))
+}
+
+/// [`KernelBackend::geglu_backward`](super::KernelBackend::geglu_backward); `None` for other
+/// or mixed dtypes and shapes.
+pub(crate) fn geglu_backward(x: &NdArrayTensor, grad: &NdArrayTensor) -> Option<NdArrayTensor> {
+    dispatch!(x, geglu_backward_typed(x, grad))
+}
+
+/// `(gelu(g), gelu'(g))` of the exact GELU `g Phi(g)`: `Phi(g) + g phi(g)`.
+#[inline]
+fn gelu_and_slope<T: Value>(g: T) -> (T, T)
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let half = T::narrow(0.5);
+    let cdf = half * (T::narrow(1.0) + (g * T::narrow(std::f64::consts::FRAC_1_SQRT_2)).erf());
+    let density = (T::narrow(-0.5) * g * g).exp() * T::narrow(0.398_942_280_401_432_7);
+    (g * cdf, cdf + g * density)
+}
+
+/// The `[rows, 2 n]` elements of a GEGLU input and `n`.
+fn geglu_input<T: Value>(x: &NdArrayTensor) -> Option<(Cow<'_, [T]>, usize, usize)>
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let view = T::view(x)?;
+    match *view.shape() {
+        [rows, width] if width % 2 == 0 && width > 0 => Some((elements(view), rows, width / 2)),
+        _ => None,
+    }
+}
+
+fn geglu_typed<T: Value>(x: &NdArrayTensor) -> Option<NdArrayTensor>
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let (xs, rows, n) = geglu_input::<T>(x)?;
+    let mut out = vec![T::default(); rows * n];
+    let rows_per_task = (CHUNK / n).max(1);
+    out.par_chunks_mut(rows_per_task * n)
+        .zip(xs.par_chunks(rows_per_task * 2 * n))
+        .for_each(|(o, x)| {
+            for (o, x) in o.chunks_mut(n).zip(x.chunks(2 * n)) {
+                let (hidden, gate) = x.split_at(n);
+                for ((o, &a), &g) in o.iter_mut().zip(hidden).zip(gate) {
+                    *o = a * gelu_and_slope(g).0;
+                }
+            }
+        });
+    Some(tensor(out, &[rows, n]))
+}
+
+fn geglu_backward_typed<T: Value>(x: &NdArrayTensor, grad: &NdArrayTensor) -> Option<NdArrayTensor>
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let (xs, rows, n) = geglu_input::<T>(x)?;
+    let gv = T::view(grad)?;
+    if gv.shape() != [rows, n] {
+        return None;
+    }
+    let gs = elements(gv);
+    let mut out = vec![T::default(); rows * 2 * n];
+    let rows_per_task = (CHUNK / n).max(1);
+    out.par_chunks_mut(rows_per_task * 2 * n)
+        .zip(xs.par_chunks(rows_per_task * 2 * n))
+        .zip(gs.par_chunks(rows_per_task * n))
+        .for_each(|((o, x), g)| {
+            for ((o, x), g) in o.chunks_mut(2 * n).zip(x.chunks(2 * n)).zip(g.chunks(n)) {
+                let (hidden, gate) = x.split_at(n);
+                let (d_hidden, d_gate) = o.split_at_mut(n);
+                for i in 0..n {
+                    let (gelu, slope) = gelu_and_slope(gate[i]);
+                    d_hidden[i] = g[i] * gelu;
+                    d_gate[i] = g[i] * hidden[i] * slope;
+                }
+            }
+        });
+    Some(tensor(out, &[rows, 2 * n]))
 }
 
 /// For output index `o` along one axis and tap `k`: the input index, or `None` in the padding.
@@ -361,6 +466,25 @@ mod tests {
                 "case {n}: {lhs} vs {rhs}"
             );
         }
+    }
+
+    /// The host GEGLU and its gradient against the portable compositions (which other backends
+    /// run), including gates far in both tails.
+    #[test]
+    fn host_geglu_matches_the_portable_composition() {
+        let device = Default::default();
+        let x = Tensor::<B, 2>::random([9, 12], Distribution::Normal(0.0, 3.0), &device);
+        let x = x.slice_assign([0..1, 6..8], Tensor::from_floats([[-40.0, 40.0]], &device));
+        let dy = Tensor::<B, 2>::random([9, 6], Distribution::Normal(0.0, 1.0), &device);
+        let tol = Tolerance::absolute(1e-12).set_relative(1e-12);
+        let want: Tensor<B, 2> = t(activation::geglu::<B>(p(x.clone())));
+        let got: Tensor<B, 2> = t(B::geglu(p(x.clone())));
+        got.into_data()
+            .assert_approx_eq::<f64>(&want.into_data(), tol);
+        let want: Tensor<B, 2> = t(activation::geglu_backward::<B>(p(x.clone()), p(dy.clone())));
+        let got: Tensor<B, 2> = t(B::geglu_backward(p(x), p(dy)));
+        got.into_data()
+            .assert_approx_eq::<f64>(&want.into_data(), tol);
     }
 
     /// The host SiLU and its gradient against the portable compositions, including values far

@@ -16,6 +16,8 @@ pub mod columns;
 #[cfg(feature = "ndarray")]
 mod host;
 #[cfg(feature = "ndarray")]
+pub(crate) mod host_attention;
+#[cfg(feature = "ndarray")]
 mod host_norm;
 pub mod norm;
 
@@ -78,6 +80,21 @@ pub trait KernelBackend: Backend {
     /// [`activation::silu_backward`].
     fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         activation::silu_backward::<Self>(x, grad)
+    }
+
+    /// diffusers' GEGLU after its projection, `hidden * gelu(gate)` (exact GELU) for
+    /// `x = [hidden, gate]`; the default is [`activation::geglu`].
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, 2 n]`; returns `[rows, n]`
+    fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        activation::geglu::<Self>(x)
+    }
+
+    /// The GEGLU's backward: the gradient of `x` given the output's, `[rows, 2 n]`; the
+    /// default is [`activation::geglu_backward`].
+    fn geglu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        activation::geglu_backward::<Self>(x, grad)
     }
 
     /// A 2-D convolution with bias (burn's `conv2d`); under `Autodiff` its own operation,
@@ -174,6 +191,15 @@ mod ndarray_impl {
         fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
             host::silu_backward(&x, &grad)
                 .unwrap_or_else(|| activation::silu_backward::<Self>(x, grad))
+        }
+
+        fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            host::geglu(&x).unwrap_or_else(|| activation::geglu::<Self>(x))
+        }
+
+        fn geglu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            host::geglu_backward(&x, &grad)
+                .unwrap_or_else(|| activation::geglu_backward::<Self>(x, grad))
         }
 
         fn group_norm(

@@ -6,7 +6,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
-use super::activation::{gelu, gelu_tanh};
+use super::activation::{geglu, gelu_tanh};
+use crate::backend::KernelBackend;
 
 /// The activation of a [`FeedForward`] (diffusers' `activation_fn`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,16 +60,13 @@ impl FeedForwardConfig {
     }
 }
 
-impl<B: Backend> FeedForward<B> {
+impl<B: KernelBackend> FeedForward<B> {
     /// # Shapes
     /// - `x`: `[batch, tokens, dim]`, returns the same shape.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self.proj_in.forward(x);
         let h = match self.activation {
-            FeedForwardActivation::Geglu => {
-                let [hidden, gate] = h.chunk(2, 2).try_into().expect("chunk(2) gives two parts");
-                hidden * gelu(gate)
-            }
+            FeedForwardActivation::Geglu => geglu(h),
             FeedForwardActivation::GeluTanh => gelu_tanh(h),
         };
         self.proj_out.forward(h)
