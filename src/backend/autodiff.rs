@@ -84,6 +84,60 @@ impl<B: KernelBackend> Backward<B, 1> for GegluBackward {
     }
 }
 
+/// The backward of [`KernelBackend::linear_layer`]: `B::linear_layer_x_grad` (from the
+/// checkpointed weight) and `B::linear_layer_weight_grad` (from the checkpointed input), each
+/// kept only when the other's gradient is wanted, and `B::linear_layer_bias_grad`. The parents are `x`, the
+/// weight and, with a bias, the bias.
+#[derive(Debug)]
+struct LinearBackward;
+
+/// The checkpointed input (when the weight is tracked) and weight (when the input is).
+type LinearState = (Option<NodeId>, Option<NodeId>);
+
+impl LinearBackward {
+    fn gradients<B: KernelBackend, const N: usize>(
+        ops: Ops<LinearState, N>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight) = ops.state;
+        let mut parents = ops.parents.into_iter();
+        let (node_x, node_w, node_b) = (
+            parents.next().flatten(),
+            parents.next().flatten(),
+            parents.next().flatten(),
+        );
+        if let (Some(node), Some(weight)) = (node_x, weight) {
+            let weight = checkpointer.retrieve_node_output(weight);
+            grads.register::<B>(node.id, B::linear_layer_x_grad(weight, grad.clone()));
+        }
+        if let (Some(node), Some(x)) = (node_w, x) {
+            let x = checkpointer.retrieve_node_output(x);
+            grads.register::<B>(node.id, B::linear_layer_weight_grad(x, grad.clone()));
+        }
+        if let Some(node) = node_b {
+            grads.register::<B>(node.id, B::linear_layer_bias_grad(grad));
+        }
+    }
+}
+
+impl<B: KernelBackend> Backward<B, 3> for LinearBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<LinearState, 3>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        Self::gradients::<B, 3>(ops, grads, cp)
+    }
+}
+
+impl<B: KernelBackend> Backward<B, 2> for LinearBackward {
+    type State = LinearState;
+
+    fn backward(self, ops: Ops<LinearState, 2>, grads: &mut Gradients, cp: &mut Checkpointer) {
+        Self::gradients::<B, 2>(ops, grads, cp)
+    }
+}
+
 /// The backward of [`KernelBackend::group_norm`]: `B::group_norm_backward` on the
 /// checkpointed input, `gamma` and the saved statistics; `groups` is its field.
 #[derive(Debug)]
@@ -113,8 +167,8 @@ impl<B: KernelBackend> Backward<B, 3> for GroupNormBackward {
     }
 }
 
-/// The backward of [`KernelBackend::convolve`]: burn's input and bias gradients, the weight
-/// gradient from `B::conv2d_weight_grad`.
+/// The backward of [`KernelBackend::convolve`]: the input gradient from `B::conv2d_x_grad`,
+/// the weight gradient from `B::conv2d_weight_grad`, burn's bias gradient.
 #[derive(Debug)]
 struct ConvolveBackward;
 
@@ -146,7 +200,7 @@ impl<B: KernelBackend> Backward<B, 3> for ConvolveBackward {
             );
         }
         if let Some(node) = node_x {
-            grads.register::<B>(node.id, B::conv2d_x_backward(x, weight, grad, options));
+            grads.register::<B>(node.id, B::conv2d_x_grad(x, weight, grad, options));
         }
     }
 }
@@ -180,6 +234,56 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
                 prep.finish(state, B::silu(x.primitive))
             }
             OpsKind::UnTracked(prep) => prep.finish(B::silu(x.primitive)),
+        }
+    }
+
+    fn linear_layer(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        let (x_tracked, w_tracked) = (x.is_tracked(), weight.is_tracked());
+        match bias {
+            Some(bias) => {
+                let nodes = [x.node.clone(), weight.node.clone(), bias.node.clone()];
+                match <LinearBackward as Backward<B, 3>>::prepare::<C>(LinearBackward, nodes)
+                    .compute_bound()
+                    .stateful()
+                {
+                    OpsKind::Tracked(mut prep) => {
+                        let state = (
+                            w_tracked.then(|| prep.checkpoint(&x)),
+                            x_tracked.then(|| prep.checkpoint(&weight)),
+                        );
+                        let y =
+                            B::linear_layer(x.primitive, weight.primitive, Some(bias.primitive));
+                        prep.finish(state, y)
+                    }
+                    OpsKind::UnTracked(prep) => prep.finish(B::linear_layer(
+                        x.primitive,
+                        weight.primitive,
+                        Some(bias.primitive),
+                    )),
+                }
+            }
+            None => {
+                let nodes = [x.node.clone(), weight.node.clone()];
+                match <LinearBackward as Backward<B, 2>>::prepare::<C>(LinearBackward, nodes)
+                    .compute_bound()
+                    .stateful()
+                {
+                    OpsKind::Tracked(mut prep) => {
+                        let state = (
+                            w_tracked.then(|| prep.checkpoint(&x)),
+                            x_tracked.then(|| prep.checkpoint(&weight)),
+                        );
+                        prep.finish(state, B::linear_layer(x.primitive, weight.primitive, None))
+                    }
+                    OpsKind::UnTracked(prep) => {
+                        prep.finish(B::linear_layer(x.primitive, weight.primitive, None))
+                    }
+                }
+            }
         }
     }
 

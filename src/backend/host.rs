@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use burn::backend::ndarray::NdArrayTensor;
-use ndarray::{ArcArray, ArrayViewD, IxDyn};
+use ndarray::{ArcArray, ArrayD, ArrayViewD, IxDyn, Zip};
 use rayon::prelude::*;
 
 use super::columns::Columns;
@@ -100,15 +100,21 @@ macro_rules! value {
 value!(f32, F32, libm::erff);
 value!(f64, F64, libm::erf);
 
-/// A tensor's elements in row-major order: borrowed when its layout already is, else copied.
+/// A tensor's elements in row-major order: borrowed when its layout already is, else copied
+/// (on rayon's threads for large tensors).
 pub(super) fn elements<T: Value>(view: ArrayViewD<'_, T>) -> Cow<'_, [T]>
 where
     NdArrayTensor: From<ArcArray<T, IxDyn>>,
 {
-    match view.to_slice() {
-        Some(slice) => Cow::Borrowed(slice),
-        None => Cow::Owned(view.iter().copied().collect()),
+    if let Some(slice) = view.to_slice() {
+        return Cow::Borrowed(slice);
     }
+    if view.len() < CHUNK {
+        return Cow::Owned(view.iter().copied().collect());
+    }
+    let mut out = ArrayD::<T>::default(view.raw_dim());
+    Zip::from(&mut out).and(&view).par_for_each(|o, &x| *o = x);
+    Cow::Owned(out.into_raw_vec_and_offset().0)
 }
 
 /// A row-major buffer as a burn-ndarray tensor.
@@ -326,6 +332,44 @@ fn for_each_tap_row(g: &Columns, mut f: impl FnMut(usize, usize, usize, Range<us
     }
 }
 
+/// One channel's kernel windows: `plane` `[h, w]` into `dst` `[taps, h_out * w_out]` (every
+/// element of `dst` written, padding as zeros when `dst` starts zeroed).
+pub(super) fn gather_plane<T: Value>(g: &Columns, plane: &[T], dst: &mut [T])
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let ([_, w], [h_out, w_out], sw) = (g.input, g.output(), g.stride[1]);
+    let l = h_out * w_out;
+    for_each_tap_row(g, |tap, oy, iy, xs, x0| {
+        let row = &plane[iy * w..][..w];
+        let out_row = &mut dst[tap * l + oy * w_out..][..w_out];
+        if sw == 1 {
+            out_row[xs.clone()].copy_from_slice(&row[x0..x0 + xs.len()]);
+        } else {
+            for (n, ox) in xs.enumerate() {
+                out_row[ox] = row[x0 + n * sw];
+            }
+        }
+    });
+}
+
+/// The adjoint of [`gather_plane`]: adds `src` `[taps, h_out * w_out]` back into the channel's
+/// `plane` `[h, w]`.
+pub(super) fn scatter_plane<T: Value>(g: &Columns, src: &[T], plane: &mut [T])
+where
+    NdArrayTensor: From<ArcArray<T, IxDyn>>,
+{
+    let ([_, w], [h_out, w_out], sw) = (g.input, g.output(), g.stride[1]);
+    let l = h_out * w_out;
+    for_each_tap_row(g, |tap, oy, iy, xs, x0| {
+        let row = &mut plane[iy * w..][..w];
+        let in_row = &src[tap * l + oy * w_out..][..w_out];
+        for (n, ox) in xs.enumerate() {
+            row[x0 + n * sw] += in_row[ox];
+        }
+    });
+}
+
 fn im2col_typed<T: Value>(x: &NdArrayTensor, g: &Columns) -> Option<NdArrayTensor>
 where
     NdArrayTensor: From<ArcArray<T, IxDyn>>,
@@ -335,26 +379,14 @@ where
         return None;
     }
     let x = elements(view);
-    let ([h, w], [h_out, w_out], sw) = (g.input, g.output(), g.stride[1]);
+    let ([h, w], [h_out, w_out]) = (g.input, g.output());
     let l = h_out * w_out;
     let shape = g.shape();
     let mut out = vec![T::default(); shape.iter().product()];
     if l > 0 && h * w > 0 {
         out.par_chunks_mut(g.taps() * l)
             .zip(x.par_chunks(h * w))
-            .for_each(|(dst, plane)| {
-                for_each_tap_row(g, |tap, oy, iy, xs, x0| {
-                    let row = &plane[iy * w..][..w];
-                    let out_row = &mut dst[tap * l + oy * w_out..][..w_out];
-                    if sw == 1 {
-                        out_row[xs.clone()].copy_from_slice(&row[x0..x0 + xs.len()]);
-                    } else {
-                        for (n, ox) in xs.enumerate() {
-                            out_row[ox] = row[x0 + n * sw];
-                        }
-                    }
-                });
-            });
+            .for_each(|(dst, plane)| gather_plane(g, plane, dst));
     }
     Some(tensor(out, &shape))
 }
@@ -368,22 +400,14 @@ where
         return None;
     }
     let cols = elements(view);
-    let ([h, w], [h_out, w_out], sw) = (g.input, g.output(), g.stride[1]);
+    let ([h, w], [h_out, w_out]) = (g.input, g.output());
     let l = h_out * w_out;
     let shape = g.input_shape();
     let mut out = vec![T::default(); shape.iter().product()];
     if l > 0 && h * w > 0 {
         out.par_chunks_mut(h * w)
             .zip(cols.par_chunks(g.taps() * l))
-            .for_each(|(plane, src)| {
-                for_each_tap_row(g, |tap, oy, iy, xs, x0| {
-                    let row = &mut plane[iy * w..][..w];
-                    let in_row = &src[tap * l + oy * w_out..][..w_out];
-                    for (n, ox) in xs.enumerate() {
-                        row[x0 + n * sw] += in_row[ox];
-                    }
-                });
-            });
+            .for_each(|(plane, src)| scatter_plane(g, src, plane));
     }
     Some(tensor(out, &shape))
 }
@@ -466,6 +490,23 @@ mod tests {
                 "case {n}: {lhs} vs {rhs}"
             );
         }
+    }
+
+    /// A large strided view's elements, copied on rayon's threads, come out in row-major order
+    /// (what `iter()` visits), and a row-major view is borrowed.
+    #[test]
+    fn elements_of_a_strided_view_are_in_row_major_order() {
+        let a =
+            ndarray::Array3::from_shape_fn((40, 30, 20), |(i, j, k)| (i * 600 + j * 20 + k) as f64);
+        let view = a.view().permuted_axes([2, 0, 1]).into_dyn();
+        let want: Vec<f64> = view.iter().copied().collect();
+        let got = super::elements(view);
+        assert!(matches!(got, std::borrow::Cow::Owned(_)));
+        assert_eq!(&*got, &want[..]);
+        assert!(matches!(
+            super::elements(a.view().into_dyn()),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 
     /// The host GEGLU and its gradient against the portable compositions (which other backends

@@ -14,7 +14,6 @@
 //! which then needs no copy.
 
 use burn::backend::ndarray::NdArrayTensor;
-use ndarray::linalg::general_mat_mul;
 use ndarray::{
     ArcArray, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Ix4, IxDyn,
     LinalgScalar, s,
@@ -22,6 +21,7 @@ use ndarray::{
 use rayon::prelude::*;
 
 use super::host::Value;
+use super::host_gemm::{GemmFloat, Threads, matmul};
 
 /// Score elements one block holds: 64 Ki (256 KiB in f32).
 const BLOCK_ELEMENTS: usize = 1 << 16;
@@ -30,13 +30,13 @@ const BLOCK_ELEMENTS: usize = 1 << 16;
 const MIN_ROWS: usize = 16;
 
 /// The float types of the kernels: [`Value`]'s with matrix products and comparisons.
-trait Float: Value + LinalgScalar + PartialOrd
+trait Float: Value + LinalgScalar + GemmFloat + PartialOrd
 where
     NdArrayTensor: From<ArcArray<Self, IxDyn>>,
 {
 }
 
-impl<T: Value + LinalgScalar + PartialOrd> Float for T where
+impl<T: Value + LinalgScalar + GemmFloat + PartialOrd> Float for T where
     NdArrayTensor: From<ArcArray<Self, IxDyn>>
 {
 }
@@ -215,14 +215,14 @@ where
                         .for_each(|(ci, (mut oc, mut lc))| {
                             let qc = qh.slice(s![ci * rows..ci * rows + oc.nrows(), ..]);
                             let mut sc = Array2::<T>::zeros((qc.nrows(), n.n_k));
-                            general_mat_mul(scale, &qc, &kh.t(), T::zero(), &mut sc);
+                            matmul(qc, kh.t(), &mut sc.view_mut(), scale, false, Threads::One);
                             let mut inv = vec![T::zero(); qc.nrows()];
                             exp_rows(&mut sc.view_mut(), |r, m, z| {
                                 lc[[r, 0]] = m + z.ln();
                                 inv[r] = T::one() / z;
                             });
                             // Normalise after the product: [rows, dv] is smaller than [rows, n_k].
-                            general_mat_mul(T::one(), &sc, &vh, T::zero(), &mut oc);
+                            matmul(sc.view(), vh, &mut oc, T::one(), false, Threads::One);
                             for (mut row, &w) in oc.outer_iter_mut().zip(&inv) {
                                 row.map_inplace(|x| *x = *x * w);
                             }
@@ -262,7 +262,7 @@ where
                         .for_each(|(ci, mut lc)| {
                             let qc = qh.slice(s![ci * rows..ci * rows + lc.nrows(), ..]);
                             let mut sc = Array2::<T>::zeros((qc.nrows(), n.n_k));
-                            general_mat_mul(scale, &qc, &kh.t(), T::zero(), &mut sc);
+                            matmul(qc, kh.t(), &mut sc.view_mut(), scale, false, Threads::One);
                             exp_rows(&mut sc.view_mut(), |r, m, z| lc[[r, 0]] = m + z.ln());
                         });
                 });
@@ -314,13 +314,20 @@ where
             let mut p = p_buf.slice_mut(s![..qc.nrows(), ..]);
             let mut dp = dp_buf.slice_mut(s![..qc.nrows(), ..]);
             // P = exp(S - L).
-            general_mat_mul(scale, &qc, &self.k.t(), T::zero(), &mut p);
+            matmul(qc, self.k.t(), &mut p, scale, false, Threads::One);
             for (mut row, &l) in p.outer_iter_mut().zip(&lse) {
                 row.map_inplace(|x| *x = (*x - l).exp());
             }
             // dV += P^T dO; dP = dO V^T.
-            general_mat_mul(T::one(), &p.t(), &doc, T::one(), &mut dv_acc);
-            general_mat_mul(T::one(), &doc, &self.v.t(), T::zero(), &mut dp);
+            matmul(
+                p.t(),
+                doc,
+                &mut dv_acc.view_mut(),
+                T::one(),
+                true,
+                Threads::One,
+            );
+            matmul(doc, self.v.t(), &mut dp, T::one(), false, Threads::One);
             // dS = P * (dP - rowsum(dO * O)), in P's buffer.
             for (((mut p_row, dp_row), o_row), do_row) in p
                 .outer_iter_mut()
@@ -338,8 +345,15 @@ where
                     .for_each(|(p, &g)| *p = *p * (g - dd));
             }
             // dQ = dS K * scale; dK += dS^T Q * scale.
-            general_mat_mul(scale, &p, &self.k, T::zero(), &mut dqc);
-            general_mat_mul(scale, &p.t(), &qc, T::one(), &mut dk);
+            matmul(
+                p.view(),
+                self.k.view(),
+                &mut dqc,
+                scale,
+                false,
+                Threads::One,
+            );
+            matmul(p.t(), qc, &mut dk.view_mut(), scale, true, Threads::One);
         }
         (dk, dv_acc)
     }

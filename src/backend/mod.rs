@@ -18,6 +18,12 @@ mod host;
 #[cfg(feature = "ndarray")]
 pub(crate) mod host_attention;
 #[cfg(feature = "ndarray")]
+mod host_conv;
+#[cfg(feature = "ndarray")]
+mod host_gemm;
+#[cfg(feature = "ndarray")]
+mod host_linear;
+#[cfg(feature = "ndarray")]
 mod host_norm;
 pub mod norm;
 
@@ -37,6 +43,10 @@ pub enum ConvPath {
     /// overlap and for 1x1 kernels, burn's convolution for patch embeddings: burn-ndarray,
     /// whose own convolution backward is slow.
     Im2colOverlapping,
+    /// [`KernelBackend::convolve`] and its three gradients (the input's from
+    /// [`KernelBackend::conv2d_x_grad`]) for ungrouped convolutions with symmetric padding;
+    /// im2col for the rest: burn-ndarray, whose own kernels do it in place per image.
+    Kernel,
     /// im2col + matmul for every convolution it handles: cubecl built without autotuning,
     /// whose untuned convolution is its slow direct kernel.
     Im2col,
@@ -97,6 +107,42 @@ pub trait KernelBackend: Backend {
         activation::geglu_backward::<Self>(x, grad)
     }
 
+    /// `x W + b` (burn's `linear`: `weight` is `[in, out]`); under `Autodiff` its own operation
+    /// whose gradients are the three `linear_layer_*_grad` below. The default is burn's.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]`, `weight`: `[in, out]`, `bias`: `[out]`; returns `[..., out]`
+    fn linear_layer(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear(x, weight, bias)
+    }
+
+    /// The gradient of [`linear_layer`](Self::linear_layer)'s `x`, `grad W^T`; the default is burn's.
+    fn linear_layer_x_grad(
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear_x_backward(weight, grad)
+    }
+
+    /// The gradient of [`linear_layer`](Self::linear_layer)'s weight, `x^T grad` summed over every leading
+    /// axis; the default is burn's.
+    fn linear_layer_weight_grad(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear_weight_backward(x, grad)
+    }
+
+    /// The gradient of [`linear_layer`](Self::linear_layer)'s bias, `grad` summed over every leading axis;
+    /// the default is burn's.
+    fn linear_layer_bias_grad(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::linear_bias_backward(grad)
+    }
+
     /// A 2-D convolution with bias (burn's `conv2d`); under `Autodiff` its own operation,
     /// whose input and bias gradients are burn's and whose weight gradient is
     /// [`conv2d_weight_grad`](Self::conv2d_weight_grad).
@@ -122,6 +168,17 @@ pub trait KernelBackend: Backend {
         options: ConvOptions<2>,
     ) -> FloatTensor<Self> {
         <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, grad, options)
+    }
+
+    /// The gradient of [`convolve`](Self::convolve)'s input given the output's gradient
+    /// `grad`; the default is burn's `conv2d_x_backward`.
+    fn conv2d_x_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        <Self as ModuleOps<Self>>::conv2d_x_backward(x, weight, grad, options)
     }
 
     /// GroupNorm with a per-channel affine: the output and the per-group mean and reciprocal
@@ -160,21 +217,58 @@ mod ndarray_impl {
     use burn::backend::ndarray::{
         FloatNdArrayElement, IntNdArrayElement, NdArrayTensor, QuantElement, SharedArray,
     };
-    use burn::tensor::ops::FloatTensor;
+    use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
 
-    use super::{Columns, ConvPath, KernelBackend, activation, columns, host, host_norm, norm};
+    use super::{
+        Columns, ConvPath, KernelBackend, activation, columns, host, host_conv, host_linear,
+        host_norm, norm,
+    };
 
     /// burn-ndarray's convolution backward is slow (two shapes UNet training steps: 45.8 s
-    /// with it, 7.4 s with im2col on 2 cores), and it has no bf16/f16 kernels; its columns
-    /// are gathered in one pass over host memory.
+    /// with it, 7.4 s with im2col on 2 cores), and it has no bf16/f16 kernels: convolutions,
+    /// linear layers, attention, GroupNorm, the SiLU and the GEGLU run as host kernels (one
+    /// pass over memory, rayon, `gemm` products on strided views).
     impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> KernelBackend
         for NdArray<E, I, Q>
     where
         NdArrayTensor: From<SharedArray<E>>,
         NdArrayTensor: From<SharedArray<I>>,
     {
-        const CONV_PATH: ConvPath = ConvPath::Im2colOverlapping;
+        const CONV_PATH: ConvPath = ConvPath::Kernel;
         const HALF_PRECISION: bool = false;
+
+        fn convolve(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            bias: FloatTensor<Self>,
+            options: ConvOptions<2>,
+        ) -> FloatTensor<Self> {
+            host_conv::convolve(&x, &weight, &bias, &options).unwrap_or_else(|| {
+                <Self as ModuleOps<Self>>::conv2d(x, weight, Some(bias), options)
+            })
+        }
+
+        fn conv2d_x_grad(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            options: ConvOptions<2>,
+        ) -> FloatTensor<Self> {
+            host_conv::x_grad(&x, &weight, &grad, &options).unwrap_or_else(|| {
+                <Self as ModuleOps<Self>>::conv2d_x_backward(x, weight, grad, options)
+            })
+        }
+
+        fn conv2d_weight_grad(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+            options: ConvOptions<2>,
+        ) -> FloatTensor<Self> {
+            host_conv::weight_grad(&x, &weight, &grad, &options).unwrap_or_else(|| {
+                <Self as ModuleOps<Self>>::conv2d_weight_backward(x, weight, grad, options)
+            })
+        }
 
         fn im2col(x: FloatTensor<Self>, geometry: &Columns) -> FloatTensor<Self> {
             host::im2col(&x, geometry).unwrap_or_else(|| columns::im2col::<Self>(x, geometry))
@@ -191,6 +285,36 @@ mod ndarray_impl {
         fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
             host::silu_backward(&x, &grad)
                 .unwrap_or_else(|| activation::silu_backward::<Self>(x, grad))
+        }
+
+        fn linear_layer(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            bias: Option<FloatTensor<Self>>,
+        ) -> FloatTensor<Self> {
+            host_linear::linear(&x, &weight, bias.as_ref())
+                .unwrap_or_else(|| <Self as ModuleOps<Self>>::linear(x, weight, bias))
+        }
+
+        fn linear_layer_x_grad(
+            weight: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            host_linear::x_backward(&weight, &grad)
+                .unwrap_or_else(|| <Self as ModuleOps<Self>>::linear_x_backward(weight, grad))
+        }
+
+        fn linear_layer_weight_grad(
+            x: FloatTensor<Self>,
+            grad: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            host_linear::weight_backward(&x, &grad)
+                .unwrap_or_else(|| <Self as ModuleOps<Self>>::linear_weight_backward(x, grad))
+        }
+
+        fn linear_layer_bias_grad(grad: FloatTensor<Self>) -> FloatTensor<Self> {
+            host_linear::bias_backward(&grad)
+                .unwrap_or_else(|| <Self as ModuleOps<Self>>::linear_bias_backward(grad))
         }
 
         fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -26,6 +26,7 @@ pub fn conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 
     let im2col = match B::CONV_PATH {
         ConvPath::Native => false,
         ConvPath::NativeOwnWeightGrad => return own_weight_grad_conv2d(conv, x),
+        ConvPath::Kernel => return kernel_conv2d(conv, x),
         ConvPath::Im2col => true,
         // Overlapping windows (kernel larger than stride) and pointwise kernels; patch
         // embeddings (kernel = stride) keep burn's convolution.
@@ -62,6 +63,20 @@ fn own_weight_grad_conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -
         options,
     );
     Tensor::from_primitive(TensorPrimitive::Float(y))
+}
+
+/// `conv.forward(x)` through [`KernelBackend::convolve`] (its own gradients under autodiff)
+/// for ungrouped convolutions with symmetric explicit padding and a bias; [`im2col_conv2d`]
+/// otherwise.
+fn kernel_conv2d<B: KernelBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match explicit_padding(&conv.padding) {
+        Some([top, left, bottom, right])
+            if conv.groups == 1 && conv.bias.is_some() && top == bottom && left == right =>
+        {
+            own_weight_grad_conv2d(conv, x)
+        }
+        _ => im2col_conv2d(conv, x),
+    }
 }
 
 /// The explicit `(top, left, bottom, right)` padding of `conv`, or `None` for `Same`.

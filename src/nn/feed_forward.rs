@@ -7,6 +7,7 @@ use burn::tensor::{Tensor, backend::Backend};
 use serde::{Deserialize, Serialize};
 
 use super::activation::{geglu, gelu_tanh};
+use super::linear::linear;
 use crate::backend::KernelBackend;
 
 /// The activation of a [`FeedForward`] (diffusers' `activation_fn`).
@@ -64,11 +65,11 @@ impl<B: KernelBackend> FeedForward<B> {
     /// # Shapes
     /// - `x`: `[batch, tokens, dim]`, returns the same shape.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.proj_in.forward(x);
+        let h = linear(&self.proj_in, x);
         let h = match self.activation {
             FeedForwardActivation::Geglu => geglu(h),
             FeedForwardActivation::GeluTanh => gelu_tanh(h),
         };
-        self.proj_out.forward(h)
+        linear(&self.proj_out, h)
     }
 }

@@ -6,6 +6,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 use rand::Rng;
 
+use super::linear::linear;
+use crate::backend::KernelBackend;
 use crate::error::{Error, Result};
 
 /// A linear layer with an optional LoRA adapter (Hu et al. 2021, "LoRA: Low-Rank Adaptation").
@@ -38,6 +40,23 @@ impl<B: Backend> From<Linear<B>> for LoraLinear<B> {
     }
 }
 
+impl<B: KernelBackend> LoraLinear<B> {
+    /// Runs the layer.
+    ///
+    /// # Shapes
+    /// - `x`: `[..., in]`, returns `[..., out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (Some(a), Some(b)) = (&self.lora_a, &self.lora_b) else {
+            return linear(&self.base, x);
+        };
+        let h = match &self.dropout {
+            Some(dropout) => dropout.forward(x.clone()),
+            None => x.clone(),
+        };
+        linear(&self.base, x) + linear(b, linear(a, h)).mul_scalar(self.scale)
+    }
+}
+
 impl<B: Backend> LoraLinear<B> {
     /// Wraps `base` without an adapter.
     pub fn new(base: Linear<B>) -> Self {
@@ -67,21 +86,6 @@ impl<B: Backend> LoraLinear<B> {
     /// Whether an adapter is attached.
     pub fn has_adapter(&self) -> bool {
         self.rank().is_some()
-    }
-
-    /// Runs the layer.
-    ///
-    /// # Shapes
-    /// - `x`: `[..., in]`, returns `[..., out]`
-    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let (Some(a), Some(b)) = (&self.lora_a, &self.lora_b) else {
-            return self.base.forward(x);
-        };
-        let h = match &self.dropout {
-            Some(dropout) => dropout.forward(x.clone()),
-            None => x.clone(),
-        };
-        self.base.forward(x) + b.forward(a.forward(h)).mul_scalar(self.scale)
     }
 
     /// `scale * A B` in burn's `[in, out]` layout: what the adapter adds to the base weight.

@@ -94,7 +94,7 @@ impl<B: AttentionBackend> StableDiffusion<B> {
 
     /// [`encode_prompts`](Self::encode_prompts) with another CLIP text model of the same
     /// vocabulary, on its own backend and `device` (one being fine-tuned, with LoRA).
-    pub fn encode_prompts_with<D: Backend>(
+    pub fn encode_prompts_with<D: crate::backend::KernelBackend>(
         &self,
         text_encoder: &ClipTextModel<D>,
         prompts: &[&str],

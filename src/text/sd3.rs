@@ -5,6 +5,7 @@
 //! `_get_clip_prompt_embeds`, `_get_t5_prompt_embeds`, and the concatenations in
 //! `encode_prompt`), with `clip_skip = None` and one image per prompt.
 
+use crate::backend::KernelBackend;
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, backend::Backend};
 
@@ -14,7 +15,7 @@ use crate::error::{Error, Result};
 
 /// SD 2.1's `encoder_hidden_states`: the text model's `last_hidden_state` (final LayerNorm
 /// applied), `[batch, seq, hidden]` (`encode_prompt` with `clip_skip=None`).
-pub fn sd21_prompt_embeds<B: Backend>(
+pub fn sd21_prompt_embeds<B: KernelBackend>(
     text_encoder: &ClipTextModel<B>,
     input_ids: Tensor<B, 2, Int>,
 ) -> Result<Tensor<B, 3>> {
@@ -41,7 +42,7 @@ pub struct Sd3PromptEmbeds<B: Backend> {
 ///
 /// `clip_l` and `clip_g` must come from [`ClipTextModelWithProjection::forward`] with
 /// `output_hidden_states = true`; `t5` is the T5 `last_hidden_state` or [`t5_zeros`].
-pub fn sd3_prompt_embeds<B: Backend>(
+pub fn sd3_prompt_embeds<B: KernelBackend>(
     clip_l: &ClipTextOutput<B>,
     clip_g: &ClipTextOutput<B>,
     t5: Tensor<B, 3>,
@@ -88,7 +89,7 @@ pub fn t5_zeros<B: Backend>(
     Tensor::zeros([batch, max_sequence_length, joint_attention_dim], device)
 }
 
-fn clip_parts<B: Backend>(
+fn clip_parts<B: KernelBackend>(
     out: &ClipTextOutput<B>,
     name: &str,
 ) -> Result<(Tensor<B, 3>, Tensor<B, 2>)> {
@@ -124,7 +125,7 @@ pub struct Sd3TextEncoders<B: Backend> {
     pub text_encoder_3: Option<T5EncoderModel<B>>,
 }
 
-impl<B: Backend> Sd3TextEncoders<B> {
+impl<B: KernelBackend> Sd3TextEncoders<B> {
     /// Runs the encoders and assembles [`Sd3PromptEmbeds`] ([`sd3_prompt_embeds`]). Without
     /// `text_encoder_3` the T5 part is [`t5_zeros`] of `max_sequence_length` by
     /// `joint_attention_dim` (the transformer's config); with it, `ids.t5` is required.

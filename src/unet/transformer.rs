@@ -11,7 +11,9 @@ use crate::attention::{
     Attention, AttentionBackend, AttentionConfig, AttentionHook, AttentionKind, AttentionSite,
     BlockPos, Slot,
 };
-use crate::nn::{FeedForward, FeedForwardActivation, FeedForwardConfig, conv2d, group_norm};
+use crate::nn::{
+    FeedForward, FeedForwardActivation, FeedForwardConfig, conv2d, group_norm, linear,
+};
 
 /// Where a `Transformer2DModel` sits, to name its attention sites.
 #[derive(Debug, Clone, Copy)]
@@ -175,7 +177,7 @@ impl<B: AttentionBackend> Transformer2DModel<B> {
         // 1. To tokens: [b, c, h, w] -> [b, h * w, c], projecting before or after.
         let to_tokens = |x: Tensor<B, 4>| x.reshape([b, c, h * w]).swap_dims(1, 2);
         let mut tokens = match &self.proj_in {
-            Projection::Linear(lin) => lin.forward(to_tokens(x)),
+            Projection::Linear(lin) => linear(lin, to_tokens(x)),
             Projection::Conv(conv) => to_tokens(conv2d(conv, x)),
         };
         // 2. Transformer blocks.
@@ -185,7 +187,7 @@ impl<B: AttentionBackend> Transformer2DModel<B> {
         // 3. Back to an image, projecting before or after.
         let to_image = |t: Tensor<B, 3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
         let out = match &self.proj_out {
-            Projection::Linear(lin) => to_image(lin.forward(tokens)),
+            Projection::Linear(lin) => to_image(linear(lin, tokens)),
             Projection::Conv(conv) => conv2d(conv, to_image(tokens)),
         };
         out + residual

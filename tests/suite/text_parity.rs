@@ -92,7 +92,7 @@ fn check_clip_output<B: Backend>(expected: &TensorFile, model: &str, out: ClipTe
 
 /// `models`: which of the four CLIP fixtures (wgpu runs two, for time: shader compilation
 /// per shape dominates on the software driver).
-fn check_clip_family<B: Backend>(device: &B::Device, models: &[&str]) {
+fn check_clip_family<B: ctcal::backend::KernelBackend>(device: &B::Device, models: &[&str]) {
     let expected = outputs();
     for model in ["sd21", "clip_eos"]
         .into_iter()

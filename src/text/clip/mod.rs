@@ -63,7 +63,7 @@ impl ClipTextConfig {
     }
 }
 
-impl<B: Backend> ClipTextModel<B> {
+impl<B: crate::backend::KernelBackend> ClipTextModel<B> {
     /// See [`ClipTextTransformer::forward`]; `text_embeds` is `None`.
     ///
     /// # Shapes
@@ -77,7 +77,7 @@ impl<B: Backend> ClipTextModel<B> {
     }
 }
 
-impl<B: Backend> ClipTextModelWithProjection<B> {
+impl<B: crate::backend::KernelBackend> ClipTextModelWithProjection<B> {
     /// See [`ClipTextTransformer::forward`]; adds `text_embeds = text_projection(pooler_output)`.
     ///
     /// # Shapes

@@ -137,7 +137,7 @@ impl ClipTextConfig {
     }
 }
 
-impl<B: Backend> ClipTextTransformer<B> {
+impl<B: crate::backend::KernelBackend> ClipTextTransformer<B> {
     /// Runs the tower on token ids (no attention mask: SD pipelines pass none to CLIP).
     ///
     /// `output_hidden_states` keeps every layer's output (memory for `num_hidden_layers + 1`
@@ -220,7 +220,7 @@ impl<B: Backend> ClipTextTransformer<B> {
     }
 }
 
-impl<B: Backend> ClipEncoderLayer<B> {
+impl<B: crate::backend::KernelBackend> ClipEncoderLayer<B> {
     /// `h + attn(norm1(h))`, then `h + mlp(norm2(h))`.
     pub fn forward(&self, h: Tensor<B, 3>, mask: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
         let h = h.clone() + self.self_attn.forward(self.layer_norm1.forward(h), mask);
@@ -228,7 +228,7 @@ impl<B: Backend> ClipEncoderLayer<B> {
     }
 }
 
-impl<B: Backend> ClipAttention<B> {
+impl<B: crate::backend::KernelBackend> ClipAttention<B> {
     /// Self-attention with `mask` (true = not attended) on the scores.
     ///
     /// # Shapes
@@ -251,7 +251,7 @@ impl<B: Backend> ClipAttention<B> {
     }
 }
 
-impl<B: Backend> ClipMlp<B> {
+impl<B: crate::backend::KernelBackend> ClipMlp<B> {
     /// `fc2(act(fc1(x)))`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self.fc1.forward(x);
