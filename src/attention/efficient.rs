@@ -210,8 +210,9 @@ mod ndarray_impl {
     use crate::attention::chunked;
     use crate::backend::host_attention;
 
-    /// The host kernels of [`host_attention`] (one rayon task per sample, head and block of
-    /// query rows); the chunked tensor operations for the dtypes and shapes they do not take.
+    /// The host kernels of `backend/host_attention.rs` (one rayon task per sample, head and
+    /// block of query rows); the chunked tensor operations for the dtypes and shapes they do
+    /// not take.
     impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> super::AttentionBackend
         for NdArray<E, I, Q>
     where
