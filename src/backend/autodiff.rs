@@ -1,19 +1,19 @@
 //! [`KernelBackend`] for `Autodiff<B, C>`: `im2col` and `col2im` as tracked operations whose
 //! backward is the other one on `B` (they are each other's adjoint), so a convolution's
 //! gradient never goes through `kh * kw` slice assignments; neither keeps a tensor for its
-//! backward, only the geometry. The SiLU is one tracked operation whose backward is
-//! `B::silu_backward` on its checkpointed input, the GEGLU likewise with `B::geglu_backward`;
-//! the GroupNorm one whose backward is
-//! `B::group_norm_backward` on its checkpointed input, `gamma` and the saved statistics; the
-//! convolution of [`KernelBackend::convolve`] one whose weight gradient is
-//! `B::conv2d_weight_grad`.
+//! backward, only the geometry. The SiLU and the GEGLU are one tracked operation each whose
+//! backward is `B::silu_backward` / `B::geglu_backward` on the checkpointed input; the GroupNorm
+//! one whose backward is `B::group_norm_backward` on its checkpointed input, `gamma` and the
+//! saved statistics; the convolution of [`KernelBackend::convolve`] one whose input and weight
+//! gradients are `B::conv2d_x_grad` and `B::conv2d_weight_grad`; the linear layer of
+//! [`KernelBackend::linear_layer`] one with `B`'s three `linear_layer_*_grad`.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 
 use super::{Columns, ConvPath, KernelBackend};
@@ -50,11 +50,18 @@ impl<B: KernelBackend> Backward<B, 1> for Col2imBackward {
     }
 }
 
-/// The backward of [`KernelBackend::silu`]: `B::silu_backward` on the checkpointed input.
-#[derive(Debug)]
-struct SiluBackward;
+/// The backward of a one-input kernel whose gradient needs only its input: the SiLU
+/// (`B::silu_backward`) and the GEGLU (`B::geglu_backward`), called on the checkpointed input
+/// and the output's gradient.
+struct InputGradBackward<B: Backend>(fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>);
 
-impl<B: KernelBackend> Backward<B, 1> for SiluBackward {
+impl<B: Backend> std::fmt::Debug for InputGradBackward<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InputGradBackward")
+    }
+}
+
+impl<B: KernelBackend> Backward<B, 1> for InputGradBackward<B> {
     type State = NodeId;
 
     fn backward(self, ops: Ops<NodeId, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
@@ -62,25 +69,27 @@ impl<B: KernelBackend> Backward<B, 1> for SiluBackward {
         let grad = grads.consume::<B>(&ops.node);
         let x = checkpointer.retrieve_node_output(ops.state);
         if let Some(node) = parent {
-            grads.register::<B>(node.id, B::silu_backward(x, grad));
+            grads.register::<B>(node.id, (self.0)(x, grad));
         }
     }
 }
 
-/// The backward of [`KernelBackend::geglu`]: `B::geglu_backward` on the checkpointed input.
-#[derive(Debug)]
-struct GegluBackward;
-
-impl<B: KernelBackend> Backward<B, 1> for GegluBackward {
-    type State = NodeId;
-
-    fn backward(self, ops: Ops<NodeId, 1>, grads: &mut Gradients, checkpointer: &mut Checkpointer) {
-        let [parent] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let x = checkpointer.retrieve_node_output(ops.state);
-        if let Some(node) = parent {
-            grads.register::<B>(node.id, B::geglu_backward(x, grad));
+/// `forward(x)` as a tracked operation whose backward is `backward(x, grad)`.
+fn input_grad_op<B: KernelBackend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    forward: fn(FloatTensor<B>) -> FloatTensor<B>,
+    backward: fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match InputGradBackward(backward)
+        .prepare::<C>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(mut prep) => {
+            let state = prep.checkpoint(&x);
+            prep.finish(state, forward(x.primitive))
         }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.primitive)),
     }
 }
 
@@ -224,17 +233,7 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     }
 
     fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match SiluBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = prep.checkpoint(&x);
-                prep.finish(state, B::silu(x.primitive))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::silu(x.primitive)),
-        }
+        input_grad_op::<B, C>(x, B::silu, B::silu_backward)
     }
 
     fn linear_layer(
@@ -288,17 +287,7 @@ impl<B: KernelBackend, C: CheckpointStrategy> KernelBackend for Autodiff<B, C> {
     }
 
     fn geglu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        match GegluBackward
-            .prepare::<C>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(mut prep) => {
-                let state = prep.checkpoint(&x);
-                prep.finish(state, B::geglu(x.primitive))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::geglu(x.primitive)),
-        }
+        input_grad_op::<B, C>(x, B::geglu, B::geglu_backward)
     }
 
     fn convolve(

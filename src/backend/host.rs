@@ -130,12 +130,13 @@ where
 macro_rules! dispatch {
     ($t:expr, $f:ident($($arg:expr),*)) => {
         match $t {
-            NdArrayTensor::F32(_) => $f::<f32>($($arg),*),
-            NdArrayTensor::F64(_) => $f::<f64>($($arg),*),
+            burn::backend::ndarray::NdArrayTensor::F32(_) => $f::<f32>($($arg),*),
+            burn::backend::ndarray::NdArrayTensor::F64(_) => $f::<f64>($($arg),*),
             _ => None,
         }
     };
 }
+pub(super) use dispatch;
 
 /// [`KernelBackend::im2col`](super::KernelBackend::im2col); `None` for other dtypes.
 pub(crate) fn im2col(x: &NdArrayTensor, g: &Columns) -> Option<NdArrayTensor> {

@@ -15,42 +15,18 @@
 
 use burn::backend::ndarray::NdArrayTensor;
 use ndarray::{
-    ArcArray, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Ix4, IxDyn,
-    LinalgScalar, s,
+    ArcArray, Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut2, Axis, Ix4, IxDyn, s,
 };
 use rayon::prelude::*;
 
-use super::host::Value;
-use super::host_gemm::{GemmFloat, Threads, matmul};
+use super::host::dispatch;
+use super::host_gemm::{Float, Threads, matmul};
 
 /// Score elements one block holds: 64 Ki (256 KiB in f32).
 const BLOCK_ELEMENTS: usize = 1 << 16;
 
 /// The fewest query rows of a block (when keys are many).
 const MIN_ROWS: usize = 16;
-
-/// The float types of the kernels: [`Value`]'s with matrix products and comparisons.
-trait Float: Value + LinalgScalar + GemmFloat + PartialOrd
-where
-    NdArrayTensor: From<ArcArray<Self, IxDyn>>,
-{
-}
-
-impl<T: Value + LinalgScalar + GemmFloat + PartialOrd> Float for T where
-    NdArrayTensor: From<ArcArray<Self, IxDyn>>
-{
-}
-
-/// Runs `$f::<T>` for the float type `T` of `$t` (f32 or f64); `None` for other types.
-macro_rules! dispatch {
-    ($t:expr, $f:ident($($arg:expr),*)) => {
-        match $t {
-            NdArrayTensor::F32(_) => $f::<f32>($($arg),*),
-            NdArrayTensor::F64(_) => $f::<f64>($($arg),*),
-            _ => None,
-        }
-    };
-}
 
 /// `softmax(q k^T * scale) v` and the row log-sum-exp `[batch, heads, n_q, 1]`
 /// ([`AttentionBackend::attention_forward`](crate::attention::AttentionBackend::attention_forward));

@@ -14,19 +14,8 @@ use ndarray::{ArcArray, ArrayView2, ArrayViewMut2, IxDyn};
 use rayon::prelude::*;
 
 use super::columns::Columns;
-use super::host::{Value, elements, gather_plane, scatter_plane, tensor};
-use super::host_gemm::{GemmFloat, Threads, matmul};
-
-/// Runs `$f::<T>` for the float type `T` of `$t` (f32 or f64); `None` for other types.
-macro_rules! dispatch {
-    ($t:expr, $f:ident($($arg:expr),*)) => {
-        match $t {
-            NdArrayTensor::F32(_) => $f::<f32>($($arg),*),
-            NdArrayTensor::F64(_) => $f::<f64>($($arg),*),
-            _ => None,
-        }
-    };
-}
+use super::host::{Value, dispatch, elements, gather_plane, scatter_plane, tensor};
+use super::host_gemm::{Float, Threads, matmul};
 
 /// [`KernelBackend::convolve`](super::KernelBackend::convolve); `None` for grouped
 /// convolutions, other or mixed dtypes and shapes it does not take.
@@ -135,7 +124,7 @@ fn mat_mut<T>(data: &mut [T], rows: usize, cols: usize) -> ArrayViewMut2<'_, T> 
     ArrayViewMut2::from_shape((rows, cols), data).expect("rows * cols elements")
 }
 
-fn convolve_typed<T: Value + GemmFloat>(
+fn convolve_typed<T: Float>(
     x: &NdArrayTensor,
     weight: &NdArrayTensor,
     bias: &NdArrayTensor,
@@ -170,7 +159,7 @@ where
     Some(tensor(out, &[p.g.batch, p.c_out, h_out, w_out]))
 }
 
-fn x_grad_typed<T: Value + GemmFloat>(
+fn x_grad_typed<T: Float>(
     x: &NdArrayTensor,
     weight: &NdArrayTensor,
     grad: &NdArrayTensor,
@@ -206,7 +195,7 @@ where
     Some(tensor(dx, xv.shape()))
 }
 
-fn weight_grad_typed<T: Value + GemmFloat>(
+fn weight_grad_typed<T: Float>(
     x: &NdArrayTensor,
     weight: &NdArrayTensor,
     grad: &NdArrayTensor,

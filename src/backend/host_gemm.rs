@@ -5,8 +5,11 @@
 //! are never copied. burn-ndarray's own matmul goes through `matrixmultiply`, whose x86 kernels
 //! stop at AVX2.
 
+use burn::backend::ndarray::NdArrayTensor;
 use gemm::Parallelism;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{ArcArray, ArrayView2, ArrayViewMut2, IxDyn, LinalgScalar};
+
+use super::host::Value;
 
 /// Products below this many multiply-adds run on the calling thread.
 const PARALLEL_WORK: usize = 1 << 16;
@@ -27,6 +30,19 @@ impl GemmFloat for f32 {
 impl GemmFloat for f64 {
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
+}
+
+/// The float types of the host kernels that multiply matrices: [`Value`]'s that `gemm`
+/// multiplies, with ndarray's scalar arithmetic and comparisons.
+pub(super) trait Float: Value + GemmFloat + LinalgScalar + PartialOrd
+where
+    NdArrayTensor: From<ArcArray<Self, IxDyn>>,
+{
+}
+
+impl<T: Value + GemmFloat + LinalgScalar + PartialOrd> Float for T where
+    NdArrayTensor: From<ArcArray<Self, IxDyn>>
+{
 }
 
 /// How a product's threads are chosen.

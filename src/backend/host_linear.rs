@@ -10,34 +10,11 @@
 use std::borrow::Cow;
 
 use burn::backend::ndarray::NdArrayTensor;
-use ndarray::{ArcArray, ArrayView2, ArrayViewMut2, Axis, IxDyn, LinalgScalar};
+use ndarray::{ArcArray, ArrayView2, ArrayViewMut2, Axis, IxDyn};
 use rayon::prelude::*;
 
-use super::host::{Value, elements, tensor};
-use super::host_gemm::{GemmFloat, Threads, matmul};
-
-/// The float types of the kernels: [`Value`]'s with matrix products.
-trait Float: Value + LinalgScalar + GemmFloat
-where
-    NdArrayTensor: From<ArcArray<Self, IxDyn>>,
-{
-}
-
-impl<T: Value + LinalgScalar + GemmFloat> Float for T where
-    NdArrayTensor: From<ArcArray<Self, IxDyn>>
-{
-}
-
-/// Runs `$f::<T>` for the float type `T` of `$t` (f32 or f64); `None` for other types.
-macro_rules! dispatch {
-    ($t:expr, $f:ident($($arg:expr),*)) => {
-        match $t {
-            NdArrayTensor::F32(_) => $f::<f32>($($arg),*),
-            NdArrayTensor::F64(_) => $f::<f64>($($arg),*),
-            _ => None,
-        }
-    };
-}
+use super::host::{dispatch, elements, tensor};
+use super::host_gemm::{Float, Threads, matmul};
 
 /// [`KernelBackend::linear_layer`](super::KernelBackend::linear_layer); `None` for other or mixed dtypes
 /// and shapes it does not take.
