@@ -211,17 +211,23 @@ fn assert_close(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)], tol: f32) {
 
 /// Each step's numbers within `tol`, relative to the value, except the balance term's: it is
 /// `1 - tau - peak_i / peak_max` (in `[0, 0.95]`), a difference of numbers of order one that f32
-/// rounds at that order, so a small value of it is compared relative to its range, 1.
+/// rounds at that order, so a small value of it is compared relative to its range, 1. The pixel
+/// and semantic terms are means of squared differences of maps of order 0.1: near zero (the
+/// semantic term is about 6e-6 here) they carry the maps' f32 rounding, which the products'
+/// summation order (a batch of 4 against two of 2) changes, so they are compared relative to
+/// at least 1e-4.
 fn assert_losses_close(a: &Path, b: &Path, tol: f64) {
+    const PIXEL: usize = 3;
+    const SEMANTIC: usize = 4;
     const BALANCE: usize = 6;
     let (la, lb) = (metric_losses(a), metric_losses(b));
     assert_eq!(la.len(), lb.len());
     for (step, (x, y)) in la.iter().zip(&lb).enumerate() {
         for (k, (u, v)) in x.iter().zip(y).enumerate() {
-            let scale = if k == BALANCE {
-                1.0
-            } else {
-                v.abs().max(1e-12)
+            let scale = match k {
+                BALANCE => 1.0,
+                PIXEL | SEMANTIC => v.abs().max(1e-4),
+                _ => v.abs().max(1e-12),
             };
             let err = (u - v).abs() / scale;
             assert!(err <= tol, "step {}: {x:?} vs {y:?}", step + 1);
@@ -268,10 +274,15 @@ fn two_peers_train_as_one_device_with_both_batches() {
         .unwrap();
         assert_eq!(logs.len(), 10, "peer 0 reports every step");
         assert_losses_close(&two, &one, 1e-5);
-        assert_close(&final_tensors(&two, 10), &final_tensors(&one, 10), 1e-5);
+        // The ndarray kernels' matrix products (gemm) block by the row count, so a batch of 4
+        // and two of 2 sum in different orders; AdamW's normalised steps turn the rounding of
+        // near-zero gradient entries into weight differences of about 1e-5 after 10 steps. A
+        // wrong reduction (a sum for a mean, a peer's gradient missing) moves the losses by
+        // over 1e-3 (the control below).
+        assert_close(&final_tensors(&two, 10), &final_tensors(&one, 10), 3e-5);
         // The EMA (kept by peer 0) lags the adapters, which start at zero: its entries are
         // smaller, the same absolute differences a little larger relative to them.
-        assert_close(&final_ema(&two, 10), &final_ema(&one, 10), 3e-5);
+        assert_close(&final_ema(&two, 10), &final_ema(&one, 10), 6e-5);
     }
     // The peers' batches differ from one device's with batch 2: the test can fail.
     let small = base.join("one-small");
