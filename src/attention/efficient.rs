@@ -43,8 +43,7 @@ pub trait AttentionBackend: KernelBackend {
         scale: f64,
         chunk: usize,
     ) -> FloatTensor<Self> {
-        let (out, _) = chunked::forward(tensor::<Self>(q), tensor(k), tensor(v), scale, chunk);
-        primitive(out)
+        chunked_forward::<Self>(q, k, v, scale, chunk).0
     }
 
     /// The attention output and the row statistics its backward needs, for the autodiff
@@ -58,8 +57,7 @@ pub trait AttentionBackend: KernelBackend {
         scale: f64,
         chunk: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (out, lse) = chunked::forward(tensor::<Self>(q), tensor(k), tensor(v), scale, chunk);
-        (primitive(out), primitive(lse))
+        chunked_forward::<Self>(q, k, v, scale, chunk)
     }
 
     /// Gradients `(dq, dk, dv)` of [`attention_forward`](Self::attention_forward)'s output
@@ -91,12 +89,7 @@ pub trait AttentionBackend: KernelBackend {
         scale: f64,
         chunk: usize,
     ) -> FloatTensor<Self> {
-        primitive(chunked::logsumexp(
-            tensor::<Self>(q),
-            tensor(k),
-            scale,
-            chunk,
-        ))
+        chunked_logsumexp::<Self>(q, k, scale, chunk)
     }
 }
 
@@ -111,6 +104,29 @@ pub trait AutodiffAttentionBackend:
 impl<B: AutodiffBackend<InnerBackend: AttentionBackend> + AttentionBackend> AutodiffAttentionBackend
     for B
 {
+}
+
+/// [`chunked::forward`] on primitives: the default
+/// [`AttentionBackend::attention_forward`], returning the output and the row log-sum-exp.
+pub(crate) fn chunked_forward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    scale: f64,
+    chunk: usize,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (out, lse) = chunked::forward(tensor::<B>(q), tensor(k), tensor(v), scale, chunk);
+    (primitive(out), primitive(lse))
+}
+
+/// [`chunked::logsumexp`] on primitives: the default [`AttentionBackend::attention_logsumexp`].
+pub(crate) fn chunked_logsumexp<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    scale: f64,
+    chunk: usize,
+) -> FloatTensor<B> {
+    primitive(chunked::logsumexp(tensor::<B>(q), tensor(k), scale, chunk))
 }
 
 /// [`chunked::backward`] on primitives: the default
@@ -206,8 +222,7 @@ mod ndarray_impl {
 
     use burn::tensor::ops::FloatTensor;
 
-    use super::{chunked_backward, primitive, tensor};
-    use crate::attention::chunked;
+    use super::{chunked_backward, chunked_forward, chunked_logsumexp};
     use crate::backend::host_attention;
 
     /// The host kernels of `backend/host_attention.rs` (one rayon task per sample, head and
@@ -236,11 +251,8 @@ mod ndarray_impl {
             scale: f64,
             chunk: usize,
         ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-            host_attention::forward(&q, &k, &v, scale, chunk).unwrap_or_else(|| {
-                let (out, lse) =
-                    chunked::forward(tensor::<Self>(q), tensor(k), tensor(v), scale, chunk);
-                (primitive(out), primitive(lse))
-            })
+            host_attention::forward(&q, &k, &v, scale, chunk)
+                .unwrap_or_else(|| chunked_forward::<Self>(q, k, v, scale, chunk))
         }
 
         fn attention_backward(
@@ -264,14 +276,8 @@ mod ndarray_impl {
             scale: f64,
             chunk: usize,
         ) -> FloatTensor<Self> {
-            host_attention::logsumexp(&q, &k, scale, chunk).unwrap_or_else(|| {
-                primitive(chunked::logsumexp(
-                    tensor::<Self>(q),
-                    tensor(k),
-                    scale,
-                    chunk,
-                ))
-            })
+            host_attention::logsumexp(&q, &k, scale, chunk)
+                .unwrap_or_else(|| chunked_logsumexp::<Self>(q, k, scale, chunk))
         }
     }
 }

@@ -26,17 +26,17 @@ pub(crate) fn linear(
     dispatch!(x, linear_typed(x, weight, bias))
 }
 
-/// [`KernelBackend::linear_x_backward`](super::KernelBackend::linear_layer_x_grad).
+/// [`KernelBackend::linear_layer_x_grad`](super::KernelBackend::linear_layer_x_grad).
 pub(crate) fn x_backward(weight: &NdArrayTensor, grad: &NdArrayTensor) -> Option<NdArrayTensor> {
     dispatch!(grad, x_backward_typed(weight, grad))
 }
 
-/// [`KernelBackend::linear_weight_backward`](super::KernelBackend::linear_layer_weight_grad).
+/// [`KernelBackend::linear_layer_weight_grad`](super::KernelBackend::linear_layer_weight_grad).
 pub(crate) fn weight_backward(x: &NdArrayTensor, grad: &NdArrayTensor) -> Option<NdArrayTensor> {
     dispatch!(grad, weight_backward_typed(x, grad))
 }
 
-/// [`KernelBackend::linear_bias_backward`](super::KernelBackend::linear_layer_bias_grad).
+/// [`KernelBackend::linear_layer_bias_grad`](super::KernelBackend::linear_layer_bias_grad).
 pub(crate) fn bias_backward(grad: &NdArrayTensor) -> Option<NdArrayTensor> {
     dispatch!(grad, bias_backward_typed(grad))
 }
@@ -93,11 +93,8 @@ where
     if let Some(row) = init {
         out.par_chunks_mut(n).for_each(|o| o.copy_from_slice(row));
     }
-    let accumulate = init.is_some();
-    if m > 0 && n > 0 {
-        let mut c = ArrayViewMut2::from_shape((m, n), &mut out).expect("m * n elements");
-        matmul(a, b, &mut c, T::ONE, accumulate, Threads::All);
-    }
+    let mut c = ArrayViewMut2::from_shape((m, n), &mut out).expect("m * n elements");
+    matmul(a, b, &mut c, T::ONE, init.is_some(), Threads::All);
     out
 }
 
