@@ -11,23 +11,10 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, Tensor, TensorData};
 
 use super::*;
+use crate::attention::test_util::{rel_err, values};
 
 type B = crate::TestBackend;
 type A = Autodiff<B>;
-
-fn values<Bk: Backend>(t: Tensor<Bk, 4>) -> Vec<f64> {
-    t.into_data().convert::<f64>().to_vec().unwrap()
-}
-
-/// max|a - b| / max|b|.
-fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
-    diff / b.iter().map(|x| x.abs()).fold(f64::MIN_POSITIVE, f64::max)
-}
 
 fn plain<Bk: Backend>(
     q: Tensor<Bk, 4>,

@@ -143,6 +143,11 @@ impl<E: TchElement> AttentionBackend for LibTorch<E> {
     }
 }
 
+/// The tensor in `kind`, converted only when it is not already.
+fn in_kind(t: TorchTensor, kind: Kind) -> TorchTensor {
+    if t.kind() == kind { t } else { t.to_kind(kind) }
+}
+
 /// PyTorch's CPU flash attention backward, as its `scaled_dot_product_attention` autograd node
 /// calls it on the CPU: the forward's output and row log-sum-exp (`[batch, heads, n_q]`) as they
 /// came, the incoming gradient in the output's type.
@@ -155,11 +160,7 @@ fn cpu_backward(
     d_out: TchTensor,
     scale: f64,
 ) -> [TchTensor; 3] {
-    let d_out = if d_out.tensor.kind() == out.tensor.kind() {
-        d_out.tensor
-    } else {
-        d_out.tensor.to_kind(out.tensor.kind())
-    };
+    let d_out = in_kind(d_out.tensor, out.tensor.kind());
     let (dq, dk, dv) = TorchTensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(
         &last_dim_contiguous(&d_out),
         &last_dim_contiguous(&q.tensor),
@@ -188,11 +189,7 @@ fn cuda_backward(
     scale: f64,
 ) -> [TchTensor; 3] {
     let t = |x: &TorchTensor| last_dim_contiguous(x).transpose(1, 2);
-    let d_out = if d_out.tensor.kind() == q.tensor.kind() {
-        d_out.tensor
-    } else {
-        d_out.tensor.to_kind(q.tensor.kind())
-    };
+    let d_out = in_kind(d_out.tensor, q.tensor.kind());
     let (n_q, n_k) = (q.tensor.size()[2], k.tensor.size()[2]);
     // Only read when dropout is on; the forward's are empty at dropout 0.
     let philox = TorchTensor::zeros([], (Kind::Int64, q.tensor.device()));
@@ -228,26 +225,11 @@ fn cuda_backward(
 mod tests {
     use burn::backend::Autodiff;
     use burn::tensor::activation::softmax;
-    use burn::tensor::backend::Backend;
     use burn::tensor::{Distribution, Element, Tensor, TensorData};
     use burn_tch::{LibTorch, LibTorchDevice, TchElement};
 
     use crate::attention::efficient_attention;
-
-    fn values<Bk: Backend>(t: Tensor<Bk, 4>) -> Vec<f64> {
-        t.into_data().convert::<f64>().to_vec().unwrap()
-    }
-
-    /// max|a - b| / max|b|.
-    fn rel_err(a: &[f64], b: &[f64]) -> f64 {
-        assert_eq!(a.len(), b.len());
-        let diff = a
-            .iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f64::max);
-        diff / b.iter().map(|x| x.abs()).fold(f64::MIN_POSITIVE, f64::max)
-    }
+    use crate::attention::test_util::{rel_err, values};
 
     /// Standard normal values from a seeded generator, the same for both paths.
     fn normal(n: usize, seed: u64) -> Vec<f64> {

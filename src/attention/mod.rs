@@ -198,3 +198,6 @@ mod tests;
 
 #[cfg(all(test, feature = "ndarray"))]
 mod efficient_tests;
+
+#[cfg(test)]
+mod test_util;
