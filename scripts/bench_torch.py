@@ -12,7 +12,8 @@ under `denoiser.`, attention projections as `...to_q.base.weight`, Linear weight
 - forward: the base UNet, no grad, default attention processors;
 - plain: peft LoRA (r=4, alpha=4) on to_q, to_k, to_v, to_out.0 with the crate's initial
   adapter values, v-prediction MSE, backward, AdamW (lr 1e-4, weight decay 1e-2, eps 1e-8);
-- ctcal: the same plus the CTCal loss: a teacher pass under no_grad and a student pass whose
+- ctcal: the same plus the CTCal loss: a teacher pass under no_grad (stopped at the last
+  captured layer, as the crate stops after that layer's block) and a student pass whose
   selected cross-attention layers (the sites the crate captured, named in the inputs) compute
   an explicit softmax kept on the graph; per-noun maps (heads and layers averaged on the common
   grid, tokens of a noun summed), the four terms with the map auto-encoder (the crate's
@@ -95,13 +96,19 @@ def tiny_sd21_unet():
     return UNet2DConditionModel.from_pretrained(ROOT / "weights" / "tiny-sd21" / "unet")
 
 
+class StopPass(Exception):
+    """Raised by the last captured layer of a pass that only reads maps (the teacher's)."""
+
+
 class Capture:
     """diffusers' AttnProcessor with the softmax made explicit, its probabilities kept (on the
-    graph unless under no_grad) in `store` as `[batch, heads, queries, keys]`."""
+    graph unless under no_grad) in `store` as `[batch, heads, queries, keys]`. With `stop` set,
+    it raises `StopPass` once its probabilities are stored."""
 
     def __init__(self, name, store):
         self.name = name
         self.store = store
+        self.stop = False
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs):
@@ -113,27 +120,29 @@ class Capture:
         v = attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(q, k, None)
         self.store.append((self.name, probs.reshape(b, attn.heads, n, -1)))
+        if self.stop:
+            raise StopPass
         out = attn.batch_to_head_dim(torch.bmm(probs, v))
         return attn.to_out[1](attn.to_out[0](out))
 
 
 def install_capture(unet, sites):
-    """Capture processors on the `sites` (attention module paths); the default elsewhere."""
+    """Capture processors on the `sites` (attention module paths, in forward order); the default
+    elsewhere. Returns the store and the capture of the last site."""
     store = []
     procs = {}
-    found = set()
+    found = {}
     for key, proc in unet.attn_processors.items():
         name = key[: -len(".processor")]
         if name in sites:
-            procs[key] = Capture(name, store)
-            found.add(name)
+            procs[key] = found[name] = Capture(name, store)
         else:
             procs[key] = proc
-    missing = set(sites) - found
+    missing = set(sites) - set(found)
     if missing:
         sys.exit(f"bench_torch: attention sites not in the UNet: {sorted(missing)}")
     unet.set_attn_processor(procs)
-    return store
+    return store, found[sites[-1]]
 
 
 def noun_maps(store, nouns, hw, grid):
@@ -248,7 +257,7 @@ def main():
                             if k.startswith("ae.")}, strict=True)
         opt_ae = torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=wd, eps=eps)
         use_ctcal = args.workload == "ctcal" and cfg["lambda_ctcal"] != 0.0
-        store = install_capture(unet, sites) if use_ctcal else None
+        store, last_site = install_capture(unet, sites) if use_ctcal else (None, None)
         weights = [float(t) / 1000.0 for t in t_stu]
         checked = [False]
         print(f"LoRA: {sum(p.numel() for p in params)} trainable parameters", file=sys.stderr)
@@ -258,9 +267,17 @@ def main():
             opt_ae.zero_grad(set_to_none=True)
             if use_ctcal:
                 store.clear()
+                # The teacher pass only reads maps: it stops at the last captured layer (the
+                # crate stops at the end of that layer's block, a little later).
+                last_site.stop = True
                 with torch.no_grad():
-                    unet(sched.add_noise(x0, noise, t_tea.long()), t_tea,
-                         encoder_hidden_states=hidden)
+                    try:
+                        unet(sched.add_noise(x0, noise, t_tea.long()), t_tea,
+                             encoder_hidden_states=hidden)
+                    except StopPass:
+                        pass
+                    finally:
+                        last_site.stop = False
                     teacher = noun_maps(store, nouns, (h, w), grid)
                 store.clear()
             noisy = sched.add_noise(x0, noise, t_stu.long())

@@ -42,6 +42,19 @@ pub trait Denoiser<B: Backend> {
         hook: &mut H,
     ) -> Result<Tensor<B, 4>>;
 
+    /// Offers the attention layers to `hook` as [`denoise`](Self::denoise) does, for a pass
+    /// that only reads maps (CTCal's teacher): an implementation may stop after the last site
+    /// the hook wants (the UNet does); the maps are the same. The default runs `denoise`.
+    fn capture_maps<H: AttentionHook<B>>(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        cond: &TextCond<B>,
+        hook: &mut H,
+    ) -> Result<()> {
+        self.denoise(x, timesteps, cond, hook).map(|_| ())
+    }
+
     /// The kind of attention whose maps CTCal supervises.
     fn map_kind(&self) -> AttentionKind;
 }

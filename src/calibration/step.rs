@@ -118,7 +118,8 @@ where
     let noisy = schedule.noisy(x0, draw.noise.clone().inner(), &draw.teacher)?;
     let t = per_sample_timesteps(schedule.model_timesteps(&draw.teacher), &device);
     let mut store = AttentionStore::new(config.site_filter(model.map_kind()));
-    inner.denoise(noisy, t, &batch.cond.inner(), &mut store)?;
+    // Only the maps are read: the pass may stop after the last supervised layer.
+    inner.capture_maps(noisy, t, &batch.cond.inner(), &mut store)?;
     let grid = common_grid(batch.latents.dims(), config)?;
     let maps = noun_maps(token_maps(&store.take(), grid)?, &batch.nouns)?;
     Ok(maps

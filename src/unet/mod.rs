@@ -240,6 +240,36 @@ impl<B: AttentionBackend> UNet2DConditionModel<B> {
         encoder_hidden_states: Tensor<B, 3>,
         hook: &mut H,
     ) -> Tensor<B, 4> {
+        self.run(sample, timesteps, encoder_hidden_states, hook, None)
+            .expect("a forward without a stop reaches the output")
+    }
+
+    /// Offers the attention layers to `hook` in forward order and stops after the block that
+    /// holds the last site it [wants](AttentionHook::wants): what a pass that only reads maps
+    /// needs (CTCal's teacher). The layers after that block, and the output, are not computed;
+    /// the maps are those of [`Self::forward_with_hook`]. Runs nothing when `hook` wants no site.
+    pub fn capture_with_hook<H: AttentionHook<B>>(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        encoder_hidden_states: Tensor<B, 3>,
+        hook: &mut H,
+    ) {
+        if let Some(last) = self.sites.iter().rposition(|site| hook.wants(site)) {
+            self.run(sample, timesteps, encoder_hidden_states, hook, Some(last));
+        }
+    }
+
+    /// The forward; with `stop_after = Some(i)` it returns `None` right after the block that
+    /// holds site `i` (an index into [`Self::sites`]).
+    fn run<H: AttentionHook<B>>(
+        &self,
+        sample: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        encoder_hidden_states: Tensor<B, 3>,
+        hook: &mut H,
+        stop_after: Option<usize>,
+    ) -> Option<Tensor<B, 4>> {
         let batch = sample.dims()[0];
         let timesteps = if timesteps.dims()[0] == 1 && batch > 1 {
             timesteps.expand([batch])
@@ -247,6 +277,12 @@ impl<B: AttentionBackend> UNet2DConditionModel<B> {
             timesteps
         };
         let ctx = encoder_hidden_states;
+        // Sites offered so far; past the last wanted one the pass may stop.
+        let mut offered = 0;
+        let mut stop = |attentions: &[Transformer2DModel<B>]| {
+            offered += block_sites(attentions);
+            stop_after.is_some_and(|last| offered > last)
+        };
         // 1. Time embedding.
         let TimeProj {
             dim,
@@ -262,19 +298,37 @@ impl<B: AttentionBackend> UNet2DConditionModel<B> {
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             x = block.forward(x, temb.clone(), ctx.clone(), &mut skips, hook);
+            if stop(&block.attentions) {
+                return None;
+            }
         }
         // 3. Bottleneck.
         x = self.mid_block.forward(x, temb.clone(), ctx.clone(), hook);
+        if stop(&self.mid_block.attentions) {
+            return None;
+        }
         // 4. Up path.
         for block in &self.up_blocks {
             x = block.forward(x, temb.clone(), ctx.clone(), &mut skips, hook);
+            if stop(&block.attentions) {
+                return None;
+            }
         }
         // 5. Output.
-        conv2d(
+        Some(conv2d(
             &self.conv_out,
             silu_kernel(in_accumulation(x, |x| group_norm(&self.conv_norm_out, x))),
-        )
+        ))
     }
+}
+
+/// The attention sites of a block's transformers: two (self and cross) per transformer block,
+/// in the order [`UNet2DConditionModel::sites`] lists them.
+fn block_sites<B: Backend>(attentions: &[Transformer2DModel<B>]) -> usize {
+    attentions
+        .iter()
+        .map(|t| 2 * t.transformer_blocks.len())
+        .sum()
 }
 
 impl<B: Backend> UNet2DConditionModel<B> {
@@ -311,6 +365,19 @@ impl<B: Backend> UNet2DConditionModel<B> {
         Ok(())
     }
 
+    /// The [`Denoiser`] inputs checked and in the parameters' type (bf16 for a `cast_params`
+    /// copy): the sample and the text's hidden states.
+    fn denoiser_inputs(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: [usize; 1],
+        cond: &TextCond<B>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+        self.check_inputs(x.dims(), timesteps, cond.hidden.dims())?;
+        let dtype = self.conv_in.weight.val().dtype();
+        Ok((cast_to(x, dtype), cast_to(cond.hidden.clone(), dtype)))
+    }
+
     fn collect_sites(&self) -> Vec<AttentionSite> {
         let transformers = self
             .down_blocks
@@ -334,14 +401,28 @@ impl<B: AttentionBackend> Denoiser<B> for UNet2DConditionModel<B> {
         cond: &TextCond<B>,
         hook: &mut H,
     ) -> Result<Tensor<B, 4>> {
-        self.check_inputs(x.dims(), timesteps.dims(), cond.hidden.dims())?;
-        // Inputs in the parameters' type (bf16 for a `cast_params` copy), prediction wide.
-        let dtype = self.conv_in.weight.val().dtype();
-        let (x, hidden) = (cast_to(x, dtype), cast_to(cond.hidden.clone(), dtype));
+        let (x, hidden) = self.denoiser_inputs(x, timesteps.dims(), cond)?;
+        // The prediction wide.
         Ok(upcast(self.forward_with_hook(x, timesteps, hidden, hook)))
+    }
+
+    /// Stops after the block of the last wanted site ([`Self::capture_with_hook`]).
+    fn capture_maps<H: AttentionHook<B>>(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        cond: &TextCond<B>,
+        hook: &mut H,
+    ) -> Result<()> {
+        let (x, hidden) = self.denoiser_inputs(x, timesteps.dims(), cond)?;
+        self.capture_with_hook(x, timesteps, hidden, hook);
+        Ok(())
     }
 
     fn map_kind(&self) -> AttentionKind {
         AttentionKind::Cross
     }
 }
+
+#[cfg(all(test, feature = "ndarray"))]
+mod capture_tests;

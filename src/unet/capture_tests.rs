@@ -1,0 +1,104 @@
+//! [`UNet2DConditionModel::capture_with_hook`]: the same maps as the whole forward, and the
+//! pass stops after the block of the last wanted site (the layers after it are never offered
+//! to the hook).
+
+use std::cell::RefCell;
+
+use burn::tensor::{Distribution, Tensor};
+
+use super::*;
+
+type B = crate::TestBackend;
+
+/// Wants the sites at `wanted`; records every site it is asked about, in order, and the
+/// probabilities it receives.
+struct Probe {
+    wanted: Vec<usize>,
+    asked: RefCell<Vec<usize>>,
+    got: Vec<Tensor<B, 4>>,
+}
+
+impl Probe {
+    fn new(wanted: &[usize]) -> Self {
+        Self {
+            wanted: wanted.to_vec(),
+            asked: RefCell::new(Vec::new()),
+            got: Vec::new(),
+        }
+    }
+}
+
+impl AttentionHook<B> for Probe {
+    fn wants(&self, site: &AttentionSite) -> bool {
+        self.asked.borrow_mut().push(site.index);
+        self.wanted.contains(&site.index)
+    }
+
+    fn on_probs(&mut self, _site: &AttentionSite, _grid: [usize; 2], probs: Tensor<B, 4>) {
+        self.got.push(probs);
+    }
+}
+
+fn values(t: &Tensor<B, 4>) -> Vec<f64> {
+    t.to_data().convert::<f64>().to_vec().unwrap()
+}
+
+#[test]
+fn capture_stops_after_the_last_wanted_block_with_the_same_maps() {
+    let device = Default::default();
+    let config = UNet2DConditionConfig::tiny();
+    let unet = config.init::<B>(&device);
+    let sites = unet.sites().to_vec();
+    let n = sites.len();
+    let normal = Distribution::Normal(0.0, 1.0);
+    let sample = Tensor::<B, 4>::random([2, config.in_channels, 8, 8], normal, &device);
+    let ctx = Tensor::<B, 3>::random([2, 5, config.cross_attention_dim], normal, &device);
+    let t = Tensor::<B, 1>::from_floats([10.0, 700.0], &device);
+    // Every cross-attention site alone, and the first and last together.
+    let cross: Vec<usize> = sites
+        .iter()
+        .filter(|s| s.kind == AttentionKind::Cross)
+        .map(|s| s.index)
+        .collect();
+    let mut cases: Vec<Vec<usize>> = cross.iter().map(|&i| vec![i]).collect();
+    cases.push(vec![cross[0], cross[cross.len() - 1]]);
+    let mut stopped_early = 0;
+    for wanted in cases {
+        let mut full = Probe::new(&wanted);
+        unet.forward_with_hook(sample.clone(), t.clone(), ctx.clone(), &mut full);
+        let mut part = Probe::new(&wanted);
+        unet.capture_with_hook(sample.clone(), t.clone(), ctx.clone(), &mut part);
+        // The same maps, bit for bit.
+        assert_eq!(part.got.len(), wanted.len());
+        for (a, b) in part.got.iter().zip(&full.got) {
+            assert_eq!(values(a), values(b), "maps of sites {wanted:?}");
+        }
+        // The pass offered exactly the sites up to the end of the last wanted site's block:
+        // after the scan for the last wanted site (from the end down to it), sites 0..end.
+        let last = *wanted.iter().max().unwrap();
+        let end = 1
+            + (0..n)
+                .filter(|&j| sites[j].block == sites[last].block)
+                .max()
+                .unwrap();
+        let asked = part.asked.borrow();
+        let scan: Vec<usize> = (last..n).rev().collect();
+        assert_eq!(asked[..scan.len()], scan[..], "scan for {wanted:?}");
+        let offered: Vec<usize> = (0..end).collect();
+        assert_eq!(
+            asked[scan.len()..],
+            offered[..],
+            "sites offered for {wanted:?}"
+        );
+        stopped_early += usize::from(end < n);
+    }
+    assert!(
+        stopped_early >= 2,
+        "the tiny UNet has cross sites before its last block"
+    );
+    // A hook that wants nothing runs nothing: only the scan asks.
+    let mut none = Probe::new(&[]);
+    unet.capture_with_hook(sample, t, ctx, &mut none);
+    assert_eq!(none.asked.borrow().len(), n);
+    assert!(none.got.is_empty());
+}
