@@ -44,7 +44,8 @@ pub trait Denoiser<B: Backend> {
 
     /// Offers the attention layers to `hook` as [`denoise`](Self::denoise) does, for a pass
     /// that only reads maps (CTCal's teacher): an implementation may stop after the last site
-    /// the hook wants (the UNet does); the maps are the same. The default runs `denoise`.
+    /// the hook wants (the UNet and the MMDiT stop after its block); the maps are the same. The
+    /// default runs `denoise`.
     fn capture_maps<H: AttentionHook<B>>(
         &self,
         x: Tensor<B, 4>,

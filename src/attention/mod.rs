@@ -200,4 +200,4 @@ mod tests;
 mod efficient_tests;
 
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;

@@ -173,24 +173,76 @@ impl<B: AttentionBackend> SD3Transformer2DModel<B> {
         pooled_projections: Tensor<B, 2>,
         hook: &mut H,
     ) -> Tensor<B, 4> {
+        self.run(
+            hidden_states,
+            timesteps,
+            encoder_hidden_states,
+            pooled_projections,
+            hook,
+            None,
+        )
+        .expect("a forward without a stop reaches the output")
+    }
+
+    /// Offers the attention layers to `hook` in forward order and stops after the transformer
+    /// block that holds the last site it [wants](AttentionHook::wants): what a pass that only
+    /// reads maps needs (CTCal's teacher). The maps are those of [`Self::forward_with_hook`].
+    /// Runs nothing when `hook` wants no site.
+    pub fn capture_with_hook<H: AttentionHook<B>>(
+        &self,
+        hidden_states: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        encoder_hidden_states: Tensor<B, 3>,
+        pooled_projections: Tensor<B, 2>,
+        hook: &mut H,
+    ) {
+        if let Some(last) = self.sites.iter().rposition(|site| hook.wants(site)) {
+            let block = self.sites[last].transformer_block;
+            self.run(
+                hidden_states,
+                timesteps,
+                encoder_hidden_states,
+                pooled_projections,
+                hook,
+                Some(block),
+            );
+        }
+    }
+
+    /// The forward; with `stop_after = Some(i)` it returns `None` right after transformer
+    /// block `i`.
+    fn run<H: AttentionHook<B>>(
+        &self,
+        hidden_states: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        encoder_hidden_states: Tensor<B, 3>,
+        pooled_projections: Tensor<B, 2>,
+        hook: &mut H,
+        stop_after: Option<usize>,
+    ) -> Option<Tensor<B, 4>> {
         let [b, _, height, width] = hidden_states.dims();
         let p = self.patch_size();
         let grid = [height / p, width / p];
         let mut x = self.pos_embed.forward(hidden_states);
         let temb = self.time_text_embed.forward(timesteps, pooled_projections);
         let mut context = Some(self.context_embedder.forward(encoder_hidden_states));
-        for block in &self.transformer_blocks {
+        for (i, block) in self.transformer_blocks.iter().enumerate() {
             let ctx = context
                 .take()
                 .expect("only the last block drops the text stream");
             (x, context) = block.forward(x, ctx, temb.clone(), grid, hook);
+            if stop_after == Some(i) {
+                return None;
+            }
         }
         let x = self.proj_out.forward(self.norm_out.forward(x, temb));
         // [b, h*w, p*p*c] -> [b, h, w, p, q, c] -> [b, c, h, p, w, q] (diffusers' einsum).
         let c = self.out_channels;
-        x.reshape([b, grid[0], grid[1], p, p, c])
-            .permute([0, 5, 1, 3, 2, 4])
-            .reshape([b, c, height, width])
+        Some(
+            x.reshape([b, grid[0], grid[1], p, p, c])
+                .permute([0, 5, 1, 3, 2, 4])
+                .reshape([b, c, height, width]),
+        )
     }
 }
 
@@ -198,6 +250,28 @@ impl<B: Backend> SD3Transformer2DModel<B> {
     /// Every attention layer (joint `attn`, dual `attn2`), in forward order.
     pub fn sites(&self) -> &[AttentionSite] {
         &self.sites
+    }
+
+    /// The [`Denoiser`] inputs checked (pooled embeddings required) and in the parameters'
+    /// type: the sample, the text's hidden states and the pooled embeddings.
+    fn denoiser_inputs(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: [usize; 1],
+        cond: &TextCond<B>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 3>, Tensor<B, 2>)> {
+        let pooled = cond.pooled.clone().ok_or_else(|| {
+            Error::Input(
+                "the SD 3 transformer needs pooled text embeddings (TextCond::pooled)".into(),
+            )
+        })?;
+        self.check_inputs(x.dims(), timesteps, cond.hidden.dims(), pooled.dims())?;
+        let dtype = self.pos_embed.proj.weight.val().dtype();
+        Ok((
+            cast_to(x, dtype),
+            cast_to(cond.hidden.clone(), dtype),
+            cast_to(pooled, dtype),
+        ))
     }
 
     /// Side of the patches.
@@ -262,26 +336,29 @@ impl<B: AttentionBackend> Denoiser<B> for SD3Transformer2DModel<B> {
         cond: &TextCond<B>,
         hook: &mut H,
     ) -> Result<Tensor<B, 4>> {
-        let pooled = cond.pooled.clone().ok_or_else(|| {
-            Error::Input(
-                "the SD 3 transformer needs pooled text embeddings (TextCond::pooled)".into(),
-            )
-        })?;
-        self.check_inputs(
-            x.dims(),
-            timesteps.dims(),
-            cond.hidden.dims(),
-            pooled.dims(),
-        )?;
-        let dtype = self.pos_embed.proj.weight.val().dtype();
-        let (x, hidden) = (cast_to(x, dtype), cast_to(cond.hidden.clone(), dtype));
-        let pooled = cast_to(pooled, dtype);
+        let (x, hidden, pooled) = self.denoiser_inputs(x, timesteps.dims(), cond)?;
         Ok(upcast(
             self.forward_with_hook(x, timesteps, hidden, pooled, hook),
         ))
+    }
+
+    /// Stops after the block of the last wanted site ([`Self::capture_with_hook`]).
+    fn capture_maps<H: AttentionHook<B>>(
+        &self,
+        x: Tensor<B, 4>,
+        timesteps: Tensor<B, 1>,
+        cond: &TextCond<B>,
+        hook: &mut H,
+    ) -> Result<()> {
+        let (x, hidden, pooled) = self.denoiser_inputs(x, timesteps.dims(), cond)?;
+        self.capture_with_hook(x, timesteps, hidden, pooled, hook);
+        Ok(())
     }
 
     fn map_kind(&self) -> AttentionKind {
         AttentionKind::Joint
     }
 }
+
+#[cfg(all(test, feature = "ndarray"))]
+mod capture_tests;

@@ -2,46 +2,12 @@
 //! pass stops after the block of the last wanted site (the layers after it are never offered
 //! to the hook).
 
-use std::cell::RefCell;
-
 use burn::tensor::{Distribution, Tensor};
 
 use super::*;
+use crate::attention::test_util::{Probe, values};
 
 type B = crate::TestBackend;
-
-/// Wants the sites at `wanted`; records every site it is asked about, in order, and the
-/// probabilities it receives.
-struct Probe {
-    wanted: Vec<usize>,
-    asked: RefCell<Vec<usize>>,
-    got: Vec<Tensor<B, 4>>,
-}
-
-impl Probe {
-    fn new(wanted: &[usize]) -> Self {
-        Self {
-            wanted: wanted.to_vec(),
-            asked: RefCell::new(Vec::new()),
-            got: Vec::new(),
-        }
-    }
-}
-
-impl AttentionHook<B> for Probe {
-    fn wants(&self, site: &AttentionSite) -> bool {
-        self.asked.borrow_mut().push(site.index);
-        self.wanted.contains(&site.index)
-    }
-
-    fn on_probs(&mut self, _site: &AttentionSite, _grid: [usize; 2], probs: Tensor<B, 4>) {
-        self.got.push(probs);
-    }
-}
-
-fn values(t: &Tensor<B, 4>) -> Vec<f64> {
-    t.to_data().convert::<f64>().to_vec().unwrap()
-}
 
 #[test]
 fn capture_stops_after_the_last_wanted_block_with_the_same_maps() {
@@ -64,14 +30,18 @@ fn capture_stops_after_the_last_wanted_block_with_the_same_maps() {
     cases.push(vec![cross[0], cross[cross.len() - 1]]);
     let mut stopped_early = 0;
     for wanted in cases {
-        let mut full = Probe::new(&wanted);
+        let mut full = Probe::<B>::new(&wanted);
         unet.forward_with_hook(sample.clone(), t.clone(), ctx.clone(), &mut full);
-        let mut part = Probe::new(&wanted);
+        let mut part = Probe::<B>::new(&wanted);
         unet.capture_with_hook(sample.clone(), t.clone(), ctx.clone(), &mut part);
         // The same maps, bit for bit.
         assert_eq!(part.got.len(), wanted.len());
         for (a, b) in part.got.iter().zip(&full.got) {
-            assert_eq!(values(a), values(b), "maps of sites {wanted:?}");
+            assert_eq!(
+                values(a.clone()),
+                values(b.clone()),
+                "maps of sites {wanted:?}"
+            );
         }
         // The pass offered exactly the sites up to the end of the last wanted site's block:
         // after the scan for the last wanted site (from the end down to it), sites 0..end.
@@ -97,7 +67,7 @@ fn capture_stops_after_the_last_wanted_block_with_the_same_maps() {
         "the tiny UNet has cross sites before its last block"
     );
     // A hook that wants nothing runs nothing: only the scan asks.
-    let mut none = Probe::new(&[]);
+    let mut none = Probe::<B>::new(&[]);
     unet.capture_with_hook(sample, t, ctx, &mut none);
     assert_eq!(none.asked.borrow().len(), n);
     assert!(none.got.is_empty());
