@@ -52,3 +52,27 @@ impl<B: Backend> AttentionHook<B> for Probe<B> {
         self.got.push(probs);
     }
 }
+
+/// Checks a maps-only pass (`part`) against the whole forward (`full`) for the same wanted
+/// sites of a model with `n` sites: the same maps, bit for bit; and that the pass asked about the
+/// sites from the last one down to the last wanted one (its scan), then about each site of
+/// `0..end` in forward order (a site asked about again at once counts once).
+pub(crate) fn check_capture<B: Backend>(full: &Probe<B>, part: &Probe<B>, n: usize, end: usize) {
+    let wanted = &part.wanted;
+    assert_eq!(part.got.len(), wanted.len(), "maps of sites {wanted:?}");
+    for (a, b) in part.got.iter().zip(&full.got) {
+        assert_eq!(
+            values(a.clone()),
+            values(b.clone()),
+            "maps of sites {wanted:?}"
+        );
+    }
+    let last = *wanted.iter().max().expect("a wanted site");
+    let asked = part.asked.borrow();
+    let scan: Vec<usize> = (last..n).rev().collect();
+    assert_eq!(asked[..scan.len()], scan[..], "scan for {wanted:?}");
+    let mut forward = asked[scan.len()..].to_vec();
+    forward.dedup();
+    let offered: Vec<usize> = (0..end).collect();
+    assert_eq!(forward, offered, "sites offered for {wanted:?}");
+}
