@@ -295,16 +295,16 @@ mod tests {
     /// the chunked default's are `[batch, heads, n_q, 1]`), so the kernels above ran.
     #[test]
     fn cpu_attention_runs_the_flash_kernel() {
-        use burn::tensor::TensorPrimitive;
-
         use crate::attention::AttentionBackend;
+        use crate::backend::primitive;
         type B = LibTorch<f32>;
         let device = LibTorchDevice::Cpu;
-        let t = |n| match Tensor::<B, 4>::random([1, 2, n, 8], Distribution::Default, &device)
-            .into_primitive()
-        {
-            TensorPrimitive::Float(p) => p,
-            TensorPrimitive::QFloat(_) => unreachable!("a float tensor"),
+        let t = |n| {
+            primitive(Tensor::<B, 4>::random(
+                [1, 2, n, 8],
+                Distribution::Default,
+                &device,
+            ))
         };
         let (_, stats) = <B as AttentionBackend>::attention_forward(t(5), t(7), t(7), 0.3, 4);
         assert_eq!(stats.tensor.size(), [1, 2, 5]);

@@ -415,11 +415,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Distribution, Tensor, TensorPrimitive, Tolerance};
+    use burn::tensor::{Distribution, Tensor, Tolerance};
 
     use super::super::{KernelBackend, activation, columns};
     use super::Columns;
     use crate::TestBackend as B;
+    use crate::backend::{primitive as p, tensor as t};
 
     fn geometries() -> Vec<Columns> {
         let g = |channels, input, kernel, stride, dilation, padding| Columns {
@@ -440,14 +441,6 @@ mod tests {
             // Padding wider than the kernel's reach: rows and columns of pure padding.
             g(1, [3, 4], [2, 3], [3, 1], [1, 2], [3, 2, 4, 3]),
         ]
-    }
-
-    fn p<const D: usize>(t: Tensor<B, D>) -> burn::tensor::ops::FloatTensor<B> {
-        t.into_primitive().tensor()
-    }
-
-    fn t<const D: usize>(p: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, D> {
-        Tensor::from_primitive(TensorPrimitive::Float(p))
     }
 
     /// The host loops against the portable tensor-operation versions: im2col exactly (both

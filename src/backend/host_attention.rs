@@ -412,18 +412,11 @@ where
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::{Distribution, Tensor, TensorPrimitive, Tolerance};
+    use burn::tensor::{Distribution, Tensor, Tolerance};
 
     use crate::TestBackend as B;
     use crate::attention::chunked;
-
-    fn p(t: Tensor<B, 4>) -> burn::tensor::ops::FloatTensor<B> {
-        t.into_primitive().tensor()
-    }
-
-    fn t(p: burn::tensor::ops::FloatTensor<B>) -> Tensor<B, 4> {
-        Tensor::from_primitive(TensorPrimitive::Float(p))
-    }
+    use crate::backend::{primitive as p, tensor as t};
 
     /// `(b, h, n_q, n_k, d, dv, chunk)`: one block and many, ragged last blocks, cross
     /// attention (few keys), one head, a caller's chunk below the block size.
@@ -461,7 +454,7 @@ mod tests {
             lse.clone()
                 .into_data()
                 .assert_approx_eq::<f64>(&want_lse.clone().into_data(), tol);
-            let lse_only =
+            let lse_only: Tensor<B, 4> =
                 t(super::logsumexp(&p(q.clone()), &p(k.clone()), scale, chunk).expect("f64"));
             lse_only
                 .into_data()
@@ -487,7 +480,7 @@ mod tests {
                 chunk,
             )
             .expect("f64 inputs");
-            let [dq, dk, dv_] = got.map(t);
+            let [dq, dk, dv_] = got.map(t::<B, 4>);
             for (name, got, want) in [("dq", dq, want.0), ("dk", dk, want.1), ("dv", dv_, want.2)] {
                 assert_eq!(got.dims(), want.dims(), "case {n} {name}");
                 got.into_data()

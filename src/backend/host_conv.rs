@@ -242,19 +242,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
-    use burn::tensor::{Distribution, Tensor, TensorPrimitive, Tolerance};
+    use burn::tensor::ops::{ConvOptions, ModuleOps};
+    use burn::tensor::{Distribution, Tensor, Tolerance};
 
     use crate::TestBackend as B;
     use crate::backend::KernelBackend;
-
-    fn p<const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-        t.into_primitive().tensor()
-    }
-
-    fn t<const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
-        Tensor::from_primitive(TensorPrimitive::Float(p))
-    }
+    use crate::backend::{primitive as p, tensor as t};
 
     /// The host convolution and its input and weight gradients against burn's own (f64), for
     /// 3x3 padded, strided and dilated kernels, a 1x1 kernel and a patch embedding (kernel =

@@ -186,19 +186,12 @@ where
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::ops::{FloatTensor, ModuleOps};
-    use burn::tensor::{Distribution, Tensor, TensorPrimitive, Tolerance};
+    use burn::tensor::ops::ModuleOps;
+    use burn::tensor::{Distribution, Tensor, Tolerance};
 
     use crate::TestBackend as B;
     use crate::backend::KernelBackend;
-
-    fn p<const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-        t.into_primitive().tensor()
-    }
-
-    fn t<const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
-        Tensor::from_primitive(TensorPrimitive::Float(p))
-    }
+    use crate::backend::{primitive as p, tensor as t};
 
     /// The host kernels against burn's own linear and its backward functions (f64), for a
     /// rank-3 row-major input, a transposed (not row-major) one, with and without a bias.

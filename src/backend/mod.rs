@@ -9,6 +9,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::{Tensor, TensorPrimitive};
 
 pub mod activation;
 mod autodiff;
@@ -28,6 +29,16 @@ mod host_norm;
 pub mod norm;
 
 pub use columns::Columns;
+
+/// Wraps a float primitive in a tensor (the kernels here take and return primitives).
+pub(crate) fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+/// Unwraps a float tensor's primitive.
+pub(crate) fn primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
 
 /// How [`conv2d`](crate::nn::conv2d) computes a 2-D convolution on a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

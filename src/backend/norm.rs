@@ -6,19 +6,12 @@
 //! twice as many backward, each a pass over the activation; a backend with its own kernels
 //! (burn-ndarray's one-pass host loops, LibTorch's native GroupNorm) answers with those.
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorPrimitive};
 
+use super::{primitive, tensor};
 use crate::precision::cast_to;
-
-fn tensor<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(p))
-}
-
-fn primitive<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
-    t.into_primitive().tensor()
-}
 
 /// GroupNorm of `x` (`[batch, channels, spatial]`) over `groups` channel groups, with the
 /// per-channel affine `gamma`, `beta` (`[channels]`): returns the output and the per-group
